@@ -1,0 +1,5 @@
+import sys
+
+from robustbench_fmnist.cli import main
+
+sys.exit(main())

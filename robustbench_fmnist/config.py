@@ -1,0 +1,230 @@
+"""Typed experiment configuration, filled from YAML. CLI flags > YAML > defaults.
+
+Only structure, types and value ranges are checked here; names of models and
+perturbations are checked against their registries by `experiment.resolve`, which keeps
+this module free of imports from the rest of the package (data flows one way).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robustbench_fmnist.errors import ConfigError
+
+MAX_SEVERITY = 5
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainRecipe(_Strict):
+    """How a model is trained. Registered models carry their own tuned defaults."""
+
+    epochs: int = Field(5, ge=1, description="passes over the training set")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam)")
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.25, ge=0, lt=1, description="one-cycle rise, share of steps")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Literal["none", "flip", "flip_crop"] = "none"
+    precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="autocast dtype for training; evaluation has its own setting"
+    )
+    channels_last: bool = True
+    train_images: int | None = Field(None, ge=1, description="train on the first N images only")
+
+    def merged(self, overrides: TrainRecipe | None) -> TrainRecipe:
+        """This recipe with the fields a YAML file set explicitly in `overrides`."""
+        if overrides is None:
+            return self
+        return self.model_copy(update={k: getattr(overrides, k) for k in overrides.model_fields_set})
+
+
+def _name_shorthand(value: Any) -> Any:
+    # `- brightness` in YAML means `- {name: brightness}`
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ModelSpec(_Strict):
+    name: str = Field(min_length=1, description="registry name, or a label when `factory` is set")
+    factory: str | None = Field(None, description="`package.module:function` returning an nn.Module")
+    checkpoint: Path | None = Field(None, description="state_dict file; skips training")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
+    train: TrainRecipe | None = Field(None, description="overrides of the model's default recipe")
+
+    _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _name_shorthand(v)))
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        if value is not None and not FACTORY_PATTERN.match(value):
+            raise ValueError(f"factory must look like 'package.module:function', got {value!r}")
+        return value
+
+
+class PerturbationSpec(_Strict):
+    name: str = Field(min_length=1)
+    severities: tuple[int, ...] = Field((1, 2, 3, 4, 5), min_length=1)
+
+    _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _name_shorthand(v)))
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for s in value:
+            if not 0 <= s <= MAX_SEVERITY:
+                raise ValueError(f"severity {s} is impossible: severities run from 0 (clean) to {MAX_SEVERITY}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"severities repeat: {list(value)}")
+        return tuple(sorted(value))
+
+
+class DataConfig(_Strict):
+    dir: Path | None = Field(None, description="folder with the four IDX .gz files")
+    download: bool = Field(False, description="download from the official mirrors if not found")
+    verify: bool = Field(True, description="check counts and SHA-256 of the decompressed files")
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(1000, ge=1)
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    channels_last: bool = True
+    test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="report folder name")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+    perturbations: tuple[PerturbationSpec, ...] = Field(min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output_dir: Path = Path("reports")
+    cache_dir: Path | None = Field(None, description="checkpoint cache; default ~/.cache/robustbench_fmnist")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ExperimentConfig:
+        for kind, specs in (("model", self.models), ("perturbation", self.perturbations)):
+            names = [s.name for s in specs]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
+        return self
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Parse and validate an experiment YAML. `overrides` (from CLI flags) win over the file.
+
+    Dotted keys in `overrides` address nested fields, e.g. {"data.dir": "/tmp/fm"}.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment file (see experiments/ for examples)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, models, ...)")
+    raw.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_error(exc.errors()[0])}") from None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a mapping in the YAML")
+    node[leaf] = value
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One line for a pydantic error: where, what, and what would be valid."""
+    loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(ExperimentConfig, loc[:-1])
+        valid = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        return f"unknown key {format_loc(loc)!r}{hint} Valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"missing required key {format_loc(loc)!r}"
+    msg = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    return f"{format_loc(loc)}: {msg}{shown}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the union member's type name into `loc`, e.g. "function-before[...]"
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    node: Any = model
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(part, int):
+            continue
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
+            return None
+        node = node.model_fields[part].annotation
+    node = _unwrap(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional[...] and tuple[X, ...] down to the model class inside."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(members[0]) if len(members) == 1 else annotation
+    if origin in (tuple, list):
+        return _unwrap(typing.get_args(annotation)[0])
+    return annotation

@@ -1,0 +1,291 @@
+"""Run an experiment end to end: data -> models (cached training) -> sweep -> report."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from robustbench_fmnist.checkpoints import (
+    cache_key,
+    checkpoint_dir,
+    load_cached,
+    load_user_checkpoint,
+    save_checkpoint,
+)
+from robustbench_fmnist.config import ExperimentConfig, ModelSpec, TrainRecipe
+from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist
+from robustbench_fmnist.errors import ConfigError, HarnessError
+from robustbench_fmnist.evaluation import CellResult, evaluate_cells, sweep_cells
+from robustbench_fmnist.models import MODELS, count_macs, count_parameters
+from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.report import results_frame, write_report
+from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
+from robustbench_fmnist.training import to_float_images, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model spec whose builder has been found and whose training recipe is final."""
+
+    spec: ModelSpec
+    builder: Callable[..., nn.Module]
+    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def build(self) -> nn.Module:
+        try:
+            model = self.builder(**self.spec.kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model {self.name!r}: its builder rejected kwargs {self.spec.kwargs} ({exc})") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {self.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+        return model
+
+
+def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
+    """Check every name the config uses against the registries; raise one clear ConfigError."""
+    for i, pert in enumerate(config.perturbations):
+        if pert.name not in PERTURBATIONS:
+            raise ConfigError(f"perturbations[{i}].name: {PERTURBATIONS.unknown_message(pert.name)}")
+    return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
+
+
+def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
+    if spec.factory:
+        builder = import_factory(spec.factory, where=f"models[{index}].factory")
+        recipe = TrainRecipe()
+    elif spec.name in MODELS:
+        entry = MODELS.get(spec.name)
+        builder, recipe = entry.builder, entry.recipe
+    else:
+        message = MODELS.unknown_message(spec.name)
+        raise ConfigError(f"models[{index}].name: {message} (or give a factory: 'package.module:function')")
+    return ResolvedModel(spec, builder, None if spec.checkpoint else recipe.merged(spec.train))
+
+
+def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ConfigError(f"{where}: {module_name!r} has no callable {attr!r}")
+    return builder
+
+
+def prepare_model(
+    resolved: ResolvedModel,
+    data: FashionMNIST,
+    *,
+    seed: int,
+    device: torch.device,
+    cache_dir: Path | None,
+    retrain: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model and give it weights: the user's checkpoint, the cache, or fresh training."""
+    torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+    model = resolved.build()
+    info: dict[str, Any] = {
+        "name": resolved.name,
+        "factory": resolved.spec.factory,
+        "kwargs": resolved.spec.kwargs,
+        "parameters": count_parameters(model),
+        "macs": count_macs(model),
+        "train_seconds": None,
+    }
+    if resolved.recipe is None:
+        load_user_checkpoint(resolved.spec.checkpoint, model)
+        info.update(weights="checkpoint", checkpoint=str(resolved.spec.checkpoint))
+        return model, info
+    key = cache_key(resolved.spec.factory or resolved.name, resolved.spec.kwargs, resolved.recipe, data.checksum, seed)
+    path = checkpoint_dir(cache_dir) / key.filename
+    info.update(recipe=resolved.recipe.model_dump(mode="json"), checkpoint=str(path), cache_key=key.digest)
+    cached = None if retrain else load_cached(path, model)
+    if cached is not None:
+        log.info("%s: using cached weights %s", resolved.name, path)
+        info.update(weights="cached", train_seconds=cached.get("train_seconds"), training=cached.get("training"))
+        return model, info
+    summary = train_model(model, data.train, resolved.recipe, seed=seed, device=device, desc=f"train {resolved.name}")
+    metadata = {"train_seconds": summary.seconds, "training": summary.to_dict(), "cache_key": key.digest}
+    save_checkpoint(path, model, metadata)
+    info.update(weights="trained", train_seconds=summary.seconds, training=summary.to_dict())
+    return model, info
+
+
+def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
+    """Run every model through every cell and write reports/<name>/. Returns that folder."""
+    started = time.perf_counter()
+    resolved = resolve(config)
+    device = resolve_device(config.device)
+    allocator_tuned = tune_cpu_allocator()
+    seed_everything(config.seed)
+    timings: dict[str, float] = {}
+    data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
+    timings["load_data"] = time.perf_counter() - started
+    count = min(len(data.test), config.evaluation.test_images or len(data.test))
+    images = to_float_images(data.test.images[:count], device)
+    labels = data.test.labels[:count]
+    cells = sweep_cells([(p.name, p.severities) for p in config.perturbations])
+    rows: list[CellResult] = []
+    models_info = []
+    for model_spec in resolved:
+        stage = time.perf_counter()
+        model, info = prepare_model(
+            model_spec, data, seed=config.seed, device=device, cache_dir=config.cache_dir, retrain=retrain
+        )
+        timings[f"prepare {model_spec.name}"] = time.perf_counter() - stage
+        stage = time.perf_counter()
+        results, _ = evaluate_cells(
+            model,
+            model_spec.name,
+            images,
+            labels,
+            cells,
+            device=device,
+            seed=config.seed,
+            batch_size=config.evaluation.batch_size,
+            precision=config.evaluation.precision,
+            channels_last=config.evaluation.channels_last,
+        )
+        seconds = time.perf_counter() - stage
+        timings[f"evaluate {model_spec.name}"] = seconds
+        info["eval_images_per_second"] = len(cells) * count / seconds
+        rows += results
+        models_info.append(info)
+    timings["total"] = time.perf_counter() - started
+    run = run_record(config, device, data, models_info, timings, allocator_tuned)
+    folder = Path(config.output_dir) / config.name
+    write_report(folder, results_frame([r.to_row() for r in rows]), run)
+    return folder
+
+
+def run_record(
+    config: ExperimentConfig,
+    device: torch.device,
+    data: FashionMNIST,
+    models_info: list[dict[str, Any]],
+    timings: dict[str, float],
+    allocator_tuned: bool,
+) -> dict[str, Any]:
+    """Everything needed to reproduce and judge a run, for run.json."""
+    return {
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "environment": {
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "threads": thread_info(),
+            "allocator_tuned": allocator_tuned,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+        },
+        "data": {"source": str(data.source), "checksum": data.checksum, "verified": data.verified},
+        "perturbations": [
+            {
+                "name": p.name,
+                "family": PERTURBATIONS.get(p.name).family,
+                "unit": PERTURBATIONS.get(p.name).unit,
+                "random": PERTURBATIONS.get(p.name).random,
+                "description": PERTURBATIONS.get(p.name).description,
+                "levels": list(PERTURBATIONS.get(p.name).levels),
+                "severities": list(p.severities),
+            }
+            for p in config.perturbations
+        ],
+        "models": models_info,
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("robustbench_fmnist", "torch", "torchvision", "timm", "numpy", "pandas", "pydantic"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    """HEAD of the checkout the package runs from, '+dirty' if tracked code has changed."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def evaluate_module(
+    model: nn.Module,
+    *,
+    name: str = "model",
+    perturbations: Sequence[str] = ("brightness", "contrast", "rotation"),
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    device: str = "auto",
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    batch_size: int = 1000,
+    precision: str = "float32",
+    test_images: int | None = None,
+) -> pd.DataFrame:
+    """Evaluate any trained nn.Module (taking (N, 1, 28, 28) images in [0, 1]) on the sweep.
+
+    Returns the tidy rows of results.csv as a DataFrame: one row per perturbation and severity.
+    """
+    for severity in severities:
+        if not 0 <= severity <= 5:
+            raise ConfigError(f"severity {severity} is impossible: severities run from 0 to 5")
+    torch_device = resolve_device(device)
+    tune_cpu_allocator()
+    data = load_fashion_mnist(data_dir)
+    count = min(len(data.test), test_images or len(data.test))
+    cells = sweep_cells([(p, severities) for p in perturbations])
+    results, _ = evaluate_cells(
+        model,
+        name,
+        to_float_images(data.test.images[:count], torch_device),
+        data.test.labels[:count],
+        cells,
+        device=torch_device,
+        seed=seed,
+        batch_size=batch_size,
+        precision=precision,
+    )
+    return results_frame([r.to_row() for r in results])
+
+
+__all__ = ["HarnessError", "evaluate_module", "import_factory", "resolve", "run_experiment"]

@@ -1,0 +1,76 @@
+"""Process-level settings that decide CPU speed, applied by the harness itself."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+
+from robustbench_fmnist.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_MAX = -4
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the heap instead of returning them to the OS.
+
+    glibc's default hands large blocks back with munmap and page-faults them in again on
+    the next batch, which costs 1.5-4x at large batches on CPU (see REFERENCE.md). The
+    equivalent of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16G MALLOC_TOP_PAD_=512M.
+    Returns False where there is no glibc (macOS, musl).
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    ok = all(
+        mallopt(param, value)
+        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 16 << 30), (_M_TOP_PAD, 512 << 20))
+    )
+    _allocator_tuned = ok
+    return ok
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is visible; use device: cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def thread_info() -> dict[str, int]:
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count() or 0,
+    }

@@ -1,0 +1,143 @@
+"""Seeded training from a recipe, with the data held on the device as one tensor."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_fmnist.config import TrainRecipe
+from robustbench_fmnist.data import Split
+from robustbench_fmnist.progress import progress_bar
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainSummary:
+    seconds: float
+    images_per_second: float
+    history: list[EpochStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def to_float_images(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1] on `device`."""
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+
+
+def _flip_crop(batch: torch.Tensor, generator: torch.Generator, crop: bool, pad: int = 2) -> torch.Tensor:
+    """Random horizontal flips and (optionally) random 28x28 crops of a zero-padded batch.
+
+    Runs on the whole batch at once: one gather instead of N small copies.
+    """
+    n, c, h, w = batch.shape
+    flips = torch.rand(n, generator=generator).to(batch.device) < 0.5
+    batch = torch.where(flips.view(n, 1, 1, 1), batch.flip(-1), batch)
+    if not crop:
+        return batch
+    padded = F.pad(batch, (pad, pad, pad, pad))
+    side = w + 2 * pad
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(batch.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(batch.device)
+    rows = torch.arange(h, device=batch.device).view(1, h, 1) + dy
+    cols = torch.arange(w, device=batch.device).view(1, 1, w) + dx
+    index = (rows * side + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, side * side).gather(2, index).view(n, c, h, w)
+
+
+def _optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    # no weight decay on biases and norm parameters: decaying them only hurts accuracy
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, recipe: TrainRecipe, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if recipe.schedule == "onecycle" and total_steps >= 4:
+        # OneCycleLR divides by the length of its rise, which must span at least two steps
+        rise = min(max(recipe.warmup_fraction, 2.0 / total_steps), 0.5)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=rise)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def train_model(
+    model: nn.Module,
+    train: Split,
+    recipe: TrainRecipe,
+    *,
+    seed: int,
+    device: torch.device,
+    desc: str = "train",
+) -> TrainSummary:
+    """Train `model` in place; the same seed, recipe and data give the same weights on one machine."""
+    torch.manual_seed(seed)
+    # shuffles and augmentation draws come from a CPU generator, so they do not depend on the device
+    generator = torch.Generator().manual_seed(seed)
+    count = min(len(train), recipe.train_images or len(train))
+    images = to_float_images(train.images[:count], device)
+    labels = train.labels[:count].to(device)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
+    steps_per_epoch = math.ceil(count / recipe.batch_size)
+    optimizer = _optimizer(model, recipe)
+    scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    autocast = recipe.precision == "bfloat16"
+    summary = TrainSummary(seconds=0.0, images_per_second=0.0)
+    start = time.perf_counter()
+    with progress_bar(recipe.epochs * steps_per_epoch, desc, unit="batch") as bar:
+        for epoch in range(1, recipe.epochs + 1):
+            epoch_start = time.perf_counter()
+            order = torch.randperm(count, generator=generator).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for first in range(0, count, recipe.batch_size):
+                index = order[first : first + recipe.batch_size]
+                batch, target = images[index], labels[index]
+                if recipe.augment != "none":
+                    batch = _flip_crop(batch, generator, crop=recipe.augment == "flip_crop")
+                batch = batch.contiguous(memory_format=memory_format)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(batch)
+                    loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                # accumulate on the device; reading .item() every step would stall a GPU
+                loss_sum += loss.detach() * len(target)
+                correct += (logits.argmax(1) == target).sum()
+                bar.update(1)
+            stats = EpochStats(
+                epoch=epoch,
+                loss=loss_sum.item() / count,
+                train_accuracy=correct.item() / count,
+                seconds=time.perf_counter() - epoch_start,
+            )
+            summary.history.append(stats)
+            bar.set_postfix(epoch=epoch, loss=f"{stats.loss:.3f}", acc=f"{stats.train_accuracy:.3f}")
+    summary.seconds = time.perf_counter() - start
+    summary.images_per_second = recipe.epochs * count / summary.seconds
+    model.eval()
+    return summary

@@ -1,0 +1,98 @@
+"""The CLI end to end on synthetic data with test-sized models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from robustbench_fmnist.cli import main
+
+
+def test_run_writes_a_complete_report_and_reuses_the_cache(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml(tiny_experiment)
+    assert main(["-q", "run", str(path)]) == 0
+    folder = Path(tiny_experiment["output_dir"]) / "tiny"
+    results = pd.read_csv(folder / "results.csv")
+    # 2 models x (clean + 5 brightness + 2 rotation)
+    assert len(results) == 16
+    assert set(results.columns) >= {"model", "perturbation", "severity", "accuracy", "error", "n_images"}
+    assert (results.n_images == 200).all()
+    assert ((results.accuracy + results.error) - 1).abs().max() < 1e-9
+    run = json.loads((folder / "run.json").read_text())
+    assert run["config"]["seed"] == 0 and run["environment"]["device"] == "cpu"
+    assert {"torch", "pandas"} <= set(run["environment"]["versions"])
+    assert run["environment"]["threads"]["torch_threads"] >= 1 and run["timings_seconds"]["total"] > 0
+    assert [m["weights"] for m in run["models"]] == ["trained", "trained"]
+    assert "report written to" in capsys.readouterr().out
+    md = (folder / "report.md").read_text()
+    assert "## brightness" in md and "## rotation" in md and "baseline_cnn_tiny" in md
+
+    assert main(["-q", "run", str(path)]) == 0
+    run2 = json.loads((folder / "run.json").read_text())
+    assert [m["weights"] for m in run2["models"]] == ["cached", "cached"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(folder / "results.csv").drop(columns="seconds"), results.drop(columns="seconds")
+    )
+
+    assert main(["-q", "run", str(path), "--retrain"]) == 0
+    assert [m["weights"] for m in json.loads((folder / "run.json").read_text())["models"]] == ["trained", "trained"]
+
+
+def test_a_users_own_model_by_import_path_with_a_checkpoint(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from robustbench_fmnist.models import create_model
+
+    torch.save(create_model("deep_cnn_tiny").state_dict(), tmp_path / "mine.pt")
+    config = {
+        **tiny_experiment,
+        "models": [
+            {
+                "name": "mine",
+                "factory": "robustbench_fmnist.models.vgg:deep_cnn_tiny",
+                "checkpoint": str(tmp_path / "mine.pt"),
+            }
+        ],
+    }
+    assert main(["-q", "run", str(write_yaml(config))]) == 0
+    run = json.loads((Path(tiny_experiment["output_dir"]) / "tiny" / "run.json").read_text())
+    assert run["models"][0]["weights"] == "checkpoint"
+
+
+def test_missing_data_fails_cleanly_without_a_report(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {**tiny_experiment, "data": {"dir": str(tmp_path / "empty")}}
+    (tmp_path / "empty").mkdir()
+    assert main(["-q", "run", str(write_yaml(config))]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the configured data dir") and err.count("\n") == 1
+    assert not (Path(tiny_experiment["output_dir"]) / "tiny").exists()
+
+
+def test_ls_lists_models_and_perturbations_with_severities(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline_cnn " in out and "deep_cnn " in out and "timm_resnet18" in out
+    assert "rotation" in out and "15, 30, 45, 60, 75" in out
+    assert main(["ls", "models", "*tiny"]) == 0
+    listed = capsys.readouterr().out
+    assert "baseline_cnn_tiny" in listed and "\n  deep_cnn " not in listed and "perturbations" not in listed
+
+
+def test_python_m_entry_point_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "robustbench_fmnist", "ls", "perturbations"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "brightness" in done.stdout

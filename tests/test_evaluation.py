@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from robustbench_fmnist.evaluation import CLEAN, Cell, evaluate_cells, sweep_cells
+from robustbench_fmnist.models import create_model
+from robustbench_fmnist.perturbations import apply_perturbation
+from tests.conftest import synthetic_split
+
+CPU = torch.device("cpu")
+
+
+class ConstantClass(nn.Module):
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.label = label
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), 10, device=x.device) + self.dummy
+        logits[:, self.label] = 1.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = synthetic_split(150, seed=4)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def test_sweep_cells_start_clean_and_skip_severity_zero() -> None:
+    cells = sweep_cells([("brightness", [0, 1, 5]), ("rotation", [2])])
+    assert cells == [Cell(CLEAN, 0), Cell("brightness", 1), Cell("brightness", 5), Cell("rotation", 2)]
+    assert cells[0].parameter is None and cells[2].parameter == 0.5 and cells[3].parameter == 30
+
+
+def test_accuracy_is_exact_for_a_model_with_known_answers(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = test_set
+    results, predictions = evaluate_cells(
+        ConstantClass(3), "const", images, labels, sweep_cells([("contrast", [5])]), device=CPU, batch_size=40
+    )
+    expected = int((labels == 3).sum())
+    for result in results:
+        assert result.n_images == 150 and result.n_correct == expected
+        assert result.accuracy == pytest.approx(expected / 150) and result.error == pytest.approx(1 - expected / 150)
+    assert all(torch.equal(p, torch.full((150,), 3, dtype=torch.uint8)) for p in predictions.values())
+
+
+def test_results_do_not_depend_on_batch_size(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = test_set
+    torch.manual_seed(0)
+    model = create_model("deep_cnn_tiny").eval()
+    cells = sweep_cells([("rotation", [1, 4]), ("brightness", [2])])
+    small, pred_small = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=7, seed=3)
+    large, pred_large = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=150, seed=3)
+    assert [r.n_correct for r in small] == [r.n_correct for r in large]
+    assert all(torch.equal(pred_small[c], pred_large[c]) for c in cells)
+
+
+def test_each_cell_sees_the_perturbed_images(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = test_set
+    seen: list[torch.Tensor] = []
+
+    class Recorder(ConstantClass):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.clone())
+            return super().forward(x)
+
+    evaluate_cells(Recorder(0), "rec", images, labels, [Cell("rotation", 3)], device=CPU, batch_size=150, seed=1)
+    expected = apply_perturbation("rotation", images, 3, seed=1)
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_rows_are_tidy(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = test_set
+    results, _ = evaluate_cells(
+        ConstantClass(1), "c", images, labels, sweep_cells([("brightness", [1, 2])]), device=CPU
+    )
+    frame = pd.DataFrame([r.to_row() for r in results])
+    assert list(frame.perturbation) == ["clean", "brightness", "brightness"]
+    assert list(frame.severity) == [0, 1, 2] and frame.model.unique().tolist() == ["c"]
+
+
+def test_folding_batch_norm_keeps_the_outputs_and_the_original(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from robustbench_fmnist.evaluation import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = create_model("deep_cnn_tiny")
+    model.train()
+    with torch.no_grad():  # give the BN layers non-trivial running statistics
+        for _ in range(3):
+            model(test_set[0][:50] * 2)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(test_set[0]), model(test_set[0]), rtol=1e-4, atol=1e-4)

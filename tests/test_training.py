@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_fmnist.checkpoints import cache_key, load_user_checkpoint
+from robustbench_fmnist.config import ModelSpec, TrainRecipe
+from robustbench_fmnist.data import load_fashion_mnist
+from robustbench_fmnist.errors import CheckpointError
+from robustbench_fmnist.experiment import ResolvedModel, prepare_model
+from robustbench_fmnist.models import MODELS, create_model
+from robustbench_fmnist.training import _flip_crop, to_float_images, train_model
+
+CPU = torch.device("cpu")
+RECIPE = TrainRecipe(epochs=3, batch_size=32, lr=1e-2)
+
+
+def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return (model.eval()(to_float_images(images, CPU)).argmax(1) == labels).float().mean().item()
+
+
+def test_training_learns_the_synthetic_task(synthetic_dir: Path) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    torch.manual_seed(0)
+    model = create_model("baseline_cnn_tiny")
+    before = _accuracy(model, data.test.images, data.test.labels)
+    summary = train_model(model, data.train, RECIPE, seed=0, device=CPU)
+    after = _accuracy(model, data.test.images, data.test.labels)
+    assert after > 0.8 > before + 0.3
+    assert len(summary.history) == 3 and summary.history[-1].loss < summary.history[0].loss
+    assert summary.seconds > 0 and summary.images_per_second > 0
+
+
+@pytest.mark.parametrize("recipe", [RECIPE, RECIPE.model_copy(update={"augment": "flip_crop", "optimizer": "sgd"})])
+def test_same_seed_gives_the_same_weights(synthetic_dir: Path, recipe: TrainRecipe) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = create_model("deep_cnn_tiny")
+        train_model(model, data.train, recipe.model_copy(update={"epochs": 1}), seed=3, device=CPU)
+        weights.append(model.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_flip_crop_moves_content_but_keeps_it() -> None:
+    batch = torch.zeros(64, 1, 28, 28)
+    batch[:, :, 10:18, 10:14] = 1.0  # away from the border, so crops never cut it
+    out = _flip_crop(batch, torch.Generator().manual_seed(0), crop=True)
+    assert out.shape == batch.shape
+    torch.testing.assert_close(out.sum(dim=(1, 2, 3)), batch.sum(dim=(1, 2, 3)))
+    moved = (out != batch).flatten(1).any(1)
+    assert 40 < int(moved.sum()) <= 64  # most images flipped or shifted
+    flipped_only = _flip_crop(batch, torch.Generator().manual_seed(0), crop=False)
+    assert all(torch.equal(f, b) or torch.equal(f, b.flip(-1)) for f, b in zip(flipped_only, batch, strict=True))
+
+
+def test_train_images_limits_the_training_set(synthetic_dir: Path) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    summary = train_model(
+        create_model("baseline_cnn_tiny"),
+        data.train,
+        RECIPE.model_copy(update={"epochs": 1, "train_images": 64}),
+        seed=0,
+        device=CPU,
+    )
+    assert summary.images_per_second > 0 and len(summary.history) == 1
+
+
+# --- the checkpoint cache ---
+
+
+def _resolved(name: str = "baseline_cnn_tiny", **recipe: object) -> ResolvedModel:
+    entry = MODELS.get(name)
+    return ResolvedModel(ModelSpec(name=name), entry.builder, entry.recipe.model_copy(update=recipe))
+
+
+def test_cache_key_depends_on_model_recipe_data_and_seed() -> None:
+    base = cache_key("m", {}, TrainRecipe(), "data", 0)
+    assert base == cache_key("m", {}, TrainRecipe(), "data", 0)
+    others = [
+        cache_key("n", {}, TrainRecipe(), "data", 0),
+        cache_key("m", {"width": 8}, TrainRecipe(), "data", 0),
+        cache_key("m", {}, TrainRecipe(epochs=6), "data", 0),
+        cache_key("m", {}, TrainRecipe(), "other data", 0),
+        cache_key("m", {}, TrainRecipe(), "data", 1),
+    ]
+    assert len({k.digest for k in [base, *others]}) == 6
+
+
+def test_second_run_reuses_the_cache_and_retrain_forces_training(synthetic_dir: Path, tmp_path: Path) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    kwargs = {"seed": 0, "device": CPU, "cache_dir": tmp_path}
+    first, info = prepare_model(_resolved(), data, retrain=False, **kwargs)
+    assert info["weights"] == "trained" and Path(info["checkpoint"]).is_file()
+    second, info2 = prepare_model(_resolved(), data, retrain=False, **kwargs)
+    assert info2["weights"] == "cached" and info2["train_seconds"] == info["train_seconds"]
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name])
+    _, info3 = prepare_model(_resolved(), data, retrain=True, **kwargs)
+    assert info3["weights"] == "trained"
+    _, info4 = prepare_model(_resolved(epochs=2), data, retrain=False, **kwargs)
+    assert info4["weights"] == "trained" and info4["checkpoint"] != info["checkpoint"]
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_a_corrupt_cache_entry_is_retrained_and_replaced(synthetic_dir: Path, tmp_path: Path) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    _, info = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    path = Path(info["checkpoint"])
+    path.write_bytes(path.read_bytes()[:100])
+    _, again = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert again["weights"] == "trained"
+    _, third = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert third["weights"] == "cached"
+
+
+def test_user_checkpoints_load_or_fail_clearly(tmp_path: Path) -> None:
+    model = create_model("baseline_cnn_tiny")
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    fresh = create_model("baseline_cnn_tiny")
+    load_user_checkpoint(good, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": model.state_dict()}, wrapped)
+    load_user_checkpoint(wrapped, create_model("baseline_cnn_tiny"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_user_checkpoint(tmp_path / "missing.pt", fresh)
+    with pytest.raises(CheckpointError, match="does not fit its model"):
+        load_user_checkpoint(good, create_model("deep_cnn_tiny"))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_user_checkpoint(garbage, fresh)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 9])
+def test_very_short_runs_train_with_every_schedule(synthetic_dir: Path, steps: int) -> None:
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    for schedule in ("onecycle", "cosine", "constant"):
+        recipe = TrainRecipe(epochs=1, batch_size=32, train_images=32 * steps, schedule=schedule)
+        train_model(create_model("baseline_cnn_tiny"), data.train, recipe, seed=0, device=CPU)
