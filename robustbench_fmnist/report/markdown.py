@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustbench_fmnist.evaluation import CLEAN
 from robustbench_fmnist.report.tables import parameter_labels, severity_table, summary_table
 
 
@@ -122,5 +123,5 @@ def render_markdown(results: pd.DataFrame, models: list[dict[str, Any]], run: di
 
 
 def _clean(results: pd.DataFrame, model: str) -> float:
-    clean = results[(results.model == model) & (results.perturbation == "clean")]["accuracy"]
+    clean = results[(results.model == model) & (results.perturbation == CLEAN)]["accuracy"]
     return float(clean.iloc[0]) if len(clean) else float("nan")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-CLEAN = "clean"
+from robustbench_fmnist.evaluation import CLEAN
 
 
 def with_drops(results: pd.DataFrame) -> pd.DataFrame:
