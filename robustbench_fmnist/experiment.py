@@ -30,6 +30,7 @@ from robustbench_fmnist.errors import ConfigError, HarnessError
 from robustbench_fmnist.evaluation import CellResult, evaluate_cells, sweep_cells
 from robustbench_fmnist.models import MODELS, count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.perturbations.registry import check_severity
 from robustbench_fmnist.report import results_frame, write_report
 from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
 from robustbench_fmnist.training import to_float_images, train_model
@@ -203,20 +204,22 @@ def run_record(
             "git_commit": git_commit(),
         },
         "data": {"source": str(data.source), "checksum": data.checksum, "verified": data.verified},
-        "perturbations": [
-            {
-                "name": p.name,
-                "family": PERTURBATIONS.get(p.name).family,
-                "unit": PERTURBATIONS.get(p.name).unit,
-                "random": PERTURBATIONS.get(p.name).random,
-                "description": PERTURBATIONS.get(p.name).description,
-                "levels": list(PERTURBATIONS.get(p.name).levels),
-                "severities": list(p.severities),
-            }
-            for p in config.perturbations
-        ],
+        "perturbations": [_perturbation_record(p.name, p.severities) for p in config.perturbations],
         "models": models_info,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _perturbation_record(name: str, severities: Sequence[int]) -> dict[str, Any]:
+    entry = PERTURBATIONS.get(name)
+    return {
+        "name": name,
+        "family": entry.family,
+        "unit": entry.unit,
+        "random": entry.random,
+        "description": entry.description,
+        "levels": list(entry.levels),
+        "severities": list(severities),
     }
 
 
@@ -267,8 +270,7 @@ def evaluate_module(
     Returns the tidy rows of results.csv as a DataFrame: one row per perturbation and severity.
     """
     for severity in severities:
-        if not 0 <= severity <= 5:
-            raise ConfigError(f"severity {severity} is impossible: severities run from 0 to 5")
+        check_severity(severity)
     torch_device = resolve_device(device)
     tune_cpu_allocator()
     data = load_fashion_mnist(data_dir)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from robustbench_fmnist.config import MAX_SEVERITY
 from robustbench_fmnist.perturbations.random import ImageRandom, derive_key
 from robustbench_fmnist.registry import Registry
 
-MAX_SEVERITY = 5
 # kernel(images, parameter, rng) -> perturbed images; rng is ignored by deterministic kernels
 Kernel = Callable[[torch.Tensor, float, ImageRandom], torch.Tensor]
 
