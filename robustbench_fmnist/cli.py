@@ -1,4 +1,4 @@
-"""Command line: run | validate | ls. User errors print one line and exit non-zero."""
+"""Command line: run | validate | ls | preview. User errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", help="list registered models and perturbations")
     ls.add_argument("kind", nargs="?", choices=["models", "perturbations"], help="list only this kind")
     ls.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*cnn*'")
+    ls.add_argument("--markdown", action="store_true", help="print the perturbation severity table as Markdown")
+
+    preview = commands.add_parser(
+        "preview", help="write PNG grids: severities 0..5 of a perturbation on one image per class"
+    )
+    preview.add_argument("perturbation", help="a registered perturbation, a wildcard such as 'gamma_*', or 'all'")
+    preview.add_argument("--output-dir", type=Path, default=Path("reports/preview"), help="default reports/preview/")
+    preview.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")
+    preview.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
+    preview.add_argument("--no-verify", action="store_true", help="skip the count and checksum checks (custom data)")
     return parser
 
 
@@ -62,11 +73,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import load_config
-    from robustbench_fmnist.experiment import resolve
+    from robustbench_fmnist.experiment import experiment_cells, resolve
 
     config = load_config(args.experiment, _overrides(args))
     models = resolve(config)
-    cells = sum(len(p.severities) for p in config.perturbations)
+    cells = len(experiment_cells(config)) - 1
     print(
         f"{args.experiment}: ok - {len(models)} model(s) ({', '.join(m.name for m in models)}), "
         f"{len(config.perturbations)} perturbation(s), {cells} shifted cells + clean per model; "
@@ -87,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"report written to {folder}/ (report.md, results.csv, run.json) in {run['timings_seconds']['total']:.1f} s")
     for row in summary.itertuples():
         print(
-            f"  {row.model:<16} {row.perturbation:<12} clean {100 * row.clean_accuracy:6.2f} %  "
+            f"  {row.model:<16} {row.perturbation:<16} clean {100 * row.clean_accuracy:6.2f} %  "
             f"mean {100 * row.mean_accuracy:6.2f} %  worst {100 * row.worst_accuracy:6.2f} %"
         )
     return 0
@@ -95,8 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from robustbench_fmnist.models import MODELS
-    from robustbench_fmnist.perturbations import PERTURBATIONS
+    from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
 
+    if args.markdown:
+        print(severity_markdown(args.pattern), end="")
+        return 0
     if args.kind in (None, "models"):
         print("models:")
         for name in MODELS.names(args.pattern):
@@ -104,15 +118,40 @@ def cmd_ls(args: argparse.Namespace) -> int:
             tags = f" [{', '.join(entry.tags)}]" if entry.tags else ""
             print(f"  {name:<20} {entry.description}{tags}")
     if args.kind in (None, "perturbations"):
-        print("perturbations (severity 1..5 parameters; severity 0 is clean):")
-        for name in PERTURBATIONS.names(args.pattern):
-            entry = PERTURBATIONS.get(name)
-            levels = ", ".join(f"{v:g}" for v in entry.levels)
-            print(f"  {name:<20} {entry.description} [{entry.family}] {entry.unit}: {levels}")
+        print("perturbations: the parameter at severities 1..5 (severity 0 is clean; '-' beyond a probe's levels)")
+        print(f"  {'name':<16} {'family':<9} " + " ".join(f"{'s' + str(s):>6}" for s in range(1, 6)) + "  unit")
+        print(severity_text(args.pattern))
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls}
+def cmd_preview(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.data import load_fashion_mnist
+    from robustbench_fmnist.errors import UnknownNameError
+    from robustbench_fmnist.perturbations import PERTURBATIONS
+    from robustbench_fmnist.report.preview import sample_per_class, write_preview
+
+    pattern = "*" if args.perturbation == "all" else args.perturbation
+    names = PERTURBATIONS.names(pattern)
+    if not names:
+        raise UnknownNameError(PERTURBATIONS.unknown_message(args.perturbation))
+    if args.backend == "albumentations":
+        from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS
+
+        names = [n for n in names if n in ADAPTERS] or names
+    test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
+    images, indices = sample_per_class(test.images, test.labels)
+    for name in names:
+        try:
+            path = write_preview(
+                name, images, indices, args.output_dir / f"{name}.png", seed=args.seed, backend=args.backend
+            )
+        except ValueError as exc:
+            raise UnknownNameError(str(exc)) from None
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "preview": cmd_preview}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,21 +75,60 @@ class ModelSpec(_Strict):
         return value
 
 
+Backend = Literal["torch", "albumentations"]
+_PERTURBATION_KEYS = {"name", "severities", "values", "values_key", "backend"}
+
+
+def _perturbation_shorthand(value: Any) -> Any:
+    value = _name_shorthand(value)
+    if not isinstance(value, dict):
+        return value
+    # `- rotation: {angles: [...]}` means `- {name: rotation, angles: [...]}`
+    if len(value) == 1:
+        ((key, body),) = value.items()
+        if key not in _PERTURBATION_KEYS and isinstance(body, dict | None):
+            value = {"name": key, **(body or {})}
+    # `rotation: {angles: [0, 10, 20]}`: one key beyond the known ones, holding a list, is the
+    # perturbation's own name for custom values; `experiment.resolve` checks it against the registry
+    extra = [k for k in value if k not in _PERTURBATION_KEYS]
+    if len(extra) == 1 and isinstance(value[extra[0]], list | tuple) and "values" not in value:
+        value = dict(value)
+        value["values_key"] = extra[0]
+        value["values"] = value.pop(extra[0])
+    return value
+
+
 class PerturbationSpec(_Strict):
     name: str = Field(min_length=1)
-    severities: tuple[int, ...] = Field((1, 2, 3, 4, 5), min_length=1)
+    severities: tuple[int, ...] | None = Field(None, min_length=1, description="default: every level of the table")
+    values: tuple[float, ...] | None = Field(None, min_length=1, max_length=64, description="custom parameters")
+    values_key: str | None = Field(None, description="the YAML key the custom values came from")
+    backend: Backend | None = Field(None, description="default: evaluation.backend")
 
-    _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _name_shorthand(v)))
+    _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _perturbation_shorthand(v)))
 
     @field_validator("severities")
     @classmethod
-    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+    def _severity_range(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
         for s in value:
             if not 0 <= s <= MAX_SEVERITY:
                 raise ValueError(f"severity {s} is impossible: severities run from 0 (clean) to {MAX_SEVERITY}")
         if len(set(value)) != len(value):
             raise ValueError(f"severities repeat: {list(value)}")
         return tuple(sorted(value))
+
+    @model_validator(mode="after")
+    def _severities_or_values(self) -> PerturbationSpec:
+        if self.severities is not None and self.values is not None:
+            raise ValueError(f"{self.name}: give severities or custom {self.values_key or 'values'}, not both")
+        return self
+
+    def label(self, default_backend: str) -> str:
+        """The name results are filed under: the perturbation, tagged when albumentations computes it."""
+        backend = self.backend or default_backend
+        return self.name if backend == "torch" else f"{self.name}@{backend}"
 
 
 class DataConfig(_Strict):
@@ -103,6 +142,7 @@ class EvaluationConfig(_Strict):
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     channels_last: bool = True
     test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
+    backend: Backend = Field("torch", description="perturbation backend: torch (batched) or albumentations")
 
 
 class ExperimentConfig(_Strict):
@@ -126,8 +166,8 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentConfig:
-        for kind, specs in (("model", self.models), ("perturbation", self.perturbations)):
-            names = [s.name for s in specs]
+        labelled = [p.label(self.evaluation.backend) for p in self.perturbations]
+        for kind, names in (("model", [s.name for s in self.models]), ("perturbation", labelled)):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")

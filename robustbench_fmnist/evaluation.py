@@ -21,12 +21,34 @@ _PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": 
 
 @dataclass(frozen=True)
 class Cell:
-    perturbation: str  # CLEAN or a registered perturbation
-    severity: int
+    perturbation: str  # the label results are filed under: CLEAN, a perturbation, or name@albumentations
+    severity: int  # the table's severity, or the position 1..k in a custom list of values
+    parameter: float | None = None  # the kernel's parameter (None for clean)
+    name: str | None = None  # the registered perturbation (None for clean)
+    backend: str = "torch"
 
-    @property
-    def parameter(self) -> float | None:
-        return None if self.perturbation == CLEAN else PERTURBATIONS.get(self.perturbation).parameter(self.severity)
+
+def perturbation_cells(
+    name: str,
+    *,
+    severities: Sequence[int] | None = None,
+    values: Sequence[float] | None = None,
+    backend: str = "torch",
+    label: str | None = None,
+) -> list[Cell]:
+    """The cells of one perturbation: its table's severities (default all), or custom values.
+
+    Raises ValueError naming the problem for a severity beyond the table or a value the kernel
+    rejects; severity 0 is clean and is skipped.
+    """
+    entry = PERTURBATIONS.get(name)
+    if values is not None:
+        pairs = [(position, entry.check_value(v)) for position, v in enumerate(values, start=1)]
+    else:
+        chosen = range(1, entry.max_severity + 1) if severities is None else severities
+        pairs = [(s, entry.parameter(s)) for s in chosen]  # parameter() rejects a severity beyond the table
+        pairs = [(s, v) for s, v in pairs if s != 0]
+    return [Cell(label or name, s, v, name, backend) for s, v in pairs]
 
 
 @dataclass
@@ -35,6 +57,7 @@ class CellResult:
     perturbation: str
     severity: int
     parameter: float | None
+    backend: str
     n_images: int
     n_correct: int
     accuracy: float
@@ -43,6 +66,16 @@ class CellResult:
 
     def to_row(self) -> dict[str, object]:
         return asdict(self)
+
+
+def perturb_cell(cell: Cell, images: torch.Tensor, *, seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """The cell's perturbation of a batch, by the cell's backend."""
+    entry = PERTURBATIONS.get(cell.name)
+    if cell.backend == "albumentations":
+        from robustbench_fmnist.perturbations.albumentations_backend import apply_albumentations
+
+        return apply_albumentations(entry, images, cell.parameter, seed=seed, indices=indices)
+    return entry.apply_value(images, cell.parameter, seed=seed, indices=indices)
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
@@ -70,12 +103,11 @@ def _fold_in_place(module: nn.Module) -> None:
             module._modules[second] = nn.Identity()
 
 
-def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int]]]) -> list[Cell]:
-    """Clean first, then each perturbation's severities (severity 0 is clean, so it is skipped)."""
+def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
+    """Clean first, then each (perturbation, severities) pair's cells; severities None means all."""
     cells = [Cell(CLEAN, 0)]
     for name, severities in perturbations:
-        PERTURBATIONS.get(name)  # fail before any work on an unknown name
-        cells += [Cell(name, s) for s in severities if s > 0]
+        cells += perturbation_cells(name, severities=severities)
     return cells
 
 
@@ -109,12 +141,11 @@ def evaluate_cells(
         for cell in cells:
             start = time.perf_counter()
             predicted = torch.empty(count, dtype=torch.uint8, device=device)
-            perturb = None if cell.perturbation == CLEAN else PERTURBATIONS.get(cell.perturbation)
             for first in batches:
                 batch = images[first : first + batch_size]
-                if perturb is not None:
+                if cell.name is not None:
                     indices = torch.arange(first, first + len(batch), device=device)
-                    batch = perturb(batch, cell.severity, seed=seed, indices=indices)
+                    batch = perturb_cell(cell, batch, seed=seed, indices=indices)
                 batch = batch.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     predicted[first : first + len(batch)] = model(batch).argmax(1)
@@ -127,6 +158,7 @@ def evaluate_cells(
                     perturbation=cell.perturbation,
                     severity=cell.severity,
                     parameter=cell.parameter,
+                    backend=cell.backend if cell.name is not None else "",
                     n_images=count,
                     n_correct=correct,
                     accuracy=correct / count,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import logging
@@ -24,13 +25,13 @@ from robustbench_fmnist.checkpoints import (
     load_user_checkpoint,
     save_checkpoint,
 )
-from robustbench_fmnist.config import ExperimentConfig, ModelSpec, TrainRecipe
+from robustbench_fmnist.config import ExperimentConfig, ModelSpec, PerturbationSpec, TrainRecipe
 from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
-from robustbench_fmnist.evaluation import CellResult, evaluate_cells, sweep_cells
+from robustbench_fmnist.evaluation import CLEAN, Cell, CellResult, evaluate_cells, perturbation_cells, sweep_cells
 from robustbench_fmnist.models import MODELS, count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.perturbations.registry import check_severity
+from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
 from robustbench_fmnist.report import results_frame, write_report
 from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
 from robustbench_fmnist.training import to_float_images, train_model
@@ -62,10 +63,45 @@ class ResolvedModel:
 
 def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
     """Check every name the config uses against the registries; raise one clear ConfigError."""
-    for i, pert in enumerate(config.perturbations):
-        if pert.name not in PERTURBATIONS:
-            raise ConfigError(f"perturbations[{i}].name: {PERTURBATIONS.unknown_message(pert.name)}")
+    experiment_cells(config)
     return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
+
+
+def experiment_cells(config: ExperimentConfig) -> list[Cell]:
+    """Clean plus every perturbation cell the config asks for, checked against the registry."""
+    cells = [Cell(CLEAN, 0)]
+    for i, spec in enumerate(config.perturbations):
+        cells += _perturbation_cells(i, spec, config.evaluation.backend)
+    return cells
+
+
+def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str) -> list[Cell]:
+    where = f"perturbations[{index}]"
+    if spec.name not in PERTURBATIONS:
+        raise ConfigError(f"{where}.name: {PERTURBATIONS.unknown_message(spec.name)}")
+    entry = PERTURBATIONS.get(spec.name)
+    if spec.values_key is not None and spec.values_key != entry.values_key:
+        accepted = ["severities", "backend"] + ([entry.values_key] if entry.values_key else [])
+        close = difflib.get_close_matches(spec.values_key, accepted, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        custom = f"custom values go under {entry.values_key!r}" if entry.values_key else "it is a fixed probe"
+        raise ConfigError(f"{where}.{spec.values_key}: unknown key for {spec.name}; {hint}({custom})")
+    backend = spec.backend or default_backend
+    if backend == "albumentations" and spec.name in NO_EQUIVALENT:
+        raise ConfigError(
+            f"{where}.backend: {spec.name} has no albumentations backend ({NO_EQUIVALENT[spec.name]}); use torch"
+        )
+    try:
+        return perturbation_cells(
+            spec.name,
+            severities=spec.severities,
+            values=spec.values,
+            backend=backend,
+            label=spec.label(default_backend),
+        )
+    except ValueError as exc:
+        key = (spec.values_key or "values") if spec.values is not None else "severities"
+        raise ConfigError(f"{where}.{key}: {exc}") from None
 
 
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
@@ -145,7 +181,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     count = min(len(data.test), config.evaluation.test_images or len(data.test))
     images = to_float_images(data.test.images[:count], device)
     labels = data.test.labels[:count]
-    cells = sweep_cells([(p.name, p.severities) for p in config.perturbations])
+    cells = experiment_cells(config)
     rows: list[CellResult] = []
     models_info = []
     for model_spec in resolved:
@@ -204,23 +240,34 @@ def run_record(
             "git_commit": git_commit(),
         },
         "data": {"source": str(data.source), "checksum": data.checksum, "verified": data.verified},
-        "perturbations": [_perturbation_record(p.name, p.severities) for p in config.perturbations],
+        "perturbations": _perturbation_records(experiment_cells(config)),
         "models": models_info,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
     }
 
 
-def _perturbation_record(name: str, severities: Sequence[int]) -> dict[str, Any]:
-    entry = PERTURBATIONS.get(name)
-    return {
-        "name": name,
-        "family": entry.family,
-        "unit": entry.unit,
-        "random": entry.random,
-        "description": entry.description,
-        "levels": list(entry.levels),
-        "severities": list(severities),
-    }
+def _perturbation_records(cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        if cell.name is None:
+            continue
+        if cell.perturbation not in records:
+            entry = PERTURBATIONS.get(cell.name)
+            records[cell.perturbation] = {
+                "name": cell.perturbation,
+                "perturbation": entry.name,
+                "backend": cell.backend,
+                "family": entry.family,
+                "unit": entry.unit,
+                "random": entry.random,
+                "description": entry.description,
+                "levels": list(entry.levels),
+                "severities": [],
+                "parameters": [],
+            }
+        records[cell.perturbation]["severities"].append(cell.severity)
+        records[cell.perturbation]["parameters"].append(cell.parameter)
+    return list(records.values())
 
 
 def package_versions() -> dict[str, str]:
@@ -256,8 +303,8 @@ def evaluate_module(
     model: nn.Module,
     *,
     name: str = "model",
-    perturbations: Sequence[str] = ("brightness", "contrast", "rotation"),
-    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    perturbations: Sequence[str] = ("brightness_up", "contrast_down", "rotation"),
+    severities: Sequence[int] | None = None,
     device: str = "auto",
     seed: int = 0,
     data_dir: str | Path | None = None,
@@ -267,15 +314,14 @@ def evaluate_module(
 ) -> pd.DataFrame:
     """Evaluate any trained nn.Module (taking (N, 1, 28, 28) images in [0, 1]) on the sweep.
 
-    Returns the tidy rows of results.csv as a DataFrame: one row per perturbation and severity.
+    `severities` None means every level of each perturbation's table. Returns the tidy rows
+    of results.csv as a DataFrame: one row per perturbation and severity.
     """
-    for severity in severities:
-        check_severity(severity)
+    cells = sweep_cells([(p, severities) for p in perturbations])  # checks names and severities first
     torch_device = resolve_device(device)
     tune_cpu_allocator()
     data = load_fashion_mnist(data_dir)
     count = min(len(data.test), test_images or len(data.test))
-    cells = sweep_cells([(p, severities) for p in perturbations])
     results, _ = evaluate_cells(
         model,
         name,

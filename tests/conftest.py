@@ -83,7 +83,7 @@ def tiny_experiment(synthetic_dir: Path, tmp_path: Path) -> dict[str, Any]:
         "device": "cpu",
         "data": {"dir": str(synthetic_dir), "verify": False},
         "models": [{"name": "baseline_cnn_tiny", "train": {"epochs": 2, "batch_size": 32}}, "deep_cnn_tiny"],
-        "perturbations": ["brightness", {"name": "rotation", "severities": [1, 5]}],
+        "perturbations": ["brightness_up", {"name": "rotation", "severities": [1, 5]}],
         "evaluation": {"batch_size": 64},
         "output_dir": str(tmp_path / "reports"),
         "cache_dir": str(tmp_path / "checkpoints"),

@@ -11,8 +11,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from robustbench_fmnist.cli import main
+from robustbench_fmnist.perturbations import PERTURBATIONS
 
 
 def test_run_writes_a_complete_report_and_reuses_the_cache(
@@ -34,7 +36,7 @@ def test_run_writes_a_complete_report_and_reuses_the_cache(
     assert [m["weights"] for m in run["models"]] == ["trained", "trained"]
     assert "report written to" in capsys.readouterr().out
     md = (folder / "report.md").read_text()
-    assert "## brightness" in md and "## rotation" in md and "baseline_cnn_tiny" in md
+    assert "## brightness_up" in md and "## rotation" in md and "baseline_cnn_tiny" in md
 
     assert main(["-q", "run", str(path)]) == 0
     run2 = json.loads((folder / "run.json").read_text())
@@ -85,7 +87,7 @@ def test_ls_lists_models_and_perturbations_with_severities(capsys: pytest.Captur
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     assert "baseline_cnn " in out and "deep_cnn " in out and "timm_resnet18" in out
-    assert "rotation" in out and "15, 30, 45, 60, 75" in out
+    assert "rotation" in out and "15     30     45     60     75" in out
     assert main(["ls", "models", "*tiny"]) == 0
     listed = capsys.readouterr().out
     assert "baseline_cnn_tiny" in listed and "\n  deep_cnn " not in listed and "perturbations" not in listed
@@ -95,4 +97,35 @@ def test_python_m_entry_point_runs() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "robustbench_fmnist", "ls", "perturbations"], capture_output=True, text=True, check=False
     )
-    assert done.returncode == 0 and "brightness" in done.stdout
+    assert done.returncode == 0 and "brightness_up" in done.stdout
+
+
+def test_docs_severity_table_matches_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "perturbations.md").read_text()
+    assert table in docs, "docs/perturbations.md is stale: regenerate it with `ls --markdown`"
+    assert table.count("\n") == len(PERTURBATIONS) + 2
+
+
+def test_ls_prints_every_severity_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls", "perturbations", "gamma_*"]) == 0
+    out = capsys.readouterr().out
+    assert "gamma_up" in out and "gamma_down" in out and "rotation" not in out
+    assert "1.5      2    2.5      3      4  gamma exponent" in out
+
+
+def test_preview_writes_one_png_grid_per_perturbation(synthetic_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preview"
+    args = ["--data-dir", str(synthetic_dir), "--no-verify", "--output-dir", str(out)]
+    assert main(["-q", "preview", "turn", *args]) == 0
+    grid = Image.open(out / "turn.png")
+    # one row per severity 0..3 of 84-pixel tiles, one column per class present in the sample
+    assert grid.size[1] == 20 + 4 * (84 + 2)
+    assert main(["-q", "preview", "gamma_*", *args]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gamma_down.png", "gamma_up.png", "turn.png"]
+
+
+def test_preview_of_an_unknown_perturbation_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preview", "rotaton"]) == 2
+    assert "did you mean 'rotation'" in capsys.readouterr().err

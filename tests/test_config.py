@@ -10,10 +10,12 @@ import pytest
 
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import load_config
-from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.experiment import resolve
+from robustbench_fmnist.errors import ConfigError, HarnessError
+from robustbench_fmnist.experiment import experiment_cells, resolve
+from robustbench_fmnist.perturbations import PERTURBATIONS
 
-EXPERIMENTS = sorted(Path(__file__).resolve().parent.parent.glob("experiments/*.yaml"))
+EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = sorted(EXPERIMENT_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
@@ -23,18 +25,79 @@ def test_shipped_experiments_validate(path: Path) -> None:
     assert config.name == path.stem
 
 
-def test_lighting_experiment_names_both_models_and_three_shifts() -> None:
-    config = load_config(Path(__file__).resolve().parent.parent / "experiments/lighting.yaml")
+def test_lighting_experiment_runs_the_lighting_family_on_both_models() -> None:
+    config = load_config(EXPERIMENT_DIR / "lighting.yaml")
     assert [m.name for m in config.models] == ["baseline_cnn", "deep_cnn"]
-    assert [p.name for p in config.perturbations] == ["brightness", "contrast", "rotation"]
-    assert all(p.severities == (1, 2, 3, 4, 5) for p in config.perturbations)
+    assert {p.name for p in config.perturbations} == set(PERTURBATIONS.names()) & {
+        n for n in PERTURBATIONS.names() if PERTURBATIONS.get(n).family == "lighting"
+    }
+    assert all(p.severities is None for p in config.perturbations)  # every level of each table
     assert config.evaluation.precision == "float32"
+
+
+def test_viewpoint_and_full_experiments_cover_the_rest_of_the_suite() -> None:
+    viewpoint = load_config(EXPERIMENT_DIR / "viewpoint.yaml")
+    families = {PERTURBATIONS.get(p.name).family for p in viewpoint.perturbations}
+    assert families == {"viewpoint"}
+    assert {p.name for p in viewpoint.perturbations} == set(PERTURBATIONS.names("*")) & {
+        n for n in PERTURBATIONS.names() if PERTURBATIONS.get(n).family == "viewpoint"
+    }
+    rotation = next(p for p in viewpoint.perturbations if p.name == "rotation")
+    assert rotation.values_key == "angles" and rotation.values[:3] == (5, 10, 15)
+    full = load_config(EXPERIMENT_DIR / "full.yaml")
+    assert sorted(p.name for p in full.perturbations) == PERTURBATIONS.names()
+
+
+def test_custom_values_under_the_perturbations_own_key(write_yaml: Callable[..., Path], tiny_experiment: dict) -> None:
+    tiny_experiment["perturbations"] = [{"name": "rotation", "angles": [0, 10, 20]}]
+    config = load_config(write_yaml(tiny_experiment))
+    cells = experiment_cells(config)
+    assert [(c.perturbation, c.severity, c.parameter) for c in cells[1:]] == [
+        ("rotation", 1, 0.0), ("rotation", 2, 10.0), ("rotation", 3, 20.0)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("perturbation", "message"),
+    [
+        (
+            {"name": "rotation", "angels": [10]},
+            r"perturbations\[0\]\.angels: unknown key for rotation; did you mean 'angles'",
+        ),
+        ({"name": "rotation", "angles": [400]}, r"perturbations\[0\]\.angles: rotation: parameter 400 is outside"),
+        (
+            {"name": "hflip", "severities": [1, 3]},
+            r"perturbations\[0\]\.severities: hflip: severity must be an integer 0\.\.1",
+        ),
+        ({"name": "hflip", "angles": [10]}, r"unknown key for hflip; \(it is a fixed probe\)"),
+        ({"name": "shot_noise", "backend": "albumentations"}, r"shot_noise has no albumentations backend"),
+        ({"name": "rotation", "angles": [10], "severities": [1]}, "give severities or custom angles, not both"),
+        ({"name": "rotation", "backend": "opencv"}, "backend"),
+    ],
+)
+def test_bad_perturbation_entries_fail_with_one_clear_line(
+    perturbation: dict, message: str, write_yaml: Callable[..., Path], tiny_experiment: dict
+) -> None:
+    tiny_experiment["perturbations"] = [perturbation]
+    with pytest.raises(HarnessError, match=message):
+        resolve(load_config(write_yaml(tiny_experiment)))
+
+
+def test_the_same_perturbation_on_two_backends_is_filed_under_two_labels(
+    write_yaml: Callable[..., Path], tiny_experiment: dict
+) -> None:
+    tiny_experiment["perturbations"] = ["rotation", {"name": "rotation", "backend": "albumentations"}]
+    labels = [c.perturbation for c in experiment_cells(load_config(write_yaml(tiny_experiment)))]
+    assert labels[1] == "rotation" and labels[-1] == "rotation@albumentations"
+    tiny_experiment["perturbations"] = ["rotation", "rotation"]
+    with pytest.raises(HarnessError, match="'rotation' is listed twice"):
+        load_config(write_yaml(tiny_experiment))
 
 
 def test_shorthand_names_and_defaults(tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path]) -> None:
     config = load_config(write_yaml(tiny_experiment))
     assert config.models[1].name == "deep_cnn_tiny" and config.models[1].train is None
-    assert config.perturbations[0].severities == (1, 2, 3, 4, 5)
+    assert config.perturbations[0].severities is None  # the whole table
     assert config.perturbations[1].severities == (1, 5)
 
 
@@ -55,8 +118,8 @@ BAD_CONFIGS = [
     ({"modles": ["baseline_cnn"]}, "unknown key 'modles'; did you mean 'models'?"),
     ({"models": [{"name": "baseline_cnn", "trian": {}}]}, "unknown key 'models[0].trian'; did you mean 'train'?"),
     ({"evaluation": {"batchsize": 5}}, "unknown key 'evaluation.batchsize'; did you mean 'batch_size'?"),
-    ({"perturbations": [{"name": "contrast", "severities": [1, 7]}]}, "severity 7 is impossible"),
-    ({"perturbations": [{"name": "contrast", "severities": [2, 2]}]}, "severities repeat"),
+    ({"perturbations": [{"name": "contrast_down", "severities": [1, 7]}]}, "severity 7 is impossible"),
+    ({"perturbations": [{"name": "contrast_down", "severities": [2, 2]}]}, "severities repeat"),
     (
         {"models": [{"name": "baseline_cnn", "train": {"epochs": -3}}]},
         "models[0].train.epochs: Input should be greater",

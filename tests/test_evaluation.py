@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_fmnist.evaluation import CLEAN, Cell, evaluate_cells, sweep_cells
+from robustbench_fmnist.evaluation import CLEAN, evaluate_cells, perturbation_cells, sweep_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import apply_perturbation
 from tests.conftest import synthetic_split
@@ -32,15 +32,28 @@ def test_set() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_sweep_cells_start_clean_and_skip_severity_zero() -> None:
-    cells = sweep_cells([("brightness", [0, 1, 5]), ("rotation", [2])])
-    assert cells == [Cell(CLEAN, 0), Cell("brightness", 1), Cell("brightness", 5), Cell("rotation", 2)]
+    cells = sweep_cells([("brightness_up", [0, 1, 5]), ("rotation", [2])])
+    assert [(c.perturbation, c.severity) for c in cells] == [
+        (CLEAN, 0), ("brightness_up", 1), ("brightness_up", 5), ("rotation", 2)
+    ]  # fmt: skip
     assert cells[0].parameter is None and cells[2].parameter == 0.5 and cells[3].parameter == 30
+    # None means the whole table; fixed probes have fewer levels
+    assert [c.severity for c in sweep_cells([("turn", None)])[1:]] == [1, 2, 3]
+
+
+def test_perturbation_cells_take_custom_values_and_reject_bad_ones() -> None:
+    cells = perturbation_cells("rotation", values=[0, 10, 20])
+    assert [(c.severity, c.parameter) for c in cells] == [(1, 0.0), (2, 10.0), (3, 20.0)]
+    with pytest.raises(ValueError, match="outside"):
+        perturbation_cells("rotation", values=[400])
+    with pytest.raises(ValueError, match=r"severity must be an integer 0\.\.1"):
+        perturbation_cells("hflip", severities=[2])
 
 
 def test_accuracy_is_exact_for_a_model_with_known_answers(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = test_set
     results, predictions = evaluate_cells(
-        ConstantClass(3), "const", images, labels, sweep_cells([("contrast", [5])]), device=CPU, batch_size=40
+        ConstantClass(3), "const", images, labels, sweep_cells([("contrast_down", [5])]), device=CPU, batch_size=40
     )
     expected = int((labels == 3).sum())
     for result in results:
@@ -53,7 +66,7 @@ def test_results_do_not_depend_on_batch_size(test_set: tuple[torch.Tensor, torch
     images, labels = test_set
     torch.manual_seed(0)
     model = create_model("deep_cnn_tiny").eval()
-    cells = sweep_cells([("rotation", [1, 4]), ("brightness", [2])])
+    cells = sweep_cells([("rotation", [1, 4]), ("brightness_up", [2])])
     small, pred_small = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=7, seed=3)
     large, pred_large = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=150, seed=3)
     assert [r.n_correct for r in small] == [r.n_correct for r in large]
@@ -69,18 +82,22 @@ def test_each_cell_sees_the_perturbed_images(test_set: tuple[torch.Tensor, torch
             seen.append(x.clone())
             return super().forward(x)
 
-    evaluate_cells(Recorder(0), "rec", images, labels, [Cell("rotation", 3)], device=CPU, batch_size=150, seed=1)
+    cells = perturbation_cells("rotation", severities=[3]) + perturbation_cells(
+        "rotation", severities=[3], backend="albumentations", label="rotation@albumentations"
+    )
+    evaluate_cells(Recorder(0), "rec", images, labels, cells, device=CPU, batch_size=150, seed=1)
     expected = apply_perturbation("rotation", images, 3, seed=1)
     torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(seen[1], expected, rtol=0, atol=1e-4)  # the albumentations backend, same draws
 
 
 def test_rows_are_tidy(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = test_set
     results, _ = evaluate_cells(
-        ConstantClass(1), "c", images, labels, sweep_cells([("brightness", [1, 2])]), device=CPU
+        ConstantClass(1), "c", images, labels, sweep_cells([("brightness_up", [1, 2])]), device=CPU
     )
     frame = pd.DataFrame([r.to_row() for r in results])
-    assert list(frame.perturbation) == ["clean", "brightness", "brightness"]
+    assert list(frame.perturbation) == ["clean", "brightness_up", "brightness_up"]
     assert list(frame.severity) == [0, 1, 2] and frame.model.unique().tolist() == ["c"]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from robustbench_fmnist.perturbations import color, geometry  # noqa: F401  (registers)
+from robustbench_fmnist.perturbations import blur, color, digital, geometry, noise  # noqa: F401  (registers)
 from robustbench_fmnist.perturbations.random import ImageRandom, derive_key
 from robustbench_fmnist.perturbations.registry import (
-    MAX_SEVERITY,
     PERTURBATIONS,
     PerturbationEntry,
     apply_perturbation,
@@ -13,7 +12,6 @@ from robustbench_fmnist.perturbations.registry import (
 )
 
 __all__ = [
-    "MAX_SEVERITY",
     "PERTURBATIONS",
     "ImageRandom",
     "PerturbationEntry",

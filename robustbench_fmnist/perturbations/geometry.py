@@ -1,4 +1,14 @@
-"""Viewpoint perturbations: geometric warps by affine resampling."""
+"""Viewpoint perturbations: affine warps (rotation, shear, zoom, translation) and fixed probes.
+
+Conventions, shared with the albumentations backend so the two agree:
+- matrices map input to output pixel coordinates (OpenCV's convention), with pixel centres at
+  integer coordinates and the image centre at ((W - 1) / 2, (H - 1) / 2);
+- they are composed as albumentations' `Affine` composes them:
+  centre <- translate <- shear <- rotate <- scale <- to-origin;
+- positive angles rotate counter-clockwise as the image is displayed (y pointing down);
+- sampling is bilinear with a zero (black) border, the same as `grid_sample(align_corners=False,
+  padding_mode="zeros")` and OpenCV's `warpAffine(INTER_LINEAR, BORDER_CONSTANT, 0)`.
+"""
 
 from __future__ import annotations
 
@@ -11,30 +21,190 @@ from robustbench_fmnist.perturbations.random import ImageRandom
 from robustbench_fmnist.perturbations.registry import register_perturbation
 
 
-def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each image counter-clockwise by its own angle about the centre.
+def affine_matrices(
+    height: int,
+    width: int,
+    *,
+    rotate: torch.Tensor | float = 0.0,
+    shear_x: torch.Tensor | float = 0.0,
+    shear_y: torch.Tensor | float = 0.0,
+    scale: torch.Tensor | float = 1.0,
+    translate_x: torch.Tensor | float = 0.0,
+    translate_y: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """(N, 3, 3) float64 forward matrices in pixel coordinates; angles in degrees, shifts in pixels."""
+    params = [
+        torch.as_tensor(p, dtype=torch.float64) for p in (rotate, shear_x, shear_y, scale, translate_x, translate_y)
+    ]
+    rotate, shear_x, shear_y, scale, translate_x, translate_y = torch.broadcast_tensors(*params)
+    rotate, shear_x, shear_y, scale, translate_x, translate_y = (
+        p.reshape(-1) for p in (rotate, shear_x, shear_y, scale, translate_x, translate_y)
+    )
+    count = len(rotate)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
 
-    Bilinear, zero border, align_corners=False: the convention albumentations' Rotate uses,
-    so the two backends agree (REFERENCE.md).
-    """
-    radians = degrees.to(device=images.device, dtype=torch.float32) * (math.pi / 180.0)
+    def matrix(rows: list[list[torch.Tensor | float]]) -> torch.Tensor:
+        return torch.stack(
+            [torch.stack([torch.as_tensor(v, dtype=torch.float64).expand(count) for v in row], -1) for row in rows], -2
+        )
+
+    radians = torch.deg2rad(rotate)
     cos, sin = torch.cos(radians), torch.sin(radians)
-    zero = torch.zeros_like(cos)
-    # affine_grid maps output to input coordinates (y pointing down), hence the signs
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    to_origin = matrix([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]])
+    scaling = matrix([[scale, 0.0, 0.0], [0.0, scale, 0.0], [0.0, 0.0, 1.0]])
+    rotation = matrix([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    shearing = matrix(
+        [[1.0, torch.tan(torch.deg2rad(shear_x)), 0.0], [torch.tan(torch.deg2rad(shear_y)), 1.0, 0.0], [0.0, 0.0, 1.0]]
+    )
+    translation = matrix([[1.0, 0.0, translate_x], [0.0, 1.0, translate_y], [0.0, 0.0, 1.0]])
+    back = matrix([[1.0, 0.0, cx], [0.0, 1.0, cy], [0.0, 0.0, 1.0]])
+    return back @ translation @ shearing @ rotation @ scaling @ to_origin
+
+
+def warp_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Warp each image by its forward matrix (N, 3, 3): bilinear, black border, dtype kept."""
+    count, _, height, width = images.shape
+    inverse = torch.linalg.inv(matrices.to(torch.float64))
+    # grid_sample reads normalised input coordinates; with align_corners=False pixel x sits at (2x + 1) / W - 1
+    to_normalised = torch.tensor(
+        [[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+    theta = (to_normalised @ inverse)[:, :2, :].to(device=images.device, dtype=torch.float32)
+    # one (HW, 3) x (3, 2N) product: ~10x faster than F.affine_grid on the CPU
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=images.device, dtype=torch.float32),
+        torch.arange(width, device=images.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    base = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(height * width, 3)
+    grid = torch.einsum("pk,njk->npj", base, theta).view(count, height, width, 2)
     out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.to(images.dtype).clamp_(0.0, 1.0)
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image counter-clockwise by its own angle (degrees) about the centre."""
+    return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], rotate=degrees.cpu()))
+
+
+def rotation_angles(degrees: float, rng: ImageRandom) -> torch.Tensor:
+    """(N,) signed angles: the magnitude from the table, the direction drawn per image."""
+    return rng.sign().cpu().double() * degrees
 
 
 # 15-degree steps (Ovadia et al. sweep MNIST in 15-degree steps); the direction is drawn per
 # image from the seed, so a model cannot profit from a bias towards one direction
 @register_perturbation(
-    levels=(15, 30, 45, 60, 75), identity=0.0, unit="degrees, random direction", family="viewpoint", random=True
-)
-def rotation(images: torch.Tensor, degrees: float, rng: ImageRandom | None = None) -> torch.Tensor:
+    levels=(15, 30, 45, 60, 75), identity=0.0, unit="degrees, random direction", family="viewpoint",
+    values_key="angles", bounds=(-360.0, 360.0), random=True,
+)  # fmt: skip
+def rotation(images: torch.Tensor, degrees: float, rng: ImageRandom) -> torch.Tensor:
     """Rotation by a fixed angle, clockwise or counter-clockwise per image."""
-    if not -360.0 <= degrees <= 360.0:
-        raise ValueError(f"rotation angle must lie in [-360, 360] degrees, got {degrees}")
-    signs = torch.ones(len(images), device=images.device) if rng is None else rng.sign()
-    return rotate(images, signs * degrees)
+    return rotate(images, rotation_angles(degrees, rng))
+
+
+def shear_angles(degrees: float, rng: ImageRandom) -> dict[str, torch.Tensor]:
+    """Per image: shear along x or along y (equal chance), in a random direction."""
+    signed = rng.sign(stream=0).cpu().double() * degrees
+    along_x = rng.uniform(stream=1).cpu() < 0.5
+    zero = torch.zeros_like(signed)
+    return {"shear_x": torch.where(along_x, signed, zero), "shear_y": torch.where(along_x, zero, signed)}
+
+
+@register_perturbation(
+    levels=(10, 20, 30, 40, 50), identity=0.0, unit="degrees, random axis and direction", family="viewpoint",
+    values_key="angles", bounds=(-80.0, 80.0), random=True,
+)  # fmt: skip
+def shear(images: torch.Tensor, degrees: float, rng: ImageRandom) -> torch.Tensor:
+    """Shear along x or y about the centre: the object is seen slanted."""
+    return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], **shear_angles(degrees, rng)))
+
+
+def _zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
+    matrices = affine_matrices(images.shape[-2], images.shape[-1], scale=torch.full((len(images),), factor))
+    return warp_affine(images, matrices)
+
+
+@register_perturbation(
+    levels=(1.15, 1.3, 1.5, 1.75, 2.0), identity=1.0, unit="scale factor", family="viewpoint",
+    values_key="factors", bounds=(0.05, 20.0),
+)  # fmt: skip
+def zoom_in(images: torch.Tensor, factor: float, rng: ImageRandom) -> torch.Tensor:
+    """Scale up about the centre (a closer camera): the object's edges leave the frame."""
+    return _zoom(images, factor)
+
+
+@register_perturbation(
+    levels=(0.85, 0.7, 0.6, 0.5, 0.4), identity=1.0, unit="scale factor", family="viewpoint",
+    values_key="factors", bounds=(0.05, 20.0),
+)  # fmt: skip
+def zoom_out(images: torch.Tensor, factor: float, rng: ImageRandom) -> torch.Tensor:
+    """Scale down about the centre (a farther camera): the object shrinks in a black frame."""
+    return _zoom(images, factor)
+
+
+_DIRECTIONS = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+
+
+def translation_offsets(pixels: float, rng: ImageRandom) -> dict[str, torch.Tensor]:
+    """Per image: a shift of `pixels` right, left, down or up (equal chance)."""
+    offsets = _DIRECTIONS[rng.choice(4).cpu()] * pixels
+    return {"translate_x": offsets[:, 0], "translate_y": offsets[:, 1]}
+
+
+# whole pixels along an axis, so sampling lands on pixel centres: a pure shift, no blur
+@register_perturbation(
+    levels=(2, 3, 4, 6, 8), identity=0.0, unit="pixels, random axis direction", family="viewpoint",
+    values_key="shifts", bounds=(-28.0, 28.0), random=True,
+)  # fmt: skip
+def translation(images: torch.Tensor, pixels: float, rng: ImageRandom) -> torch.Tensor:
+    """Shift right, left, down or up, filling with black: the object is off-centre."""
+    offsets = translation_offsets(pixels, rng)
+    return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], **offsets))
+
+
+@register_perturbation(
+    levels=(1,), identity=0.0, unit="1 = mirrored", family="viewpoint", values_key=None, bounds=(0.0, 1.0), step=1.0
+)
+def hflip(images: torch.Tensor, flipped: float, rng: ImageRandom) -> torch.Tensor:
+    """Horizontal mirror image (a fixed probe; Fashion-MNIST-C uses it)."""
+    return images.flip(-1)
+
+
+@register_perturbation(
+    levels=(90, 180, 270), identity=0.0, unit="degrees counter-clockwise", family="viewpoint",
+    values_key="angles", bounds=(0.0, 270.0), step=90.0,
+)  # fmt: skip
+def turn(images: torch.Tensor, degrees: float, rng: ImageRandom) -> torch.Tensor:
+    """Exact quarter, half and three-quarter turns (fixed probes; no resampling)."""
+    return torch.rot90(images, round(degrees / 90.0), dims=(-2, -1)).clone()
+
+
+# At strength 1 the mix reaches about the middle of each single shift's table, jointly
+VIEWPOINT_MIX_ROTATE = 45.0  # degrees, +-
+VIEWPOINT_MIX_SHEAR = 20.0  # degrees along x, +-
+VIEWPOINT_MIX_SCALE = 1.4  # factor in [1/1.4, 1.4], log-uniform
+VIEWPOINT_MIX_TRANSLATE = 4.0  # pixels per axis, +-
+
+
+def viewpoint_mix_draws(strength: float, rng: ImageRandom) -> dict[str, torch.Tensor]:
+    """Per-image rotation, shear, scale and translation, each uniform (log-uniform for scale)."""
+    draws = {
+        "rotate": rng.symmetric(stream=0) * (strength * VIEWPOINT_MIX_ROTATE),
+        "shear_x": rng.symmetric(stream=1) * (strength * VIEWPOINT_MIX_SHEAR),
+        "scale": torch.exp(rng.symmetric(stream=2) * (strength * math.log(VIEWPOINT_MIX_SCALE))),
+        "translate_x": rng.symmetric(stream=3) * (strength * VIEWPOINT_MIX_TRANSLATE),
+        "translate_y": rng.symmetric(stream=4) * (strength * VIEWPOINT_MIX_TRANSLATE),
+    }
+    return {k: v.cpu().double() for k, v in draws.items()}
+
+
+@register_perturbation(
+    levels=(0.2, 0.4, 0.6, 0.8, 1.0), identity=0.0, unit="mix strength", family="viewpoint",
+    values_key="strengths", bounds=(0.0, 1.0), random=True,
+)  # fmt: skip
+def viewpoint(images: torch.Tensor, strength: float, rng: ImageRandom) -> torch.Tensor:
+    """Viewpoint mix: rotation, shear, scale and translation drawn jointly per image, one warp."""
+    draws = viewpoint_mix_draws(strength, rng)
+    return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], **draws))

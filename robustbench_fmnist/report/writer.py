@@ -16,6 +16,7 @@ RESULT_COLUMNS = [
     "perturbation",
     "severity",
     "parameter",
+    "backend",
     "n_images",
     "n_correct",
     "accuracy",

@@ -1,0 +1,112 @@
+"""Perturbation throughput on the 10,000-image test set (pytest-benchmark; not timed unit tests).
+
+Two targets from the perturbation-suite issue, both measured in this one module on the same
+machine and threads, so the ratios are what is gated, not absolute seconds:
+- the torch backend runs the whole suite (every perturbation albumentations also has, at every
+  severity) at least 20x faster than the albumentations backend;
+- one perturbation at one severity costs under 10 % of the baseline CNN's forward pass over the
+  same images (fp32, channels_last, batch 1000, as the evaluator runs it).
+Run alone with `pytest tests/benchmarks -s` to see the per-perturbation table.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from robustbench_fmnist.data import load_fashion_mnist
+from robustbench_fmnist.evaluation import fold_batch_norm
+from robustbench_fmnist.models import create_model
+from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, apply_albumentations
+from robustbench_fmnist.runtime import tune_cpu_allocator
+from tests.conftest import real_data_available, synthetic_split
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
+
+COUNT = 10_000
+SHARED = [n for n in PERTURBATIONS.names() if n in ADAPTERS]
+
+
+@pytest.fixture(scope="module")
+def test_images() -> torch.Tensor:
+    tune_cpu_allocator()
+    if real_data_available():
+        return load_fashion_mnist().test.images[:COUNT].float().div(255).unsqueeze(1)
+    raw, _ = synthetic_split(COUNT, seed=0)
+    return torch.from_numpy(raw).float().div(255).unsqueeze(1)
+
+
+def _cells(names: list[str]) -> list[tuple[str, int]]:
+    return [(n, s) for n in names for s in range(1, PERTURBATIONS.get(n).max_severity + 1)]
+
+
+def _torch_suite(images: torch.Tensor, cells: list[tuple[str, int]]) -> None:
+    for name, severity in cells:
+        PERTURBATIONS.get(name)(images, severity, seed=0)
+
+
+def _albumentations_suite(images: torch.Tensor, cells: list[tuple[str, int]]) -> None:
+    for name, severity in cells:
+        entry = PERTURBATIONS.get(name)
+        apply_albumentations(entry, images, entry.parameter(severity), seed=0)
+
+
+def _median_seconds(function: object, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _baseline_forward_seconds(images: torch.Tensor) -> float:
+    model = fold_batch_norm(create_model("baseline_cnn").eval()).to(memory_format=torch.channels_last)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for first in range(0, len(images), 1000):
+                model(images[first : first + 1000].contiguous(memory_format=torch.channels_last)).argmax(1)
+
+    forward()  # warm-up: oneDNN primitives and the allocator
+    return _median_seconds(forward, repeats=5)
+
+
+def test_torch_suite_is_20x_faster_than_albumentations(benchmark: object, test_images: torch.Tensor) -> None:
+    cells = _cells(SHARED)
+    _torch_suite(test_images[:1000], cells)  # warm-up
+    benchmark.pedantic(_torch_suite, args=(test_images, cells), rounds=3, iterations=1)
+    torch_seconds = benchmark.stats.stats.median
+    start = time.perf_counter()
+    _albumentations_suite(test_images, cells)
+    albumentations_seconds = time.perf_counter() - start
+    ratio = albumentations_seconds / torch_seconds
+    benchmark.extra_info.update(
+        cells=len(cells), torch_s=torch_seconds, albumentations_s=albumentations_seconds, speedup=ratio
+    )
+    print(
+        f"\nsuite of {len(cells)} cells x {len(test_images)} images: torch {torch_seconds:.2f} s, "
+        f"albumentations {albumentations_seconds:.2f} s, speedup {ratio:.1f}x"
+    )
+    assert ratio >= 20, f"torch backend only {ratio:.1f}x faster than albumentations over the suite"
+
+
+def test_one_perturbation_costs_under_a_tenth_of_the_baseline_forward(test_images: torch.Tensor) -> None:
+    forward = _baseline_forward_seconds(test_images)
+    shares = {}
+    for name in PERTURBATIONS.names():
+        entry = PERTURBATIONS.get(name)
+        entry(test_images, entry.max_severity, seed=0)  # warm-up
+        per_severity = [
+            _median_seconds(lambda s=s, e=entry: e(test_images, s, seed=0)) for s in range(1, entry.max_severity + 1)
+        ]
+        shares[name] = statistics.mean(per_severity) / forward
+    print(f"\nbaseline forward over {len(test_images)} images: {1000 * forward:.0f} ms")
+    for name, share in sorted(shares.items(), key=lambda kv: kv[1]):
+        print(f"  {name:<16} {100 * share:5.1f} % of the forward pass ({1000 * share * forward:6.1f} ms)")
+    over = {n: f"{100 * s:.1f} %" for n, s in shares.items() if s >= 0.10}
+    assert not over, f"perturbations costing 10 % or more of the baseline forward pass: {over}"
