@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_fmnist.perturbations.blur import filter_matrix, gaussian_kernel_1d
+from robustbench_fmnist.perturbations.geometry import pixel_coordinates
 from robustbench_fmnist.perturbations.random import ImageRandom
 from robustbench_fmnist.perturbations.registry import register_perturbation
 
@@ -175,12 +176,7 @@ def elastic_displacements(shape: tuple[int, int], alpha: float, rng: ImageRandom
 def remap(images: torch.Tensor, displacements: torch.Tensor) -> torch.Tensor:
     """Sample each image at (x + dx, y + dy), displacements (N, H, W, 2): bilinear, black outside (cv2.remap)."""
     _, _, height, width = images.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=images.device, dtype=torch.float32),
-        torch.arange(width, device=images.device, dtype=torch.float32),
-        indexing="ij",
-    )
-    pixels = torch.stack([xs, ys], -1) + displacements.to(images.device)
+    pixels = pixel_coordinates(height, width, images.device) + displacements.to(images.device)
     # grid_sample reads normalised coordinates; with align_corners=False pixel x sits at (2x + 1) / W - 1
     scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device)
     offset = torch.tensor([1.0 / width - 1.0, 1.0 / height - 1.0], device=images.device)

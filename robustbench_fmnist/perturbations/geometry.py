@@ -21,6 +21,16 @@ from robustbench_fmnist.perturbations.random import ImageRandom
 from robustbench_fmnist.perturbations.registry import register_perturbation
 
 
+def pixel_coordinates(height: int, width: int, device: torch.device | str) -> torch.Tensor:
+    """(H, W, 2) float32 (x, y) coordinates of the pixel centres."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return torch.stack([xs, ys], -1)
+
+
 def affine_matrices(
     height: int,
     width: int,
@@ -72,12 +82,8 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     )
     theta = (to_normalised @ inverse)[:, :2, :].to(device=images.device, dtype=torch.float32)
     # one (HW, 3) x (3, 2N) product: ~10x faster than F.affine_grid on the CPU
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=images.device, dtype=torch.float32),
-        torch.arange(width, device=images.device, dtype=torch.float32),
-        indexing="ij",
-    )
-    base = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(height * width, 3)
+    xy = pixel_coordinates(height, width, images.device).view(height * width, 2)
+    base = torch.cat([xy, torch.ones(height * width, 1, device=images.device)], 1)
     grid = torch.einsum("pk,njk->npj", base, theta).view(count, height, width, 2)
     out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.to(images.dtype).clamp_(0.0, 1.0)
