@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robustbench_fmnist.perturbations import PERTURBATIONS, apply_perturbation
-from robustbench_fmnist.perturbations.geometry import rotate
+from robustbench_fmnist.perturbations.blur import correlate_per_image, reflect101
+from robustbench_fmnist.perturbations.digital import _smoothing_basis, elastic_grid
+from robustbench_fmnist.perturbations.geometry import _zoom, affine_matrices, rotate, shift_whole_pixels, warp_affine
+from robustbench_fmnist.perturbations.noise import _walk_counts, photon_counts
+from robustbench_fmnist.perturbations.random import ImageRandom, derive_key
 from tests.conftest import cuda, synthetic_split
 
 NAMES = PERTURBATIONS.names()
@@ -185,6 +190,31 @@ def test_zoom_out_shrinks_into_a_black_frame() -> None:
     assert 0.2 < float(out.mean()) < 0.3
 
 
+def test_separable_zoom_and_whole_pixel_shift_equal_the_general_warp(images: torch.Tensor) -> None:
+    height, width = images.shape[-2:]
+    for factor in (0.4, 0.85, 1.3, 2.0):
+        matrices = affine_matrices(height, width, scale=torch.full((len(images),), factor))
+        torch.testing.assert_close(_zoom(images, factor), warp_affine(images, matrices), rtol=0, atol=1e-5)
+    shift_x = torch.tensor([3, -2, 0, 0, 27, 0] * 2)
+    shift_y = torch.tensor([0, 0, 5, -8, 0, -30] * 2)
+    matrices = affine_matrices(height, width, translate_x=shift_x.double(), translate_y=shift_y.double())
+    torch.testing.assert_close(
+        shift_whole_pixels(images, shift_x, shift_y), warp_affine(images, matrices), rtol=0, atol=1e-5
+    )
+
+
+def test_elastic_grid_is_the_smoothed_field_added_to_the_pixel_positions() -> None:
+    rng = ImageRandom(derive_key(0, "elastic"), torch.arange(6))
+    grid = elastic_grid((20, 28), 22.0, rng)
+    rows, cols = _smoothing_basis(20).float(), _smoothing_basis(28).float()
+    white = rng.pixel_normal(2, 10, 10) * (22.0 / 3**0.5)
+    field = torch.einsum("hi,ncij,wj->nhwc", rows, white, cols)  # displacement in pixels
+    xs, ys = torch.arange(28.0), torch.arange(20.0)
+    pixels = torch.stack(torch.broadcast_tensors(xs.view(1, 28), ys.view(20, 1)), -1) + field
+    expected = (2 * pixels + 1) / torch.tensor([28.0, 20.0]) - 1  # grid_sample, align_corners=False
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-5)
+
+
 def test_hflip_and_turn_are_exact(images: torch.Tensor) -> None:
     assert torch.equal(apply_perturbation("hflip", images, 1), images.flip(-1))
     assert torch.equal(apply_perturbation("turn", images, 2), torch.rot90(images, 2, dims=(-2, -1)))
@@ -197,8 +227,8 @@ def test_gaussian_noise_has_the_tabled_std() -> None:
 
 
 def test_shot_noise_is_poisson_with_mean_kept_and_variance_x_over_c() -> None:
-    # rates 3.6, 30 and 0.3: both sampler paths; low enough that the clip at 1 (c photons) hardly bites
-    for level, x_value in ((3, 0.3), (1, 0.5), (5, 0.1)):
+    # rates 3.6, 30 and 0.3; x on the 8-bit grid (the table) and off it (the CDF walk)
+    for level, x_value in ((3, 77 / 255), (1, 0.5), (5, 0.1), (3, 0.3)):
         photons = PERTURBATIONS.get("shot_noise").parameter(level)
         x = torch.full((256, 1, 28, 28), x_value)
         out = apply_perturbation("shot_noise", x, level, seed=1).double()
@@ -207,6 +237,29 @@ def test_shot_noise_is_poisson_with_mean_kept_and_variance_x_over_c() -> None:
         assert torch.allclose(counts, counts.round(), atol=1e-4), "counts must be whole photons"
         assert abs(float(counts.mean()) - rate) < 0.02 * max(rate, 1)
         assert abs(float(counts.var()) - rate) < 0.05 * max(rate, 1)
+
+
+@pytest.mark.parametrize("rate", [0.4, 3.0, 9.5, 60.0, 900.0])
+def test_photon_counts_follow_the_poisson_pmf(rate: float) -> None:
+    # exact inverse CDF at every rate: no normal approximation, even far from the tabled ones
+    photons = rate / (200 / 255)
+    intensity = torch.full((2000, 1, 28, 28), 200 / 255)
+    halfwords = ImageRandom(derive_key(0, "pmf", rate), torch.arange(len(intensity))).pixel_halfwords(1, 28, 28)
+    counts = photon_counts(intensity, photons, halfwords).double().flatten()
+    k = torch.arange(int(rate + 6 * rate**0.5 + 10), dtype=torch.float64)
+    pmf = torch.exp(torch.xlogy(k, torch.tensor(rate, dtype=torch.float64)) - rate - torch.lgamma(k + 1))
+    observed = torch.bincount(counts.long(), minlength=len(k))[: len(k)].double() / len(counts)
+    assert float((observed - pmf).abs().sum()) / 2 < 0.005  # total variation, 1.6M draws
+
+
+def test_photon_counts_table_and_cdf_walk_agree() -> None:
+    # stored images read a table; any other intensity walks the CDF: the same counts either way
+    intensity = torch.arange(256, dtype=torch.float32).div(255).repeat(64)
+    halfwords = ImageRandom(derive_key(3, "walk"), torch.arange(64)).pixel_halfwords(256).flatten()
+    for photons in (3.0, 60.0, 2500.0):
+        tabled = photon_counts(intensity, photons, halfwords)
+        walked = _walk_counts(intensity.mul(photons), halfwords).float()
+        assert torch.equal(tabled, walked), f"{int((tabled != walked).sum())} counts differ at {photons} photons"
 
 
 def test_impulse_noise_sets_the_tabled_fraction_to_black_or_white() -> None:
@@ -225,6 +278,18 @@ def test_blurs_keep_a_flat_image_flat_and_spread_a_dot() -> None:
         spread = apply_perturbation(name, dot, 3)
         torch.testing.assert_close(spread.sum(dim=(1, 2, 3)), torch.ones(8))  # mass kept
         assert float(spread.max()) < 0.5
+
+
+def test_per_image_filter_mirrors_the_border_for_kernels_wider_than_the_image() -> None:
+    # F.pad's reflect for the usual case, the folded index otherwise: both OpenCV's REFLECT_101
+    images, kernels = torch.rand(3, 1, 9, 9), torch.rand(3, 7, 7)
+    padded = images[:, :, reflect101(torch.arange(-3, 12), 9)[:, None], reflect101(torch.arange(-3, 12), 9)[None, :]]
+    expected = torch.stack([F.conv2d(padded[n : n + 1], kernels[n].view(1, 1, 7, 7))[0] for n in range(3)])
+    torch.testing.assert_close(correlate_per_image(images, kernels), expected)
+    small = images[..., :3, :3]
+    folded = small[:, :, reflect101(torch.arange(-3, 6), 3)[:, None], reflect101(torch.arange(-3, 6), 3)[None, :]]
+    expected = torch.stack([F.conv2d(folded[n : n + 1], kernels[n].view(1, 1, 7, 7))[0] for n in range(3)])
+    torch.testing.assert_close(correlate_per_image(small, kernels), expected)
 
 
 def test_pixelate_makes_blocks_and_jpeg_makes_8x8_artefacts(images: torch.Tensor) -> None:

@@ -35,7 +35,9 @@ def scale_intensity(images: torch.Tensor, factor: Amount) -> torch.Tensor:
 def adjust_contrast(images: torch.Tensor, factor: Amount) -> torch.Tensor:
     """clip((x - mean) * c + mean) with each image's own mean, so its mean brightness is kept."""
     mean = images.mean(dim=(-3, -2, -1), keepdim=True)
-    return ((images - mean) * _per_image(factor, images) + mean).clamp_(0.0, 1.0)
+    factor = _per_image(factor, images)
+    # x * c + mean * (1 - c): the same, in one pass over the images instead of three
+    return torch.addcmul(mean * (1 - factor), images, torch.as_tensor(factor, dtype=images.dtype)).clamp_(0.0, 1.0)
 
 
 def adjust_gamma(images: torch.Tensor, gamma: Amount) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Each follows the OpenCV routine that albumentations calls, so the two backends agree:
 pixelate is INTER_AREA down and INTER_NEAREST up (cv2.resize), JPEG is baseline libjpeg at
-the IJG quality scale, elastic is Simard's smoothed random displacement field with cv2.remap.
+the IJG quality scale, elastic is Simard's smoothed random displacement field, sampled bilinearly as cv2.remap does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_fmnist.perturbations.blur import filter_matrix, gaussian_kernel_1d
-from robustbench_fmnist.perturbations.geometry import pixel_coordinates
+from robustbench_fmnist.perturbations.geometry import sample_bilinear, to_normalised
 from robustbench_fmnist.perturbations.random import ImageRandom
 from robustbench_fmnist.perturbations.registry import register_perturbation
 
@@ -110,20 +110,39 @@ def _jpeg_operators(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return block_dct @ repeat_edge, (block_dct.T)[:size]
 
 
+# JPEG makes a dozen passes over its data (two products each way, two transposes, rounding);
+# in slices of this many 28x28 images those stay in the CPU's cache: ~20 % faster on 10,000
+_JPEG_SLICE = 1024
+
+
 def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode as 8-bit grayscale baseline JPEG, in floating point (batched, any device)."""
     height, width = images.shape[-2:]
-    (row_dct, row_idct), (col_dct, col_idct) = _jpeg_operators(height), _jpeg_operators(width)
-    row_dct, row_idct, col_dct, col_idct = (
-        m.to(images.device, torch.float32) for m in (row_dct, row_idct, col_dct, col_idct)
-    )
-    table = quantisation_table(quality).repeat(row_dct.shape[0] // 8, col_dct.shape[0] // 8)
-    table = table.to(images.device, torch.float32)
-    levels = (images.float().clamp(0, 1) * 255.0).round_() - 128.0
-    # block DCT of the padded image as two small matrix products, quantised, then back
-    coefficients = torch.round(row_dct @ levels @ col_dct.T / table) * table
-    pixels = (row_idct @ coefficients @ col_idct.T + 128.0).round_().clamp_(0.0, 255.0)
-    return (pixels / 255.0).to(images.dtype)
+    operators = [m.to(images.device, torch.float32) for axis in (height, width) for m in _jpeg_operators(axis)]
+    table = quantisation_table(quality).repeat(operators[0].shape[0] // 8, operators[2].shape[0] // 8)
+    table_t = table.T.contiguous().to(images.device, torch.float32)
+    out = torch.empty(images.shape, device=images.device, dtype=torch.float32)
+    for first in range(0, len(images), _JPEG_SLICE):
+        out[first : first + _JPEG_SLICE] = _jpeg_slice(images[first : first + _JPEG_SLICE], *operators, table_t)
+    return out.to(images.dtype)
+
+
+def _jpeg_slice(
+    images: torch.Tensor,
+    row_dct: torch.Tensor,
+    row_idct: torch.Tensor,
+    col_dct: torch.Tensor,
+    col_idct: torch.Tensor,
+    table_t: torch.Tensor,
+) -> torch.Tensor:
+    levels = images.float().clamp(0, 1).mul_(255.0).round_().sub_(128.0)
+    # block DCT of the padded image, R X C^T, quantised, then back. A product from the right is
+    # one GEMM over the whole batch; one from the left is done on the transpose, (X^T R^T)^T,
+    # so the coefficients are held transposed: ~25 % faster than broadcasting R @ X
+    coefficients_t = (levels @ col_dct.T).transpose(-1, -2) @ row_dct.T
+    coefficients_t = coefficients_t.div_(table_t).round_().mul_(table_t)
+    pixels = (coefficients_t @ row_idct.T).transpose(-1, -2) @ col_idct.T
+    return pixels.add_(128.0).round_().clamp_(0.0, 255.0).div_(255.0)
 
 
 # ImageNet-C's JPEG qualities
@@ -156,33 +175,40 @@ def _smoothing_basis(size: int) -> torch.Tensor:
     return u[:, :rank] * s[:rank]
 
 
-def elastic_displacements(shape: tuple[int, int], alpha: float, rng: ImageRandom) -> torch.Tensor:
-    """(N, H, W, 2) displacements (dx, dy) in pixels: uniform(-1, 1) noise, Gaussian-smoothed, times alpha.
+def elastic_grid(shape: tuple[int, int], alpha: float, rng: ImageRandom) -> torch.Tensor:
+    """(N, H, W, 2) normalised sampling positions: each pixel moved by a smoothed random field.
 
+    The displacements are uniform(-1, 1) noise, Gaussian-smoothed, times alpha (in pixels).
     Smoothing white noise U as R U C^T equals U_R S_R (V_R^T U V_C) S_C U_C^T, and the middle
     factor is again white noise of the same variance (exactly for Gaussian U; for uniform U
     up to the normal approximation of a sum of ~800 terms). So the field is drawn in the
     smoothing's rank-10 basis directly: 200 draws per image instead of 1,568, same distribution.
     """
     height, width = shape
-    rows = _smoothing_basis(height).to(rng.indices.device, torch.float32)
-    cols = _smoothing_basis(width).to(rng.indices.device, torch.float32)
-    white = rng.pixel_normal(2, rows.shape[1], cols.shape[1]) * (1.0 / math.sqrt(3.0))  # uniform(-1, 1) variance
-    # as two plain matrix products over the whole batch (a batched matmul of tiny blocks is ~10x slower)
-    along_width = torch.einsum("ncij,wj->nciw", white, cols * alpha)
-    return torch.einsum("hi,nciw->nhwc", rows, along_width).contiguous()
-
-
-def remap(images: torch.Tensor, displacements: torch.Tensor) -> torch.Tensor:
-    """Sample each image at (x + dx, y + dy), displacements (N, H, W, 2): bilinear, black outside (cv2.remap)."""
-    _, _, height, width = images.shape
-    pixels = pixel_coordinates(height, width, images.device) + displacements.to(images.device)
-    # grid_sample reads normalised coordinates; with align_corners=False pixel x sits at (2x + 1) / W - 1
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device)
-    offset = torch.tensor([1.0 / width - 1.0, 1.0 / height - 1.0], device=images.device)
-    grid = torch.addcmul(offset, pixels, scale)
-    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.to(images.dtype).clamp_(0.0, 1.0)
+    device = rng.indices.device
+    rows = _smoothing_basis(height).to(device, torch.float32)
+    cols = _smoothing_basis(width).to(device, torch.float32)
+    white = rng.pixel_normal(2, rows.shape[1], cols.shape[1]) * (alpha / math.sqrt(3.0))  # uniform(-1, 1) variance
+    count = len(white)
+    (x_scale, x_offset), (y_scale, y_offset) = to_normalised(width), to_normalised(height)
+    white *= torch.tensor([x_scale, y_scale], device=device).view(1, 2, 1, 1)  # pixels -> grid units
+    # grid[n, h, w, c] = base + (rows @ white[n, c] @ cols^T)[h, w] as two plain matrix products
+    # over the whole batch (batched products of 10x10 blocks are ~10x slower). The second one
+    # writes the (w, c)-interleaved grid directly: its right factor holds cols^T once per axis,
+    # plus a row adding each pixel row's y position, and its bias is each column's x position.
+    rank = cols.shape[1]
+    along_height = (white.transpose(-1, -2).reshape(-1, rows.shape[1]) @ rows.T).view(count, 2, rank, height)
+    left = torch.empty(count, height, 2 * rank + 1, device=device)
+    left[..., : 2 * rank].view(count, height, 2, rank).copy_(along_height.permute(0, 3, 1, 2))
+    left[..., 2 * rank] = torch.arange(height, device=device, dtype=torch.float32).mul_(y_scale).add_(y_offset)
+    right = torch.zeros(2 * rank + 1, width, 2, device=device)
+    right[:rank, :, 0] = cols.T
+    right[rank : 2 * rank, :, 1] = cols.T
+    right[2 * rank, :, 1] = 1.0
+    bias = torch.zeros(width, 2, device=device)
+    bias[:, 0] = torch.arange(width, device=device, dtype=torch.float32).mul_(x_scale).add_(x_offset)
+    grid = torch.addmm(bias.view(1, -1), left.view(count * height, -1), right.view(2 * rank + 1, -1))
+    return grid.view(count, height, width, 2)
 
 
 @register_perturbation(
@@ -191,4 +217,4 @@ def remap(images: torch.Tensor, displacements: torch.Tensor) -> torch.Tensor:
 )  # fmt: skip
 def elastic(images: torch.Tensor, alpha: float, rng: ImageRandom) -> torch.Tensor:
     """Elastic deformation (Simard et al. 2003): a smooth random warp, like a crumpled garment."""
-    return remap(images, elastic_displacements(tuple(images.shape[-2:]), alpha, rng))
+    return sample_bilinear(images, elastic_grid(tuple(images.shape[-2:]), alpha, rng))

@@ -71,22 +71,37 @@ def affine_matrices(
     return back @ translation @ shearing @ rotation @ scaling @ to_origin
 
 
+def to_normalised(size: int) -> tuple[float, float]:
+    """(scale, offset) taking pixel coordinates to grid_sample's: x * scale + offset.
+
+    With align_corners=False the centre of pixel x sits at (2x + 1) / size - 1.
+    """
+    return 2.0 / size, 1.0 / size - 1.0
+
+
+def sample_bilinear(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Read each image at its grid's normalised (x, y) positions: bilinear, black outside, dtype kept."""
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(images.dtype).clamp_(0.0, 1.0)
+
+
 def warp_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Warp each image by its forward matrix (N, 3, 3): bilinear, black border, dtype kept."""
     count, _, height, width = images.shape
     inverse = torch.linalg.inv(matrices.to(torch.float64))
-    # grid_sample reads normalised input coordinates; with align_corners=False pixel x sits at (2x + 1) / W - 1
-    to_normalised = torch.tensor(
-        [[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0.0, 0.0, 1.0]],
-        dtype=torch.float64,
-    )
-    theta = (to_normalised @ inverse)[:, :2, :].to(device=images.device, dtype=torch.float32)
-    # one (HW, 3) x (3, 2N) product: ~10x faster than F.affine_grid on the CPU
-    xy = pixel_coordinates(height, width, images.device).view(height * width, 2)
-    base = torch.cat([xy, torch.ones(height * width, 1, device=images.device)], 1)
-    grid = torch.einsum("pk,njk->npj", base, theta).view(count, height, width, 2)
-    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.to(images.dtype).clamp_(0.0, 1.0)
+    (x_scale, x_offset), (y_scale, y_offset) = to_normalised(width), to_normalised(height)
+    normalise = torch.tensor([[x_scale, 0.0, x_offset], [0.0, y_scale, y_offset], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    theta = (normalise @ inverse)[:, :2, :].to(device=images.device, dtype=torch.float32)
+    # grid = theta @ (x, y, 1) per pixel, as a column term plus a row term written straight into
+    # each channel: 3x faster on the CPU than one (HW, 3) x (3, 2N) product, 10x than F.affine_grid
+    xs = torch.arange(width, device=images.device, dtype=torch.float32)
+    ys = torch.arange(height, device=images.device, dtype=torch.float32)
+    grid = torch.empty(count, height, width, 2, device=images.device)
+    for axis in range(2):
+        along_x = theta[:, axis, 0:1] * xs
+        along_y = theta[:, axis, 1:2] * ys + theta[:, axis, 2:3]
+        torch.add(along_y.unsqueeze(2), along_x.unsqueeze(1), out=grid[..., axis])
+    return sample_bilinear(images, grid)
 
 
 def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -127,9 +142,24 @@ def shear(images: torch.Tensor, degrees: float, rng: ImageRandom) -> torch.Tenso
     return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], **shear_angles(degrees, rng)))
 
 
+def bilinear_matrix(size: int, factor: float) -> torch.Tensor:
+    """(size, size) float64 weights of a bilinear resample scaling one axis about its centre.
+
+    Output pixel i reads input position p = (i - c) / factor + c with weights max(0, 1 - |p - r|)
+    on input pixels r, so positions past the edge read black: grid_sample's zero border.
+    """
+    centre = (size - 1) / 2.0
+    pixels = torch.arange(size, dtype=torch.float64)
+    source = (pixels - centre) / factor + centre
+    return (1.0 - (source[:, None] - pixels[None, :]).abs()).clamp_(min=0.0)
+
+
 def _zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
-    matrices = affine_matrices(images.shape[-2], images.shape[-1], scale=torch.full((len(images),), factor))
-    return warp_affine(images, matrices)
+    # scaling about the centre is separable: the bilinear warp equals rows @ X @ cols^T, two
+    # small products (~2x faster on the CPU than a sampling grid and grid_sample)
+    height, width = images.shape[-2:]
+    rows, cols = (bilinear_matrix(size, factor).to(images.device, torch.float32) for size in (height, width))
+    return (rows @ (images.float() @ cols.T)).clamp_(0.0, 1.0).to(images.dtype)
 
 
 @register_perturbation(
@@ -159,7 +189,8 @@ def translation_offsets(pixels: float, rng: ImageRandom) -> dict[str, torch.Tens
     return {"translate_x": offsets[:, 0], "translate_y": offsets[:, 1]}
 
 
-# whole pixels along an axis, so sampling lands on pixel centres: a pure shift, no blur
+# whole pixels along an axis, so sampling lands on pixel centres: a pure shift, no blur (any
+# fractional custom shift is resampled bilinearly)
 @register_perturbation(
     levels=(2, 3, 4, 6, 8), identity=0.0, unit="pixels, random axis direction", family="viewpoint",
     values_key="shifts", bounds=(-28.0, 28.0), random=True,
@@ -167,7 +198,31 @@ def translation_offsets(pixels: float, rng: ImageRandom) -> dict[str, torch.Tens
 def translation(images: torch.Tensor, pixels: float, rng: ImageRandom) -> torch.Tensor:
     """Shift right, left, down or up, filling with black: the object is off-centre."""
     offsets = translation_offsets(pixels, rng)
+    if float(pixels).is_integer():
+        return shift_whole_pixels(images, offsets["translate_x"].long(), offsets["translate_y"].long())
     return warp_affine(images, affine_matrices(images.shape[-2], images.shape[-1], **offsets))
+
+
+def shift_whole_pixels(images: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor) -> torch.Tensor:
+    """Move image n by (shift_x[n], shift_y[n]) whole pixels, black fill: no resampling.
+
+    Equal to the bilinear warp by the same offsets (its samples land on pixel centres), at a
+    slice copy per distinct offset instead of a sampling grid per image.
+    """
+    height, width = images.shape[-2:]
+    out = torch.zeros_like(images)
+    pairs, group = torch.unique(torch.stack([shift_x, shift_y], 1), dim=0, return_inverse=True)
+    for (dx, dy), members in zip(pairs.tolist(), range(len(pairs)), strict=True):
+        chosen = (group == members).nonzero().squeeze(1).to(images.device)
+        if abs(dx) >= width or abs(dy) >= height:
+            continue  # shifted wholly out of the frame: black
+        source = images.index_select(0, chosen)
+        moved = torch.zeros_like(source)
+        moved[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = source[
+            ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+        ]
+        out.index_copy_(0, chosen, moved)
+    return out
 
 
 @register_perturbation(
