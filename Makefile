@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/lighting.yaml
 
-.PHONY: run test lint format data setup clean
+.PHONY: run test lint format data browser setup clean
 
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
 
-test: setup data
+test: setup data browser
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 
 data:
 	@bash scripts/install-data.sh
+
+browser:
+	@bash scripts/install-browser.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Command line: run | validate | ls | preview. User errors print one line and exit non-zero."""
+"""Command line: run | validate | ls | preview | report | compare. User errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the YAML)")
     parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     parser.add_argument("--download", action="store_true", default=None, help="download the data if not found")
-    parser.add_argument("--seed", type=int, help="overrides the YAML's seed")
+    parser.add_argument("--seed", type=int, help="run this one seed (overrides the YAML's seed and seeds)")
     parser.add_argument("--output-dir", type=Path, help="parent folder of the report (default reports/)")
     parser.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
 
@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")
     preview.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     preview.add_argument("--no-verify", action="store_true", help="skip the count and checksum checks (custom data)")
+
+    report = commands.add_parser("report", help="re-render a report folder from its saved rows (no model needed)")
+    report.add_argument("folder", type=Path, help="a report folder, e.g. reports/lighting")
+
+    compare = commands.add_parser("compare", help="accuracy differences between two report folders, with intervals")
+    compare.add_argument("first", type=Path, help="report folder A")
+    compare.add_argument("second", type=Path, help="report folder B")
+    compare.add_argument("--output-dir", type=Path, help="default reports/compare/<A>-vs-<B>/")
     return parser
 
 
@@ -65,6 +73,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.dir": str(args.data_dir) if args.data_dir else None,
         "data.download": args.download,
         "seed": args.seed,
+        "seeds": [args.seed] if args.seed is not None else None,  # --seed wins over a YAML list of seeds
         "output_dir": str(args.output_dir) if args.output_dir else None,
         "cache_dir": str(args.cache_dir) if args.cache_dir else None,
     }
@@ -89,18 +98,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import load_config
     from robustbench_fmnist.experiment import run_experiment
-    from robustbench_fmnist.report import load_report, summary_table
 
     config = load_config(args.experiment, _overrides(args))
     folder = run_experiment(config, retrain=args.retrain)
-    results, run = load_report(folder)
-    summary = summary_table(results)
-    print(f"report written to {folder}/ (report.md, results.csv, run.json) in {run['timings_seconds']['total']:.1f} s")
-    for row in summary.itertuples():
+    _print_headline(folder)
+    return 0
+
+
+def _print_headline(folder: Path) -> None:
+    from robustbench_fmnist.report import read_data, seed_mean
+    from robustbench_fmnist.report.tables import headline_table
+
+    data = read_data(folder)
+    table = headline_table(seed_mean(data.results), data.run["config"].get("reference_model"))
+    total = data.run["timings_seconds"]["total"]
+    print(f"report written to {folder}/ (report.md, report.html, figures/, CSV files, run.json) in {total:.1f} s")
+    for row in table.itertuples():
+        mce = "n/a" if row.mce != row.mce else f"{100 * row.mce:.1f}"
         print(
-            f"  {row.model:<16} {row.perturbation:<16} clean {100 * row.clean_accuracy:6.2f} %  "
-            f"mean {100 * row.mean_accuracy:6.2f} %  worst {100 * row.worst_accuracy:6.2f} %"
+            f"  {row.model:<16} clean {100 * row.clean_accuracy:6.2f} %"
+            f"  shifted mean {100 * row.shifted_accuracy:6.2f} %"
+            f"  mCE {mce:>5}  flip rate {100 * row.flip_rate:5.2f} %  ECE clean {100 * row.clean_ece:5.2f} %"
         )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.report import rerender_report
+
+    folder = rerender_report(args.folder)
+    print(f"re-rendered {folder}/report.md, report.html and figures/ from its saved rows")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.files import atomic_path, write_text_atomic
+    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.compare import compare_markdown, compare_runs
+
+    first, second = read_data(args.first), read_data(args.second)
+    table = compare_runs(first, second)
+    keys = ["model", "perturbation", "severity"]
+    a_cells = set(map(tuple, first.results[keys].drop_duplicates().to_numpy().tolist()))
+    b_cells = set(map(tuple, second.results[keys].drop_duplicates().to_numpy().tolist()))
+    text = compare_markdown(table, args.first.name, args.second.name, len(a_cells - b_cells), len(b_cells - a_cells))
+    output = args.output_dir or Path("reports") / "compare" / f"{args.first.name}-vs-{args.second.name}"
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output / "compare.md", text)
+    with atomic_path(output / "compare.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    print(text, end="")
+    print(f"written to {output}/compare.md and compare.csv")
     return 0
 
 
@@ -151,7 +198,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "preview": cmd_preview}
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "ls": cmd_ls,
+    "preview": cmd_preview,
+    "report": cmd_report,
+    "compare": cmd_compare,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

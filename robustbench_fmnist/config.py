@@ -149,6 +149,10 @@ class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="report folder name")
     description: str = ""
     seed: int = Field(0, ge=0)
+    seeds: tuple[int, ...] | None = Field(
+        None, min_length=1, max_length=20, description="train and evaluate once per seed; overrides `seed`"
+    )
+    reference_model: str = Field("baseline_cnn", description="the model CE and mCE are normalised by")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     data: DataConfig = Field(default_factory=DataConfig)
     models: tuple[ModelSpec, ...] = Field(min_length=1)
@@ -164,6 +168,21 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _seed_values(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None:
+            if any(s < 0 for s in value):
+                raise ValueError(f"seeds must be non-negative, got {list(value)}")
+            if len(set(value)) != len(value):
+                raise ValueError(f"seeds repeat: {list(value)}")
+        return value
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        """The seeds this experiment runs: `seeds`, or just `seed`."""
+        return self.seeds or (self.seed,)
+
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentConfig:
         labelled = [p.label(self.evaluation.backend) for p in self.perturbations]
@@ -171,6 +190,11 @@ class ExperimentConfig(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
+        models = [s.name for s in self.models]
+        if "reference_model" in self.model_fields_set and self.reference_model not in models:
+            raise ValueError(
+                f"reference_model {self.reference_model!r} is not one of the experiment's models ({', '.join(models)})"
+            )
         return self
 
 

@@ -68,6 +68,15 @@ class CellResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CellOutputs:
+    """Per-image outputs of one model in one cell, on the CPU: what every metric is computed from."""
+
+    predictions: torch.Tensor  # (N,) uint8 top-1 class
+    confidence: torch.Tensor  # (N,) float32 top-1 softmax probability
+    true_probability: torch.Tensor  # (N,) float32 softmax probability of the true class
+
+
 def perturb_cell(cell: Cell, images: torch.Tensor, *, seed: int, indices: torch.Tensor) -> torch.Tensor:
     """The cell's perturbation of a batch, by the cell's backend."""
     entry = PERTURBATIONS.get(cell.name)
@@ -123,8 +132,8 @@ def evaluate_cells(
     batch_size: int = 1000,
     precision: str = "float32",
     channels_last: bool = True,
-) -> tuple[list[CellResult], dict[Cell, torch.Tensor]]:
-    """Accuracy of `model` in every cell, plus its predictions per cell (uint8, on the CPU).
+) -> tuple[list[CellResult], dict[Cell, CellOutputs]]:
+    """Accuracy of `model` in every cell, plus its per-image outputs per cell (on the CPU).
 
     `images` are (N, 1, 28, 28) floats in [0, 1]; they are moved to `device` once and
     perturbed batch by batch there, so nothing is copied per cell.
@@ -136,11 +145,13 @@ def evaluate_cells(
     dtype = _PRECISIONS[precision]
     batches = range(0, count, batch_size)
     results: list[CellResult] = []
-    predictions: dict[Cell, torch.Tensor] = {}
+    outputs: dict[Cell, CellOutputs] = {}
     with progress_bar(len(cells) * len(batches), f"eval {model_name}", unit="batch") as bar, torch.inference_mode():
         for cell in cells:
             start = time.perf_counter()
             predicted = torch.empty(count, dtype=torch.uint8, device=device)
+            confidence = torch.empty(count, dtype=torch.float32, device=device)
+            true_probability = torch.empty(count, dtype=torch.float32, device=device)
             for first in batches:
                 batch = images[first : first + batch_size]
                 if cell.name is not None:
@@ -148,10 +159,17 @@ def evaluate_cells(
                     batch = perturb_cell(cell, batch, seed=seed, indices=indices)
                 batch = batch.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    predicted[first : first + len(batch)] = model(batch).argmax(1)
+                    logits = model(batch)
+                # softmax in float32 whatever the autocast dtype: calibration needs the precision
+                probabilities = logits.float().softmax(1)
+                top, predicted[first : first + len(batch)] = probabilities.max(1)
+                confidence[first : first + len(batch)] = top
+                true_probability[first : first + len(batch)] = probabilities.gather(
+                    1, labels[first : first + len(batch)].long().unsqueeze(1)
+                ).squeeze(1)
                 bar.update(1)
             correct = int((predicted == labels).sum())
-            predictions[cell] = predicted.cpu()
+            outputs[cell] = CellOutputs(predicted.cpu(), confidence.cpu(), true_probability.cpu())
             results.append(
                 CellResult(
                     model=model_name,
@@ -167,4 +185,4 @@ def evaluate_cells(
                 )
             )
             bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=f"{correct / count:.3f}")
-    return results, predictions
+    return results, outputs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -26,13 +27,22 @@ from robustbench_fmnist.checkpoints import (
     save_checkpoint,
 )
 from robustbench_fmnist.config import ExperimentConfig, ModelSpec, PerturbationSpec, TrainRecipe
-from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist
+from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
-from robustbench_fmnist.evaluation import CLEAN, Cell, CellResult, evaluate_cells, perturbation_cells, sweep_cells
+from robustbench_fmnist.evaluation import (
+    CLEAN,
+    Cell,
+    CellOutputs,
+    evaluate_cells,
+    perturb_cell,
+    perturbation_cells,
+    sweep_cells,
+)
+from robustbench_fmnist.metrics import ScoredCells, score_cells
 from robustbench_fmnist.models import MODELS, count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
-from robustbench_fmnist.report import results_frame, write_report
+from robustbench_fmnist.report import Examples, ReportData, frame, write_report
 from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
 from robustbench_fmnist.training import to_float_images, train_model
 
@@ -169,12 +179,11 @@ def prepare_model(
 
 
 def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
-    """Run every model through every cell and write reports/<name>/. Returns that folder."""
+    """Run every model (once per seed) through every cell and write reports/<name>/. Returns that folder."""
     started = time.perf_counter()
     resolved = resolve(config)
     device = resolve_device(config.device)
     allocator_tuned = tune_cpu_allocator()
-    seed_everything(config.seed)
     timings: dict[str, float] = {}
     data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
     timings["load_data"] = time.perf_counter() - started
@@ -182,37 +191,76 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     images = to_float_images(data.test.images[:count], device)
     labels = data.test.labels[:count]
     cells = experiment_cells(config)
-    rows: list[CellResult] = []
+    scored = ScoredCells()
     models_info = []
-    for model_spec in resolved:
-        stage = time.perf_counter()
-        model, info = prepare_model(
-            model_spec, data, seed=config.seed, device=device, cache_dir=config.cache_dir, retrain=retrain
-        )
-        timings[f"prepare {model_spec.name}"] = time.perf_counter() - stage
-        stage = time.perf_counter()
-        results, _ = evaluate_cells(
-            model,
-            model_spec.name,
-            images,
-            labels,
-            cells,
-            device=device,
-            seed=config.seed,
-            batch_size=config.evaluation.batch_size,
-            precision=config.evaluation.precision,
-            channels_last=config.evaluation.channels_last,
-        )
-        seconds = time.perf_counter() - stage
-        timings[f"evaluate {model_spec.name}"] = seconds
-        info["eval_images_per_second"] = len(cells) * count / seconds
-        rows += results
-        models_info.append(info)
+    example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
+    for seed in config.run_seeds:
+        seed_everything(seed)
+        for model_spec in resolved:
+            stage = time.perf_counter()
+            model, info = prepare_model(
+                model_spec, data, seed=seed, device=device, cache_dir=config.cache_dir, retrain=retrain
+            )
+            timings[f"prepare {model_spec.name} seed {seed}"] = time.perf_counter() - stage
+            stage = time.perf_counter()
+            results, outputs = evaluate_cells(
+                model,
+                model_spec.name,
+                images,
+                labels,
+                cells,
+                device=device,
+                seed=seed,
+                batch_size=config.evaluation.batch_size,
+                precision=config.evaluation.precision,
+                channels_last=config.evaluation.channels_last,
+            )
+            seconds = time.perf_counter() - stage
+            timings[f"evaluate {model_spec.name} seed {seed}"] = seconds
+            info.update(seed=seed, eval_images_per_second=len(cells) * count / seconds)
+            scored.extend(score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES))
+            models_info.append(info)
+            if seed == config.run_seeds[0]:
+                example_outputs[model_spec.name] = outputs
     timings["total"] = time.perf_counter() - started
     run = run_record(config, device, data, models_info, timings, allocator_tuned)
+    report = ReportData(
+        results=frame(scored.results, "results"),
+        per_class=frame(scored.per_class, "per_class"),
+        confusion=frame(scored.confusion, "confusion"),
+        calibration=frame(scored.calibration, "calibration"),
+        run=run,
+        examples=collect_examples(cells, data.test.images[:count], labels, example_outputs, config.run_seeds[0]),
+    )
     folder = Path(config.output_dir) / config.name
-    write_report(folder, results_frame([r.to_row() for r in rows]), run)
+    write_report(folder, report)
     return folder
+
+
+def collect_examples(
+    cells: Sequence[Cell],
+    raw_images: torch.Tensor,
+    labels: torch.Tensor,
+    outputs: dict[str, dict[Cell, CellOutputs]],
+    seed: int,
+) -> Examples:
+    """The first test image of each class, clean and at each perturbation's last cell, with each model's predictions."""
+    picks = [int((labels == c).nonzero()[0]) for c in range(len(CLASS_NAMES)) if (labels == c).any()]
+    index = torch.tensor(picks)
+    sample = raw_images[index].float().div(255).unsqueeze(1)
+    last: dict[str, Cell] = {}
+    for cell in cells:
+        last[cell.perturbation] = cell
+    shown = list(last.values())
+    rows = []
+    for cell in shown:
+        batch = sample if cell.name is None else perturb_cell(cell, sample, seed=seed, indices=index)
+        rows.append((batch[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    names = ["clean" if c.name is None else f"{c.perturbation} s{c.severity}" for c in shown]
+    predictions = np.stack(
+        [np.stack([per_cell[c].predictions[index].numpy() for c in shown]) for per_cell in outputs.values()]
+    )
+    return Examples(np.stack(rows), labels[index].numpy(), names, list(outputs), predictions)
 
 
 def run_record(
@@ -226,7 +274,8 @@ def run_record(
     """Everything needed to reproduce and judge a run, for run.json."""
     return {
         "config": config.model_dump(mode="json"),
-        "seed": config.seed,
+        "seed": config.run_seeds[0],
+        "seeds": list(config.run_seeds),
         "environment": {
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device)
@@ -322,18 +371,19 @@ def evaluate_module(
     tune_cpu_allocator()
     data = load_fashion_mnist(data_dir)
     count = min(len(data.test), test_images or len(data.test))
-    results, _ = evaluate_cells(
+    labels = data.test.labels[:count]
+    results, outputs = evaluate_cells(
         model,
         name,
         to_float_images(data.test.images[:count], torch_device),
-        data.test.labels[:count],
+        labels,
         cells,
         device=torch_device,
         seed=seed,
         batch_size=batch_size,
         precision=precision,
     )
-    return results_frame([r.to_row() for r in results])
+    return frame(score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES).results, "results")
 
 
 __all__ = ["HarnessError", "evaluate_module", "import_factory", "resolve", "run_experiment"]

@@ -129,3 +129,50 @@ def test_preview_writes_one_png_grid_per_perturbation(synthetic_dir: Path, tmp_p
 def test_preview_of_an_unknown_perturbation_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preview", "rotaton"]) == 2
     assert "did you mean 'rotation'" in capsys.readouterr().err
+
+
+def test_seeds_report_and_compare_from_the_command_line(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = {**tiny_experiment, "seeds": [0, 1], "reference_model": "baseline_cnn_tiny"}
+    assert main(["-q", "run", str(write_yaml(config))]) == 0
+    folder = Path(tiny_experiment["output_dir"]) / "tiny"
+    results = pd.read_csv(folder / "results.csv")
+    assert sorted(results["seed"].unique()) == [0, 1] and len(results) == 32
+    per_class = pd.read_csv(folder / "per_class.csv")
+    assert len(per_class) == 32 * 10  # ten classes per cell
+    assert {"ece", "nll", "flip_rate", "accuracy_low", "accuracy_high"} <= set(results.columns)
+    md = (folder / "report.md").read_text()
+    assert "## Across seeds" in md and "| baseline_cnn_tiny | 100.00" not in md  # mCE is printed as 100.0
+    assert "mCE" in md and "(figures/severity_lighting.png)" in md
+    assert (folder / "report.html").exists() and (folder / "figures" / "examples_deep_cnn_tiny.png").exists()
+    out = capsys.readouterr().out
+    assert "mCE 100.0" in out, "the reference model's own mCE is 100"
+
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert main(["-q", "report", str(folder)]) == 0
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before, "re-render is byte-identical"
+
+    other = tmp_path / "other"
+    assert main(["-q", "run", str(write_yaml({**config, "seeds": [2]})), "--output-dir", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "compare", str(folder), str(other / "tiny"), "--output-dir", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "# Comparison: tiny (A) vs tiny (B)" in text and "16 cells in both runs" in text
+    compared = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert len(compared) == 16 and {"difference", "significant"} <= set(compared.columns)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "{tmp}/nowhere"], "no such report folder"),
+        (["compare", "{tmp}/a", "{tmp}/b"], "no such report folder"),
+    ],
+)
+def test_report_and_compare_name_a_missing_folder(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-q", *(a.format(tmp=tmp_path) for a in argv)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -211,3 +211,27 @@ def test_cli_run_refuses_cuda_without_a_gpu(
         pytest.skip("a GPU is present")
     assert main(["-q", "run", str(write_yaml(tiny_experiment)), "--device", "cuda"]) == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeds": [0, 0]}, r"seeds: seeds repeat"),
+        ({"seeds": [-1]}, r"seeds must be non-negative"),
+        ({"seeds": []}, r"seeds"),
+        ({"reference_model": "alexnet"}, r"reference_model 'alexnet' is not one of the experiment's models"),
+    ],
+)
+def test_bad_seeds_and_reference_model_fail_with_one_clear_line(
+    changes: dict, message: str, write_yaml: Callable[..., Path], tiny_experiment: dict
+) -> None:
+    with pytest.raises(HarnessError, match=message):
+        load_config(write_yaml({**tiny_experiment, **changes}))
+
+
+def test_seeds_override_seed_and_the_reference_defaults_to_the_baseline(
+    write_yaml: Callable[..., Path], tiny_experiment: dict
+) -> None:
+    assert load_config(write_yaml({**tiny_experiment, "seed": 4})).run_seeds == (4,)
+    config = load_config(write_yaml({**tiny_experiment, "seeds": [3, 1]}))
+    assert config.run_seeds == (3, 1) and config.reference_model == "baseline_cnn"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -52,14 +54,19 @@ def test_perturbation_cells_take_custom_values_and_reject_bad_ones() -> None:
 
 def test_accuracy_is_exact_for_a_model_with_known_answers(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = test_set
-    results, predictions = evaluate_cells(
+    results, outputs = evaluate_cells(
         ConstantClass(3), "const", images, labels, sweep_cells([("contrast_down", [5])]), device=CPU, batch_size=40
     )
     expected = int((labels == 3).sum())
     for result in results:
         assert result.n_images == 150 and result.n_correct == expected
         assert result.accuracy == pytest.approx(expected / 150) and result.error == pytest.approx(1 - expected / 150)
-    assert all(torch.equal(p, torch.full((150,), 3, dtype=torch.uint8)) for p in predictions.values())
+    assert all(torch.equal(o.predictions, torch.full((150,), 3, dtype=torch.uint8)) for o in outputs.values())
+    # logits 1 for class 3 and 0 elsewhere: softmax e / (e + 9) on class 3, 1 / (e + 9) on the rest
+    top, other = math.e / (math.e + 9), 1 / (math.e + 9)
+    for o in outputs.values():
+        torch.testing.assert_close(o.confidence, torch.full((150,), top))
+        torch.testing.assert_close(o.true_probability, torch.where(labels == 3, top, other).float())
 
 
 def test_results_do_not_depend_on_batch_size(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -70,7 +77,8 @@ def test_results_do_not_depend_on_batch_size(test_set: tuple[torch.Tensor, torch
     small, pred_small = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=7, seed=3)
     large, pred_large = evaluate_cells(model, "m", images, labels, cells, device=CPU, batch_size=150, seed=3)
     assert [r.n_correct for r in small] == [r.n_correct for r in large]
-    assert all(torch.equal(pred_small[c], pred_large[c]) for c in cells)
+    assert all(torch.equal(pred_small[c].predictions, pred_large[c].predictions) for c in cells)
+    assert all(torch.allclose(pred_small[c].confidence, pred_large[c].confidence, atol=1e-5) for c in cells)
 
 
 def test_each_cell_sees_the_perturbed_images(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:

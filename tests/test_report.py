@@ -1,89 +1,264 @@
+"""Report tables by hand, the report folder as a whole, re-rendering and comparing runs."""
+
 from __future__ import annotations
 
-import json
+import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 
-from robustbench_fmnist.report import load_report, results_frame, severity_table, summary_table, write_report
+from robustbench_fmnist.errors import HarnessError
+from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult
+from robustbench_fmnist.metrics import ScoredCells, score_cells
+from robustbench_fmnist.report import ReportData, frame, read_data, rerender_report, seed_mean, write_report
 from robustbench_fmnist.report import writer as writer_module
+from robustbench_fmnist.report.compare import compare_runs
+from robustbench_fmnist.report.tables import (
+    confusion_growth,
+    headline_table,
+    seed_spread,
+    severity_table,
+    summary_table,
+)
+from tests.browser import chromium_binary, render_in_chromium
+
+CLASSES = ("zero", "one")
+LABELS = torch.tensor([0] * 5 + [1] * 5)
+CELLS = [Cell(CLEAN, 0), Cell("contrast", 1, 0.4, "contrast_down"), Cell("contrast", 2, 0.3, "contrast_down")]
 
 
-def _row(model: str, pert: str, severity: int, correct: int, parameter: float | None = None) -> dict[str, Any]:
-    return {
-        "model": model,
-        "perturbation": pert,
-        "severity": severity,
-        "parameter": parameter,
-        "n_images": 1000,
-        "n_correct": correct,
-        "accuracy": correct / 1000,
-        "error": 1 - correct / 1000,
-        "seconds": 0.1,
-    }
+def _scored(model: str, seed: int, wrong: list[list[int]]) -> ScoredCells:
+    """A model that gets the images at the given positions wrong in each cell (confidence 0.9)."""
+    results, outputs = [], {}
+    for cell, errors in zip(CELLS, wrong, strict=True):
+        predictions = LABELS.clone()
+        predictions[errors] = 1 - predictions[errors]
+        true_probability = torch.where(predictions == LABELS, 0.9, 0.1)
+        outputs[cell] = CellOutputs(predictions.to(torch.uint8), torch.full((10,), 0.9), true_probability)
+        correct = 10 - len(errors)
+        results.append(
+            CellResult(
+                model,
+                cell.perturbation,
+                cell.severity,
+                cell.parameter,
+                "torch",
+                10,
+                correct,
+                correct / 10,
+                1 - correct / 10,
+                0.1,
+            )
+        )
+    return score_cells(results, outputs, CELLS, LABELS, seed=seed, class_names=CLASSES)
 
 
-@pytest.fixture
-def results() -> pd.DataFrame:
-    rows = [_row("a", "clean", 0, 900), _row("a", "contrast", 1, 800, 0.4), _row("a", "contrast", 2, 600, 0.3)]
-    rows += [_row("b", "clean", 0, 950), _row("b", "contrast", 1, 900, 0.4), _row("b", "contrast", 2, 760, 0.3)]
-    return results_frame(rows)
-
-
-@pytest.fixture
-def run() -> dict[str, Any]:
-    return {
-        "config": {"name": "t", "description": "", "seed": 0, "evaluation": {"precision": "float32"}},
+def _data(seeds: tuple[int, ...] = (0,), b_wrong: list[list[int]] | None = None) -> ReportData:
+    scored = ScoredCells()
+    for seed in seeds:
+        # model a: clean 9/10, then 8/10 and 6/10; model b: 10/10, 9/10, 7/10 (or b_wrong)
+        scored.extend(_scored("a", seed, [[0], [0, 5], [0, 1, 5, 6]]))
+        scored.extend(_scored("b", seed, b_wrong or [[], [5], [5, 6, 7]]))
+    run = {
+        "config": {
+            "name": "t",
+            "description": "A test.",
+            "seed": seeds[0],
+            "reference_model": "a",
+            "evaluation": {"precision": "float32"},
+        },
         "environment": {"device": "cpu", "versions": {"robustbench_fmnist": "0"}, "git_commit": "abc"},
-        "perturbations": [{"name": "contrast", "unit": "contrast factor", "description": "Contrast."}],
+        "perturbations": [
+            {"name": "contrast", "unit": "contrast factor", "description": "Contrast.", "family": "lighting"}
+        ],
         "models": [
             {"name": "a", "parameters": 10, "macs": 20, "weights": "trained", "train_seconds": 1.5},
             {"name": "b", "parameters": 30, "macs": 40, "weights": "cached", "train_seconds": None},
         ],
         "timings_seconds": {"total": 1.0},
     }
+    return ReportData(
+        results=frame(scored.results, "results"),
+        per_class=frame(scored.per_class, "per_class"),
+        confusion=frame(scored.confusion, "confusion"),
+        calibration=frame(scored.calibration, "calibration"),
+        run=run,
+    )
 
 
-def test_severity_table_by_hand(results: pd.DataFrame) -> None:
-    table = severity_table(results, "contrast").set_index("model")
+def test_severity_and_summary_tables_by_hand() -> None:
+    cells = seed_mean(_data().results)
+    table = severity_table(cells, "contrast").set_index("model")
     assert table.loc["a", "clean"] == 0.9 and table.loc["a", "s1"] == 0.8 and table.loc["a", "s2"] == 0.6
-    assert table.loc["a", "mean"] == pytest.approx(0.7)
     assert table.loc["a", "mean_drop"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
     assert table.loc["a", "relative_drop"] == pytest.approx((0.1 / 0.9 + 0.3 / 0.9) / 2)
-    assert table.loc["b", "mean_drop"] == pytest.approx((0.05 + 0.19) / 2)
+    assert table.loc["a", "s1_low"] < 0.8 < table.loc["a", "s1_high"]  # Wilson over 10 images
+    summary = summary_table(cells, "a").set_index("model")
+    # b: errors 0.1 and 0.3 against a's 0.2 and 0.4 -> CE 0.4 / 0.6; relative (0.4 - 0) / (0.6 - 0.2)
+    assert summary.loc["b", "ce"] == pytest.approx(0.4 / 0.6)
+    assert summary.loc["b", "relative_ce"] == pytest.approx(1.0)
+    assert summary.loc["a", "ce"] == pytest.approx(1.0)
+    # AUC of a: ((0.9 + 0.8) / 2 + (0.8 + 0.6) / 2) / 2
+    assert summary.loc["a", "auc"] == pytest.approx(0.775)
+    assert summary.loc["b", "worst_accuracy"] == pytest.approx(0.7)
 
 
-def test_summary_table_by_hand(results: pd.DataFrame) -> None:
-    table = summary_table(results).set_index("model")
-    assert table.loc["b", "clean_accuracy"] == 0.95 and table.loc["b", "worst_accuracy"] == 0.76
-    assert table.loc["b", "mean_accuracy"] == pytest.approx(0.83)
+def test_flip_rates_against_clean_and_the_previous_severity() -> None:
+    rows = _data().results.set_index(["model", "severity"])
+    # a: clean wrong on 0; s1 wrong on 0, 5 -> 1 of 10 differs from clean; s2 wrong on 0, 1, 5, 6
+    assert rows.loc[("a", 1), "flip_rate"] == pytest.approx(0.1)
+    assert rows.loc[("a", 2), "flip_rate"] == pytest.approx(0.3)
+    assert rows.loc[("a", 2), "flip_rate_step"] == pytest.approx(0.2)  # 1 and 6 changed since s1
+    assert math.isnan(rows.loc[("a", 0), "flip_rate"])
 
 
-def test_report_files_and_numbers_trace_to_results(tmp_path: Path, results: pd.DataFrame, run: dict[str, Any]) -> None:
-    folder = write_report(tmp_path / "t", results, run)
-    assert sorted(p.name for p in folder.iterdir()) == ["report.md", "results.csv", "run.json"]
-    loaded, loaded_run = load_report(folder)
-    pd.testing.assert_frame_equal(loaded, results, check_dtype=False)
-    assert loaded_run == json.loads(json.dumps(run))
+def test_headline_and_confusion_growth_by_hand() -> None:
+    data = _data()
+    headline = headline_table(seed_mean(data.results), "a").set_index("model")
+    assert headline.loc["b", "mce"] == pytest.approx(0.4 / 0.6)
+    assert headline.loc["a", "shifted_accuracy"] == pytest.approx(0.7)
+    # confidence 0.9 everywhere: clean a is 90 % right -> ECE 0; at s2 60 % right -> 0.3
+    assert headline.loc["a", "clean_ece"] == pytest.approx(0.0, abs=1e-6)
+    growth = confusion_growth(data.confusion, data.per_class).set_index(["model", "true", "predicted"])
+    # a: "one" read as "zero" on 0 of 5 clean, 1 and 2 of 5 shifted -> mean 0.3
+    assert growth.loc[("a", "one", "zero"), "shifted_rate"] == pytest.approx(0.3)
+    assert growth.loc[("a", "one", "zero"), "growth"] == pytest.approx(0.3)
+    assert growth.loc[("a", "zero", "one"), "clean_rate"] == pytest.approx(0.2)
+
+
+def test_several_seeds_average_and_spread() -> None:
+    data = _data(seeds=(0, 1))
+    cells = seed_mean(data.results).set_index(["model", "perturbation", "severity"])
+    assert cells.loc[("a", "contrast", 1), "n_images"] == 20 and cells.loc[("a", "contrast", 1), "seeds"] == 2
+    spread = seed_spread(data.results, "a").set_index("model")
+    assert spread.loc["a", "seeds"] == 2 and spread.loc["a", "clean_std"] == pytest.approx(0.0)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_report_folder_is_complete_and_re_renders_byte_for_byte(tmp_path: Path) -> None:
+    folder = write_report(tmp_path / "t", _data(seeds=(0, 1)))
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "calibration.csv",
+        "confusion.csv",
+        "figures",
+        "per_class.csv",
+        "report.html",
+        "report.md",
+        "results.csv",
+        "run.json",
+    ]
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == [
+        "classes_a.png",
+        "classes_b.png",
+        "reliability_a.png",
+        "reliability_b.png",
+        "severity_lighting.png",
+    ]
+    before = _digests(folder)
+    rerender_report(folder)
+    assert _digests(folder) == before
+
+
+def test_report_numbers_trace_to_the_csv_files(tmp_path: Path) -> None:
+    folder = write_report(tmp_path / "t", _data())
     md = (folder / "report.md").read_text()
-    assert "| a | 90.00 | 80.00 (-10.00) | 60.00 (-30.00) | 70.00 | -20.00 | 22.22 |" in md
+    results = read_data(folder).results.set_index(["model", "severity"])
+    assert f"| a | {100 * results.loc[('a', 0), 'accuracy']:.2f} | 80.00 (-10.00) [" in md
+    assert "| b | contrast | 100.00 | 80.00 | -20.00 | 20.00 | 70.00 |" in md
     assert "s1 (x0.4)" in md and "s2 (x0.3)" in md
-    assert "| b | 30 | 40 | 95.00 | cached | n/a |" in md
+    assert "| one → zero |" in md.replace("| a | one → zero |", "| one → zero |")
+    html = (folder / "report.html").read_text()
+    assert html.count("<table>") == md.count("| :--- |") and 'src="data:image/png;base64,' in html
+    assert "figures/" not in html.split("<body>")[1], "every figure is embedded"
 
 
-def test_a_failed_write_keeps_the_old_report_whole(
-    tmp_path: Path, results: pd.DataFrame, run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder = write_report(tmp_path / "t", results, run)
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+def test_a_failed_write_keeps_the_old_report_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_report(tmp_path / "t", _data())
+    before = _digests(folder)
 
     def broken(*args: object) -> str:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(writer_module, "render_markdown", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        write_report(folder, results.iloc[:3], run)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        write_report(folder, _data(seeds=(1,)))
+    with pytest.raises(RuntimeError, match="disk full"):
+        rerender_report(folder)
+    assert _digests(folder) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"], "no staging folders left behind"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "per_class.csv").unlink(), r"per_class.csv: missing"),
+        (lambda f: (f / "results.csv").write_text("model,seed\nx,0\n"), r"columns .* missing"),
+        (lambda f: (f / "run.json").write_text("{"), r"run.json: not valid JSON"),
+    ],
+)
+def test_a_broken_report_folder_is_named_and_left_alone(tmp_path: Path, damage: Any, message: str) -> None:
+    folder = write_report(tmp_path / "t", _data())
+    damage(folder)
+    before = _digests(folder)
+    with pytest.raises(HarnessError, match=message):
+        rerender_report(folder)
+    assert _digests(folder) == before
+
+
+def test_compare_gives_differences_and_whether_they_exceed_the_noise() -> None:
+    a = _data()
+    b = _data(b_wrong=[[], [5, 6, 7, 8, 9], [5, 6, 7]])
+    table = compare_runs(a, b).set_index(["model", "perturbation", "severity"])
+    # b at s1: 9/10 in A, 5/10 in B -> -0.4 +- 1.96 sqrt(0.09/10 + 0.25/10) = +-0.361: beyond noise
+    row = table.loc[("b", "contrast", 1)]
+    assert row["difference"] == pytest.approx(-0.4)
+    assert row["difference_high"] == pytest.approx(-0.4 + 1.959964 * math.sqrt(0.034), abs=1e-5)
+    assert bool(row["significant"])
+    assert (
+        not bool(table.loc[("a", "contrast", 1), "significant"]) and table.loc[("a", "contrast", 1), "difference"] == 0
+    )
+
+
+def test_read_data_names_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="no such report folder"):
+        read_data(tmp_path / "nothing")
+
+
+def test_seed_mean_keeps_cell_order() -> None:
+    cells = seed_mean(_data().results)
+    assert list(cells["perturbation"][:3]) == [CLEAN, "contrast", "contrast"]
+    assert isinstance(cells, pd.DataFrame)
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="no chromium (make test installs Debian's package)")
+def test_report_html_renders_in_a_real_browser(tmp_path: Path) -> None:
+    folder = write_report(tmp_path / "t", _data(seeds=(0, 1)))
+    page = render_in_chromium(folder / "report.html")
+    md = (folder / "report.md").read_text()
+    assert page["errors"] == [] and page["compatMode"] == "CSS1Compat"
+    assert len(page["images"]) == md.count("![") and all(image["ok"] for image in page["images"])
+    assert all(image["naturalWidth"] >= 400 for image in page["images"])
+    assert len(page["tables"]) == md.count("| :--- |") and all(t["bodyRows"] >= 1 for t in page["tables"])
+    assert page["tables"][0]["headers"][:2] == ["model", "clean (95 % CI)"]
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="no chromium (make test installs Debian's package)")
+def test_the_browser_check_sees_a_broken_image(tmp_path: Path) -> None:
+    page = tmp_path / "broken.html"
+    page.write_text(
+        '<!DOCTYPE html><html><head></head><body><img alt="x" src="data:image/png;base64,AAAA"></body></html>'
+    )
+    result = render_in_chromium(page)
+    assert not result["images"][0]["ok"] and result["errors"]

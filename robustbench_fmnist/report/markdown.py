@@ -1,4 +1,4 @@
-"""Render the report's tables as GitHub markdown."""
+"""Render the report's tables as GitHub markdown. Every number comes from the report's CSV files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from typing import Any
 import pandas as pd
 
 from robustbench_fmnist.evaluation import CLEAN
-from robustbench_fmnist.report.tables import parameter_labels, severity_table, summary_table
+from robustbench_fmnist.report.bundle import ReportData
+from robustbench_fmnist.report.tables import (
+    class_table,
+    confusion_growth,
+    format_parameter,
+    headline_table,
+    parameter_labels,
+    seed_mean,
+    seed_spread,
+    severity_table,
+    summary_table,
+)
 
 
 def pct(value: float) -> str:
@@ -16,7 +27,19 @@ def pct(value: float) -> str:
 
 
 def points(value: float) -> str:
-    return "n/a" if pd.isna(value) else f"{100 * value:+.2f}"
+    return "n/a" if pd.isna(value) else f"{round(100 * value, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
+
+
+def ratio(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{100 * value:.1f}"
+
+
+def plain(value: float, digits: int = 3) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def interval(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) else f"{100 * low:.1f}–{100 * high:.1f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
@@ -27,101 +50,239 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     return "\n".join(lines)
 
 
-def _fmt_parameter(value: float, unit: str) -> str:
-    text = f"{value:g}"
-    if unit.startswith("added"):
-        return f"+{text}"
-    if unit.startswith("contrast") or unit.startswith("factor"):
-        return f"x{text}"
-    if unit.startswith("degrees"):
-        return f"{text}°"
-    return text
-
-
-def render_markdown(results: pd.DataFrame, models: list[dict[str, Any]], run: dict[str, Any]) -> str:
-    """The whole report.md. Every number comes from `results` (results.csv) or run.json."""
+def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
+    """The whole report.md; `figures` maps each figure's title to its path inside the report folder."""
+    run = data.run
     cfg = run["config"]
-    units = {p["name"]: p["unit"] for p in run["perturbations"]}
+    reference = cfg.get("reference_model")
+    cells = seed_mean(data.results)
+    seeds = sorted(int(s) for s in data.results["seed"].unique())
+    env = run["environment"]
     out = [f"# Robustness report: {cfg['name']}", ""]
     if cfg.get("description"):
         out += [cfg["description"].strip(), ""]
-    env = run["environment"]
     out += [
-        f"Fashion-MNIST test set ({int(results['n_images'].iloc[0]):,} images), seed {cfg['seed']}, "
-        f"device {env['device']}, evaluation in {cfg['evaluation']['precision']}. "
-        f"Accuracies in %, drops in percentage points from the model's own clean accuracy. "
-        f"Made by robustbench_fmnist {env['versions']['robustbench_fmnist']} at commit {env['git_commit']}; "
-        f"raw rows in `results.csv`, full configuration in `run.json`.",
-        "",
-        "## Models",
-        "",
-        markdown_table(
-            ["model", "parameters", "MACs / image", "clean accuracy", "weights", "training time (s)"],
-            [
-                [
-                    m["name"],
-                    f"{m['parameters']:,}",
-                    f"{m['macs']:,}",
-                    pct(_clean(results, m["name"])),
-                    m["weights"],
-                    "n/a" if m.get("train_seconds") is None else f"{m['train_seconds']:.1f}",
-                ]
-                for m in models
-            ],
-        ),
-        "",
-        "## Summary",
-        "",
-        "Mean over severities for each perturbation; worst is the lowest accuracy at any severity.",
+        f"Fashion-MNIST test set ({int(data.results['n_images'].iloc[0]):,} images), "
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, device {env['device']}, "
+        f"evaluation in {cfg['evaluation']['precision']}. Accuracies in %, with 95 % Wilson intervals over the "
+        f"test images{' pooled over seeds' if len(seeds) > 1 else ''}; drops in percentage points from the "
+        f"model's own clean accuracy. Made by robustbench_fmnist {env['versions']['robustbench_fmnist']} at "
+        f"commit {env['git_commit']}; every number below is computed from `results.csv`, `per_class.csv`, "
+        f"`confusion.csv` and `calibration.csv` beside this file, the configuration is in `run.json`.",
         "",
     ]
-    summary = summary_table(results)
-    out.append(
-        markdown_table(
-            ["model", "perturbation", "clean", "mean", "mean drop", "relative drop (%)", "worst"],
-            [
-                [
-                    r.model,
-                    r.perturbation,
-                    pct(r.clean_accuracy),
-                    pct(r.mean_accuracy),
-                    points(-r.mean_drop),
-                    pct(r.mean_relative_drop),
-                    pct(r.worst_accuracy),
-                ]
-                for r in summary.itertuples()
-            ],
-        )
-    )
+    out += _headline(cells, reference)
+    if len(seeds) > 1:
+        out += _seeds(data.results, reference)
+    out += _models(cells, run["models"])
+    out += _summary(cells, reference)
+    out += ["## Figures", ""]
+    out += [f"![{title}]({path})\n" for title, path in figures.items()]
+    out += _per_class(data)
+    units = {p["name"]: p["unit"] for p in run["perturbations"]}
     for pert in run["perturbations"]:
-        name = pert["name"]
-        if name not in set(results["perturbation"]):
-            continue
-        table = severity_table(results, name)
-        labels = parameter_labels(results, name)
-        severities = [int(c[1:]) for c in table.columns if c.startswith("s") and c[1:].isdigit()]
-        headers = (
-            ["model", "clean"]
-            + [f"s{s} ({_fmt_parameter(labels[s], units[name])})" for s in severities]
-            + ["mean", "mean drop", "relative drop (%)"]
-        )
-        rows = []
-        for r in table.to_dict("records"):
-            cells = [f"{pct(r[f's{s}'])} ({points(r[f's{s}'] - r['clean'])})" for s in severities]
-            rows.append(
-                [r["model"], pct(r["clean"]), *cells, pct(r["mean"]), points(-r["mean_drop"]), pct(r["relative_drop"])]
-            )
-        out += [
-            "",
-            f"## {name}",
-            "",
-            f"{pert['description']} Parameter: {pert['unit']}. Cells: accuracy (change from clean).",
-            "",
-            markdown_table(headers, rows),
+        if pert["name"] in set(cells["perturbation"]):
+            out += _perturbation_section(cells, pert, units[pert["name"]])
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:
+    table = headline_table(cells, reference)
+    note = (
+        f"mCE and relative mCE (Hendrycks & Dietterich 2019) are normalised by `{reference}`, so it scores 100."
+        if reference and reference in set(cells["model"])
+        else "mCE needs a reference model in the experiment (`reference_model`); none is, so it is n/a."
+    )
+    rows = [
+        [
+            r["model"],
+            f"{pct(r['clean_accuracy'])} ({interval(r['clean_low'], r['clean_high'])})",
+            pct(r["shifted_accuracy"]),
+            ratio(r["mce"]),
+            ratio(r["relative_mce"]),
+            pct(r["flip_rate"]),
+            f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
+            f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
         ]
-    return "\n".join(out) + "\n"
+        for r in table.to_dict("records")
+    ]
+    headers = ["model", "clean (95 % CI)", "shifted mean", "mCE", "relative mCE", "flip rate", "ECE", "NLL (nats)"]
+    return [
+        "## Headline",
+        "",
+        markdown_table(headers, rows),
+        "",
+        f"Shifted mean and flip rate (share of images whose prediction differs from the clean one) are means "
+        f"over every perturbed cell. ECE: 15 equal-width confidence bins, clean → mean over perturbed cells. {note}",
+        "",
+    ]
 
 
-def _clean(results: pd.DataFrame, model: str) -> float:
-    clean = results[(results.model == model) & (results.perturbation == CLEAN)]["accuracy"]
-    return float(clean.iloc[0]) if len(clean) else float("nan")
+def _seeds(results: pd.DataFrame, reference: str | None) -> list[str]:
+    spread = seed_spread(results, reference)
+    rows = [
+        [
+            r["model"],
+            int(r["seeds"]),
+            f"{pct(r['clean_mean'])} ± {pct(r['clean_std'])}",
+            f"{pct(r['shifted_mean'])} ± {pct(r['shifted_std'])}",
+            f"{ratio(r['mce_mean'])} ± {ratio(r['mce_std'])}",
+        ]
+        for r in spread.to_dict("records")
+    ]
+    return [
+        "## Across seeds",
+        "",
+        "Each seed trains its own models and draws its own perturbations: mean ± standard deviation over seeds.",
+        "",
+        markdown_table(["model", "seeds", "clean", "shifted mean", "mCE"], rows),
+        "",
+    ]
+
+
+def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
+    clean = cells[cells.perturbation == CLEAN].set_index("model")["accuracy"]
+    seen: dict[str, dict[str, Any]] = {}
+    for m in models:
+        seen.setdefault(m["name"], m)
+    rows = [
+        [
+            m["name"],
+            f"{m['parameters']:,}",
+            f"{m['macs']:,}",
+            pct(clean.get(m["name"], float("nan"))),
+            m["weights"],
+            "n/a" if m.get("train_seconds") is None else f"{m['train_seconds']:.1f}",
+            (m.get("recipe") or {}).get("augment", "n/a"),
+        ]
+        for m in seen.values()
+    ]
+    headers = ["model", "parameters", "MACs / image", "clean accuracy", "weights", "training time (s)", "augmentation"]
+    return ["## Models", "", markdown_table(headers, rows), ""]
+
+
+def _summary(cells: pd.DataFrame, reference: str | None) -> list[str]:
+    table = summary_table(cells, reference)
+    rows = [
+        [
+            r["model"],
+            r["perturbation"],
+            pct(r["clean_accuracy"]),
+            pct(r["mean_accuracy"]),
+            points(-r["mean_drop"]),
+            pct(r["mean_relative_drop"]),
+            pct(r["worst_accuracy"]),
+            pct(r["auc"]),
+            ratio(r["ce"]),
+            ratio(r["relative_ce"]),
+            pct(r["flip_rate"]),
+            pct(r["ece"]),
+        ]
+        for r in table.to_dict("records")
+    ]
+    headers = [
+        "model",
+        "perturbation",
+        "clean",
+        "mean",
+        "mean drop",
+        "relative drop (%)",
+        "worst",
+        "AUC",
+        "CE",
+        "relative CE",
+        "flip rate",
+        "ECE",
+    ]
+    return [
+        "## Summary",
+        "",
+        "Per perturbation, over its severities: mean and worst accuracy, area under the accuracy-severity curve "
+        "(clean at 0, normalised to 100), corruption error CE and relative CE (100 = the reference model), mean "
+        "flip rate against the clean predictions and mean ECE.",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+
+
+def _per_class(data: ReportData) -> list[str]:
+    table = class_table(data.per_class)
+    models = list(dict.fromkeys(table["model"]))
+    classes = list(dict.fromkeys(table["class"]))
+    indexed = table.set_index(["model", "class"])
+    headers = ["class"] + [f"{m} {part}" for m in models for part in ("clean", "shifted", "drop")]
+    rows = [
+        [name]
+        + [
+            value
+            for m in models
+            for value in (
+                pct(indexed.loc[(m, name), "clean_accuracy"]),
+                pct(indexed.loc[(m, name), "shifted_accuracy"]),
+                points(-indexed.loc[(m, name), "drop"]),
+            )
+        ]
+        for name in classes
+    ]
+    growth = confusion_growth(data.confusion, data.per_class)
+    pairs = [
+        [
+            r["model"],
+            f"{r['true']} → {r['predicted']}",
+            pct(r["clean_rate"]),
+            pct(r["shifted_rate"]),
+            points(r["growth"]),
+        ]
+        for r in growth.to_dict("records")
+    ]
+    return [
+        "## Per class",
+        "",
+        "Accuracy on each class's test images: clean, and the mean over every perturbed cell (`per_class.csv`).",
+        "",
+        markdown_table(headers, rows),
+        "",
+        "Confusions that grow most: the share of a class's images given the wrong class, clean and mean over "
+        "perturbed cells (`confusion.csv`).",
+        "",
+        markdown_table(["model", "true → predicted", "clean (%)", "shifted (%)", "growth (points)"], pairs),
+        "",
+    ]
+
+
+def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) -> list[str]:
+    name = pert["name"]
+    table = severity_table(cells, name)
+    labels = parameter_labels(cells, name)
+    severities = sorted(int(c[1:]) for c in table.columns if c.startswith("s") and c[1:].isdigit())
+    headers = (
+        ["model", "clean"]
+        + [f"s{s} ({format_parameter(labels[s], unit)})" for s in severities]
+        + ["mean", "mean drop", "relative drop (%)", "flip rate"]
+    )
+    rows = []
+    for r in table.to_dict("records"):
+        values = [
+            f"{pct(r[f's{s}'])} ({points(r[f's{s}'] - r['clean'])}) [{interval(r[f's{s}_low'], r[f's{s}_high'])}]"
+            for s in severities
+        ]
+        rows.append(
+            [
+                r["model"],
+                pct(r["clean"]),
+                *values,
+                pct(r["mean"]),
+                points(-r["mean_drop"]),
+                pct(r["relative_drop"]),
+                pct(r["flip_rate"]),
+            ]
+        )
+    return [
+        f"## {name}",
+        "",
+        f"{pert['description']} Parameter: {unit}. Cells: accuracy (change from clean) [95 % interval].",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]

@@ -1,44 +1,74 @@
-"""Write a report folder as a whole: results.csv, report.md, run.json."""
+"""Write a report folder as a whole: the data files, then everything rendered from them.
+
+Rendering always reads the data back from the folder, so `report` (re-rendering a saved run)
+and `run` produce the same bytes.
+"""
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
+from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.files import atomic_directory
+from robustbench_fmnist.report import figures
+from robustbench_fmnist.report.bundle import DATA_FILES, EXAMPLES_FILE, ReportData, read_data, write_data
+from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
+from robustbench_fmnist.report.tables import seed_mean
 
-RESULT_COLUMNS = [
-    "model",
-    "perturbation",
-    "severity",
-    "parameter",
-    "backend",
-    "n_images",
-    "n_correct",
-    "accuracy",
-    "error",
-    "seconds",
-]
+FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
 
 
-def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
-
-
-def write_report(folder: str | Path, results: pd.DataFrame, run: dict[str, Any]) -> Path:
+def write_report(folder: str | Path, data: ReportData) -> Path:
     """Replace `folder` with a complete report; on any failure the old one stays as it was."""
     folder = Path(folder)
     with atomic_directory(folder) as staging:
-        results.to_csv(staging / "results.csv", index=False, float_format="%.6g")
-        (staging / "run.json").write_text(json.dumps(run, indent=2, sort_keys=False, default=str) + "\n")
-        (staging / "report.md").write_text(render_markdown(results, run["models"], run))
+        write_data(staging, data)
+        render_files(staging)
     return folder
 
 
-def load_report(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def rerender_report(folder: str | Path) -> Path:
+    """Render report.md, report.html and figures/ again from a report folder's saved data."""
     folder = Path(folder)
-    return pd.read_csv(folder / "results.csv"), json.loads((folder / "run.json").read_text())
+    read_data(folder)  # fail on a broken folder before touching it
+    with atomic_directory(folder) as staging:
+        names = [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE]
+        for name in names:
+            if (folder / name).exists():
+                shutil.copy2(folder / name, staging / name)
+        render_files(staging)
+    return folder
+
+
+def render_files(folder: Path) -> None:
+    """figures/*.png, report.md and report.html from the data files in `folder`."""
+    data = read_data(folder)
+    (folder / "figures").mkdir(exist_ok=True)
+    drawn: dict[str, str] = {}
+
+    def save(title: str, filename: str, png: bytes) -> None:
+        (folder / "figures" / filename).write_bytes(png)
+        drawn[title] = f"figures/{filename}"
+
+    cells = seed_mean(data.results)
+    families = {p["family"] for p in data.run["perturbations"]}
+    for family in FAMILY_ORDER:
+        if family in families:
+            png = figures.severity_curves(cells, data.run["perturbations"], family)
+            save(f"Accuracy by severity: {family}", f"severity_{family}.png", png)
+    models = list(dict.fromkeys(data.results["model"]))
+    for model in models:
+        save(f"Per-class drop: {model}", f"classes_{model}.png", figures.class_heatmap(data.per_class, model))
+    for model in models:
+        save(f"Reliability: {model}", f"reliability_{model}.png", figures.reliability_diagram(data.calibration, model))
+    if data.examples is not None:
+        ex = data.examples
+        for m, model in enumerate(ex.models):
+            png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
+            save(f"Examples: {model}", f"examples_{model}.png", png)
+    text = render_markdown(data, drawn)
+    (folder / "report.md").write_text(text, encoding="utf-8")
+    title = f"Robustness report: {data.run['config']['name']}"
+    (folder / "report.html").write_text(render_html(text, folder, title), encoding="utf-8")

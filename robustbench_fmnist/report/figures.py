@@ -1,0 +1,147 @@
+"""The report's figures as PNG bytes, drawn with matplotlib (Agg) from the saved rows.
+
+Byte for byte reproducible: no timestamps or version strings in the files, fixed size and dpi,
+and only inputs that come from the report folder.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.report.tables import (
+    class_drop_matrix,
+    format_parameter,
+    parameter_labels,
+    reliability_table,
+    severity_table,
+)
+
+_DPI = 100
+_STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "rbfm"}
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None}, bbox_inches=None)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def severity_curves(cells: pd.DataFrame, perturbations: Sequence[dict], family: str) -> bytes:
+    """Accuracy vs severity for the family's perturbations, one panel each, one line per model,
+    shaded by the 95 % interval."""
+    names = [p["name"] for p in perturbations if p["family"] == family and p["name"] in set(cells.perturbation)]
+    units = {p["name"]: p["unit"] for p in perturbations}
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+        for axis, name in zip(axes.flat, names, strict=False):
+            table = severity_table(cells, name)
+            severities = sorted(int(c[1:]) for c in table.columns if c.startswith("s") and c[1:].isdigit())
+            x = [0, *severities]
+            for record in table.to_dict("records"):
+                clean = cells[(cells.model == record["model"]) & (cells.perturbation == CLEAN)].iloc[0]
+                y = [record["clean"], *(record[f"s{s}"] for s in severities)]
+                low = [clean["accuracy_low"], *(record[f"s{s}_low"] for s in severities)]
+                high = [clean["accuracy_high"], *(record[f"s{s}_high"] for s in severities)]
+                (line,) = axis.plot(x, np.multiply(y, 100), marker="o", markersize=3, label=record["model"])
+                axis.fill_between(x, np.multiply(low, 100), np.multiply(high, 100), color=line.get_color(), alpha=0.2)
+            axis.set_title(name)
+            axis.set_xlabel(units[name])
+            axis.set_ylabel("accuracy (%)")
+            parameters = parameter_labels(cells, name)
+            axis.set_xticks(x, ["clean", *(format_parameter(parameters[s], units[name]) for s in severities)])
+            axis.set_ylim(0, 100)
+        for axis in list(axes.flat)[len(names) :]:
+            axis.set_visible(False)
+        axes.flat[0].legend(loc="lower left", fontsize=8)
+        figure.suptitle(f"{family}: accuracy by severity (bands: 95 % interval)")
+        figure.tight_layout()
+        return _png(figure)
+
+
+def class_heatmap(per_class: pd.DataFrame, model: str) -> bytes:
+    """Mean drop of each class's accuracy (points) under each perturbation, for one model."""
+    matrix = class_drop_matrix(per_class, model) * 100
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        figure, axis = plt.subplots(figsize=(max(4.5, 2.0 + 0.55 * matrix.shape[1]), 4.2))
+        image = axis.imshow(matrix.to_numpy(), cmap="Reds", vmin=0, vmax=max(10.0, float(np.nanmax(matrix))))
+        axis.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=60, ha="right")
+        axis.set_yticks(range(matrix.shape[0]), matrix.index)
+        for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+            if not np.isnan(value):
+                axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7)
+        figure.colorbar(image, ax=axis, label="accuracy drop (points)")
+        axis.set_title(f"{model}: per-class drop, mean over severities")
+        figure.tight_layout()
+        return _png(figure)
+
+
+def reliability_diagram(calibration: pd.DataFrame, model: str) -> bytes:
+    """Accuracy vs confidence per bin: clean, and every perturbation's most severe cell pooled."""
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(1, 2, figsize=(8.0, 3.6), sharey=True)
+        for axis, (title, severity) in zip(axes, (("clean", 0), ("most severe, pooled", None)), strict=True):
+            bins = reliability_table(calibration, model, severity)
+            centres = (bins["lower"] + bins["upper"]) / 2
+            width = float((bins["upper"] - bins["lower"]).iloc[0])
+            axis.bar(
+                centres, bins["accuracy"].fillna(0), width=width * 0.9, color="tab:blue", alpha=0.7, label="accuracy"
+            )
+            axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+            axis.plot(centres, bins["confidence"], marker=".", color="tab:red", linewidth=1, label="mean confidence")
+            share = bins["count"] / max(1, int(bins["count"].sum()))
+            ece = float((share * (bins["accuracy"] - bins["confidence"]).abs()).fillna(0).sum())
+            axis.set_title(f"{title} (ECE {100 * ece:.1f} %)")
+            axis.set_xlabel("confidence")
+            axis.set_xlim(0, 1)
+            axis.set_ylim(0, 1)
+        axes[0].set_ylabel("accuracy")
+        axes[0].legend(loc="upper left", fontsize=7)
+        pooled = ", seeds pooled" if calibration["seed"].nunique() > 1 else ""
+        figure.suptitle(f"{model}: reliability, 15 bins{pooled}")
+        figure.tight_layout()
+        return _png(figure)
+
+
+def example_grid(
+    images: np.ndarray,
+    labels: Sequence[int],
+    predictions: np.ndarray,
+    row_names: Sequence[str],
+    class_names: Sequence[str],
+    model: str,
+) -> bytes:
+    """Rows: clean and each perturbation's most severe cell; columns: one test image per class.
+
+    Each tile is titled with the model's prediction; wrong ones are framed and titled in red.
+    """
+    rows, columns = images.shape[:2]
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        figure, axes = plt.subplots(rows, columns, figsize=(1.0 * columns + 1.6, 1.05 * rows + 0.5), squeeze=False)
+        for (r, c), axis in np.ndenumerate(axes):
+            predicted = int(predictions[r, c])
+            wrong = predicted != int(labels[c])
+            axis.imshow(images[r, c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(class_names[predicted], fontsize=6, color="red" if wrong else "black")
+            for spine in axis.spines.values():
+                spine.set_color("red" if wrong else "lightgrey")
+                spine.set_linewidth(2.0 if wrong else 0.5)
+            if c == 0:
+                axis.set_ylabel(row_names[r], fontsize=6, rotation=0, ha="right", va="center")
+        figure.suptitle(f"{model}: predictions (red: wrong); true classes: {', '.join(class_names[i] for i in labels)}")
+        figure.tight_layout()
+        return _png(figure)
