@@ -83,6 +83,7 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     for pert in run["perturbations"]:
         if pert["name"] in set(cells["perturbation"]):
             out += _perturbation_section(cells, pert, units[pert["name"]])
+    out += _environment(run)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -251,6 +252,25 @@ def _per_class(data: ReportData) -> list[str]:
     ]
 
 
+def _environment(run: dict[str, Any]) -> list[str]:
+    env = run["environment"]
+    threads = env.get("threads", {})
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    data = run.get("data", {})
+    timings = run.get("timings_seconds", {})
+    rows = [
+        ["device", f"{env['device']} ({env.get('device_name', 'n/a')})"],
+        ["threads", ", ".join(f"{k} {v}" for k, v in threads.items()) or "n/a"],
+        ["platform", f"{env.get('platform', 'n/a')}, Python {env.get('python', 'n/a')}"],
+        ["packages", versions or "n/a"],
+        ["allocator tuned", str(env.get("allocator_tuned", "n/a"))],
+        ["data", f"{data.get('source', 'n/a')} (sha256 {str(data.get('checksum', 'n/a'))[:16]}…)"],
+        ["git commit", env["git_commit"]],
+        ["wall time (s)", f"{timings['total']:.1f}" if "total" in timings else "n/a"],
+    ]
+    return ["## Environment", "", markdown_table(["setting", "value"], rows, align="ll"), ""]
+
+
 def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) -> list[str]:
     name = pert["name"]
     table = severity_table(cells, name)
@@ -259,7 +279,7 @@ def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) 
     headers = (
         ["model", "clean"]
         + [f"s{s} ({format_parameter(labels[s], unit)})" for s in severities]
-        + ["mean", "mean drop", "relative drop (%)", "flip rate"]
+        + ["mean", "mean drop", "relative drop (%)", "flip rate", "step flip rate"]
     )
     rows = []
     for r in table.to_dict("records"):
@@ -276,12 +296,14 @@ def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) 
                 points(-r["mean_drop"]),
                 pct(r["relative_drop"]),
                 pct(r["flip_rate"]),
+                pct(r["flip_rate_step"]),
             ]
         )
     return [
         f"## {name}",
         "",
-        f"{pert['description']} Parameter: {unit}. Cells: accuracy (change from clean) [95 % interval].",
+        f"{pert['description']} Parameter: {unit}. Cells: accuracy (change from clean) [95 % interval]. "
+        "Flip rate: predictions that differ from the clean ones; step flip rate: from the previous severity's.",
         "",
         markdown_table(headers, rows),
         "",

@@ -136,6 +136,7 @@ def severity_table(cells: pd.DataFrame, perturbation: str) -> pd.DataFrame:
     table["mean_drop"] = grouped["drop"].mean().reindex(models)
     table["relative_drop"] = grouped["relative_drop"].mean().reindex(models)
     table["flip_rate"] = grouped["flip_rate"].mean().reindex(models)
+    table["flip_rate_step"] = grouped["flip_rate_step"].mean().reindex(models)
     return table.reset_index()
 
 
@@ -148,7 +149,7 @@ def format_parameter(value: float, unit: str) -> str:
     """A severity's parameter as a short label: +0.1, x0.4, 30°, 2."""
     text = f"{value:g}"
     if unit.startswith("added"):
-        return f"+{text}"
+        return f"{value:+g}"
     if unit.startswith("contrast") or unit.startswith("factor"):
         return f"x{text}"
     if unit.startswith("degrees"):
