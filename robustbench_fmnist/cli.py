@@ -1,4 +1,7 @@
-"""Command line: run | validate | ls | preview | report | compare. User errors print one line and exit non-zero."""
+"""Command line: run | validate | ls | preview | report | compare | bench.
+
+User errors print one line and exit non-zero.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")
     preview.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     preview.add_argument("--no-verify", action="store_true", help="skip the count and checksum checks (custom data)")
+
+    bench = commands.add_parser(
+        "bench", help="measure images/s, latency, training speed and memory of the experiment's models"
+    )
+    _add_experiment_flags(bench)
+    bench.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
 
     report = commands.add_parser("report", help="re-render a report folder from its saved rows (no model needed)")
     report.add_argument("folder", type=Path, help="a report folder, e.g. reports/lighting")
@@ -120,6 +129,24 @@ def _print_headline(folder: Path) -> None:
             f"  shifted mean {100 * row.shifted_accuracy:6.2f} %"
             f"  mCE {mce:>5}  flip rate {100 * row.flip_rate:5.2f} %  ECE clean {100 * row.clean_ece:5.2f} %"
         )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.config import load_config
+    from robustbench_fmnist.experiment import run_bench
+
+    config = load_config(args.experiment, _overrides(args))
+    folder, table = run_bench(config, retrain=args.retrain)
+    print(f"throughput written to {folder}/throughput.csv")
+    for row in table.itertuples():
+        if row.status != "ok":
+            print(f"  {row.kind:<12} {row.model:<28} {row.device:<5} skipped: {row.reason}")
+        elif row.kind == "ceiling":
+            print(f"  {row.kind:<12} {row.model:<28} {row.device:<5} {row.gflops:8.1f} GFLOP/s")
+        else:
+            detail = f"{row.dtype} batch {row.batch_size}" + (" compiled" if row.compiled else "")
+            print(f"  {row.kind:<12} {row.model:<28} {row.device:<5} {row.images_per_second:10,.0f} images/s  {detail}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -204,6 +231,7 @@ COMMANDS = {
     "ls": cmd_ls,
     "preview": cmd_preview,
     "report": cmd_report,
+    "bench": cmd_bench,
     "compare": cmd_compare,
 }
 

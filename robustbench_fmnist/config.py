@@ -145,6 +145,30 @@ class EvaluationConfig(_Strict):
     backend: Backend = Field("torch", description="perturbation backend: torch (batched) or albumentations")
 
 
+class ThroughputConfig(_Strict):
+    """What `bench` measures, and `run` too when `enabled`."""
+
+    enabled: bool = Field(False, description="run measures throughput as well and puts it in the report")
+    devices: tuple[Literal["cpu", "cuda"], ...] = Field(("cpu", "cuda"), min_length=1)
+    batch_sizes: tuple[int, ...] = Field((1, 32, 256, 1024, 4096), min_length=1)
+    dtypes: tuple[Literal["float32", "bfloat16", "float16"], ...] = Field(("float32", "bfloat16"), min_length=1)
+    channels_last: bool = True
+    compile: bool = Field(False, description="also measure torch.compile'd inference")
+    images: int = Field(10_000, ge=1, description="images per inference measurement")
+    repeats: int = Field(5, ge=1)
+    latency: bool = Field(True, description="p50/p95 of single-image forward passes")
+    training_batch_size: int | None = Field(128, ge=1, description="None skips training throughput")
+    perturbations: bool = Field(True, description="each perturbation's images/s at its most severe level")
+    sweep: bool = Field(True, description="the evaluation sweep's images/s against the bare forward pass")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in value):
+            raise ValueError(f"batch sizes must be at least 1, got {list(value)}")
+        return value
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="report folder name")
     description: str = ""
@@ -158,6 +182,7 @@ class ExperimentConfig(_Strict):
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     perturbations: tuple[PerturbationSpec, ...] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    throughput: ThroughputConfig = Field(default_factory=ThroughputConfig)
     output_dir: Path = Path("reports")
     cache_dir: Path | None = Field(None, description="checkpoint cache; default ~/.cache/robustbench_fmnist")
 

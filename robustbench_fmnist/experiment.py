@@ -42,8 +42,20 @@ from robustbench_fmnist.metrics import ScoredCells, score_cells
 from robustbench_fmnist.models import MODELS, count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
+from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report import Examples, ReportData, frame, write_report
+from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
+from robustbench_fmnist.throughput import (
+    THROUGHPUT_COLUMNS,
+    ThroughputRow,
+    measure_conv_ceiling,
+    measure_inference,
+    measure_latency,
+    measure_perturbation,
+    measure_sweep_overhead,
+    measure_training,
+)
 from robustbench_fmnist.training import to_float_images, train_model
 
 log = logging.getLogger(__name__)
@@ -194,6 +206,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     scored = ScoredCells()
     models_info = []
     example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
+    first_seed_models: list[tuple[str, nn.Module, int]] = []
     for seed in config.run_seeds:
         seed_everything(seed)
         for model_spec in resolved:
@@ -222,6 +235,12 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
             models_info.append(info)
             if seed == config.run_seeds[0]:
                 example_outputs[model_spec.name] = outputs
+                first_seed_models.append((model_spec.name, model, info["macs"]))
+    throughput = None
+    if config.throughput.enabled:
+        stage = time.perf_counter()
+        throughput = benchmark(config, first_seed_models, images, labels, cells)
+        timings["throughput"] = time.perf_counter() - stage
     timings["total"] = time.perf_counter() - started
     run = run_record(config, device, data, models_info, timings, allocator_tuned)
     report = ReportData(
@@ -231,10 +250,98 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
         calibration=frame(scored.calibration, "calibration"),
         run=run,
         examples=collect_examples(cells, data.test.images[:count], labels, example_outputs, config.run_seeds[0]),
+        throughput=throughput,
     )
     folder = Path(config.output_dir) / config.name
     write_report(folder, report)
     return folder
+
+
+def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path, pd.DataFrame]:
+    """Measure throughput for the experiment's models (first seed) into reports/<name>/throughput.csv."""
+    resolved = resolve(config)
+    device = resolve_device(config.device)
+    tune_cpu_allocator()
+    seed = config.run_seeds[0]
+    seed_everything(seed)
+    data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
+    count = min(len(data.test), config.evaluation.test_images or len(data.test))
+    images = to_float_images(data.test.images[:count], device)
+    labels = data.test.labels[:count]
+    models = []
+    for model_spec in resolved:
+        model, info = prepare_model(
+            model_spec, data, seed=seed, device=device, cache_dir=config.cache_dir, retrain=retrain
+        )
+        models.append((model_spec.name, model, info["macs"]))
+    throughput = benchmark(config, models, images, labels, experiment_cells(config))
+    folder = Path(config.output_dir) / config.name
+    add_throughput(folder, throughput)
+    return folder, throughput
+
+
+def benchmark(
+    config: ExperimentConfig,
+    models: Sequence[tuple[str, nn.Module, int]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cells: Sequence[Cell],
+) -> pd.DataFrame:
+    """Every throughput measurement the config's `throughput:` section asks for, as throughput.csv rows.
+
+    `models` are (name, trained model, MACs per image); `images` sit on the evaluation device.
+    """
+    settings = config.throughput
+    devices = [torch.device(d) for d in settings.devices]
+    rows: list[ThroughputRow] = [measure_conv_ceiling(d, repeats=settings.repeats) for d in devices]
+    # one cell per perturbation (its most severe), to keep the sweep comparison short
+    last: dict[str, Cell] = {}
+    for cell in cells:
+        last[cell.perturbation] = cell
+    shown = list(last.values())
+    with progress_bar(len(models), "throughput", unit="model") as bar:
+        for name, model, macs in models:
+            for device in devices:
+                for dtype in settings.dtypes:
+                    for batch_size in settings.batch_sizes:
+                        for compiled in (False, True) if settings.compile else (False,):
+                            rows.append(
+                                measure_inference(
+                                    name,
+                                    model,
+                                    device,
+                                    batch_size,
+                                    dtype=dtype,
+                                    channels_last=settings.channels_last,
+                                    compiled=compiled,
+                                    images=settings.images,
+                                    repeats=settings.repeats,
+                                    macs=macs,
+                                )
+                            )
+                if settings.latency:
+                    rows.append(measure_latency(name, model, device, channels_last=settings.channels_last))
+                if settings.training_batch_size:
+                    rows.append(
+                        measure_training(
+                            name, model, device, settings.training_batch_size, channels_last=settings.channels_last
+                        )
+                    )
+            if settings.sweep:
+                rows += measure_sweep_overhead(
+                    name,
+                    model,
+                    images,
+                    labels,
+                    shown,
+                    batch_size=config.evaluation.batch_size,
+                    channels_last=config.evaluation.channels_last,
+                    repeats=max(1, min(settings.repeats, 3)),
+                )
+            bar.update(1)
+    if settings.perturbations:
+        rows += [measure_perturbation(cell, images, seed=config.run_seeds[0]) for cell in shown if cell.name]
+    return pd.DataFrame([r.to_row() for r in rows], columns=THROUGHPUT_COLUMNS)
 
 
 def collect_examples(

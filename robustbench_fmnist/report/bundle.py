@@ -43,6 +43,7 @@ DATA_FILES = {
     "calibration": ("calibration.csv", CALIBRATION_COLUMNS),
 }
 EXAMPLES_FILE = "examples.npz"
+THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ReportData:
     calibration: pd.DataFrame
     run: dict[str, Any]
     examples: Examples | None = None
+    throughput: pd.DataFrame | None = None
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -78,6 +80,8 @@ def write_data(folder: Path, data: ReportData) -> None:
     for kind, (filename, columns) in DATA_FILES.items():
         getattr(data, kind)[columns].to_csv(folder / filename, index=False, float_format="%.6g")
     (folder / "run.json").write_text(json.dumps(data.run, indent=2, sort_keys=False, default=str) + "\n")
+    if data.throughput is not None:
+        data.throughput.to_csv(folder / THROUGHPUT_FILE, index=False, float_format="%.6g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -114,7 +118,12 @@ def read_data(folder: str | Path) -> ReportData:
         raise HarnessError(f"{folder / 'run.json'}: missing; re-run the experiment") from None
     except json.JSONDecodeError as exc:
         raise HarnessError(f"{folder / 'run.json'}: not valid JSON ({exc}); re-run the experiment") from None
-    return ReportData(**tables, run=run, examples=_read_examples(folder / EXAMPLES_FILE))
+    throughput = (
+        pd.read_csv(folder / THROUGHPUT_FILE, keep_default_na=False, na_values=[""])
+        if (folder / THROUGHPUT_FILE).exists()
+        else None
+    )
+    return ReportData(**tables, run=run, examples=_read_examples(folder / EXAMPLES_FILE), throughput=throughput)
 
 
 def _read_examples(path: Path) -> Examples | None:

@@ -145,3 +145,30 @@ def example_grid(
         figure.suptitle(f"{model}: predictions (red: wrong); true classes: {', '.join(class_names[i] for i in labels)}")
         figure.tight_layout()
         return _png(figure)
+
+
+def throughput_curves(throughput: pd.DataFrame) -> bytes:
+    """Inference images/s against batch size (log-log), one line per model, device, dtype and compile."""
+    rows = throughput[(throughput["kind"] == "inference") & (throughput["status"] == "ok")]
+    with plt.rc_context(_STYLE):
+        figure, axis = plt.subplots(figsize=(7.0, 4.0))
+        for key, group in rows.groupby(["model", "device", "dtype", "compiled"], sort=False):
+            model, device, dtype, compiled = key
+            group = group.sort_values("batch_size")
+            label = f"{model} {device} {dtype}" + (" compiled" if compiled else "")
+            (line,) = axis.plot(group["batch_size"], group["images_per_second"], marker="o", markersize=3, label=label)
+            axis.fill_between(
+                group["batch_size"],
+                group["images_per_second_low"],
+                group["images_per_second_high"],
+                color=line.get_color(),
+                alpha=0.2,
+            )
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("batch size")
+        axis.set_ylabel("images / s")
+        axis.legend(fontsize=7, loc="lower right")
+        axis.set_title("Inference throughput (bands: slowest to fastest repeat)")
+        figure.tight_layout()
+        return _png(figure)

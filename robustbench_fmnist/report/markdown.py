@@ -83,6 +83,8 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     for pert in run["perturbations"]:
         if pert["name"] in set(cells["perturbation"]):
             out += _perturbation_section(cells, pert, units[pert["name"]])
+    if data.throughput is not None:
+        out += _throughput(data.throughput)
     out += _environment(run)
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -250,6 +252,90 @@ def _per_class(data: ReportData) -> list[str]:
         markdown_table(["model", "true → predicted", "clean (%)", "shifted (%)", "growth (points)"], pairs),
         "",
     ]
+
+
+def _rate(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:,.0f}"
+
+
+def _rate_with_spread(row: dict[str, Any]) -> str:
+    low, high = _rate(row["images_per_second_low"]), _rate(row["images_per_second_high"])
+    return f"{_rate(row['images_per_second'])} ({low}–{high})"
+
+
+def _throughput(throughput: pd.DataFrame) -> list[str]:
+    ok = throughput[throughput["status"] == "ok"]
+    ceilings = ok[ok["kind"] == "ceiling"].set_index("device")["gflops"]
+    inference = ok[ok["kind"] == "inference"]
+    rows = [
+        [
+            r["model"],
+            r["device"],
+            r["dtype"] + (" compiled" if r["compiled"] else ""),
+            int(r["batch_size"]),
+            _rate_with_spread(r),
+            plain(r["ms_per_batch"], 2),
+            plain(r["gflops"], 1),
+            ratio(r["gflops"] / ceilings[r["device"]])
+            if r["device"] in ceilings and not pd.isna(r["gflops"])
+            else "n/a",
+            plain(r["peak_memory_mb"], 0),
+        ]
+        for r in inference.to_dict("records")
+    ]
+    out = [
+        "## Throughput",
+        "",
+        "Inference: median images/s over repeats (slowest–fastest), BatchNorm folded into the convolutions, "
+        "`channels_last`; % of ceiling compares the achieved GFLOP/s with a large channels_last 3x3 convolution "
+        "timed in the same run. Peak memory: the CUDA allocator's peak, or the process's peak RSS on the CPU.",
+        "",
+        markdown_table(
+            ["model", "device", "dtype", "batch", "images/s", "ms / batch", "GFLOP/s", "% of ceiling", "peak MB"], rows
+        ),
+        "",
+    ]
+    other = ok[ok["kind"].isin(["latency", "training"])]
+    if len(other):
+        lines = [
+            [
+                r["model"],
+                r["device"],
+                r["kind"],
+                int(r["batch_size"]),
+                _rate(r["images_per_second"]),
+                f"{plain(r['latency_p50_ms'], 2)} / {plain(r['latency_p95_ms'], 2)}" if r["kind"] == "latency" else "",
+            ]
+            for r in other.to_dict("records")
+        ]
+        out += [markdown_table(["model", "device", "what", "batch", "images/s", "p50 / p95 ms"], lines), ""]
+    sweep = ok[ok["kind"].isin(["sweep", "forward"])].pivot_table(
+        index="model", columns="kind", values="images_per_second", sort=False
+    )
+    if {"sweep", "forward"} <= set(sweep.columns):
+        lines = [
+            [model, _rate(r["forward"]), _rate(r["sweep"]), ratio(r["sweep"] / r["forward"])]
+            for model, r in sweep.iterrows()
+        ]
+        out += [
+            "The evaluation sweep (perturb, forward, score) against the bare forward pass over the same batches:",
+            "",
+            markdown_table(["model", "forward images/s", "sweep images/s", "sweep / forward (%)"], lines),
+            "",
+        ]
+    perturbations = ok[ok["kind"] == "perturbation"]
+    if len(perturbations):
+        lines = [[r["model"], r["reason"], _rate(r["images_per_second"])] for r in perturbations.to_dict("records")]
+        out += [markdown_table(["perturbation", "backend", "images/s"], lines), ""]
+    skipped = throughput[throughput["status"] == "skipped"]
+    if len(skipped):
+        reasons = skipped.groupby(["device", "reason"], sort=False).size()
+        out += [
+            "Skipped: "
+            + "; ".join(f"{device}: {reason} ({n} measurements)" for (device, reason), n in reasons.items()),
+            "",
+        ]
+    return out
 
 
 def _environment(run: dict[str, Any]) -> list[str]:

@@ -9,10 +9,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.files import atomic_directory
 from robustbench_fmnist.report import figures
-from robustbench_fmnist.report.bundle import DATA_FILES, EXAMPLES_FILE, ReportData, read_data, write_data
+from robustbench_fmnist.report.bundle import (
+    DATA_FILES,
+    EXAMPLES_FILE,
+    THROUGHPUT_FILE,
+    ReportData,
+    read_data,
+    write_data,
+)
 from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.tables import seed_mean
@@ -34,11 +43,28 @@ def rerender_report(folder: str | Path) -> Path:
     folder = Path(folder)
     read_data(folder)  # fail on a broken folder before touching it
     with atomic_directory(folder) as staging:
-        names = [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE]
+        names = [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE, THROUGHPUT_FILE]
         for name in names:
             if (folder / name).exists():
                 shutil.copy2(folder / name, staging / name)
         render_files(staging)
+    return folder
+
+
+def add_throughput(folder: str | Path, throughput: pd.DataFrame) -> Path:
+    """Put throughput.csv into a report folder and re-render it; a folder without a report gets the CSV alone."""
+    folder = Path(folder)
+    complete = all((folder / filename).exists() for filename, _ in DATA_FILES.values())
+    if complete:
+        read_data(folder)  # fail on a broken folder before touching it
+    with atomic_directory(folder) as staging:
+        if complete:
+            for name in [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE]:
+                if (folder / name).exists():
+                    shutil.copy2(folder / name, staging / name)
+        throughput.to_csv(staging / THROUGHPUT_FILE, index=False, float_format="%.6g")
+        if complete:
+            render_files(staging)
     return folder
 
 
@@ -68,6 +94,8 @@ def render_files(folder: Path) -> None:
         for m, model in enumerate(ex.models):
             png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
             save(f"Examples: {model}", f"examples_{model}.png", png)
+    if data.throughput is not None and (data.throughput["kind"] == "inference").any():
+        save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     text = render_markdown(data, drawn)
     (folder / "report.md").write_text(text, encoding="utf-8")
     title = f"Robustness report: {data.run['config']['name']}"

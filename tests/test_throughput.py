@@ -1,0 +1,114 @@
+"""Throughput measurement: timing discipline, skipped devices, rows, and the bench command."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from robustbench_fmnist import throughput
+from robustbench_fmnist.cli import main
+from robustbench_fmnist.evaluation import CLEAN, Cell
+from robustbench_fmnist.models import count_macs, create_model
+
+CPU = torch.device("cpu")
+
+
+def test_time_calls_warms_up_then_times_each_repeat_with_the_device_synchronised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(throughput, "synchronize", lambda device: events.append("sync"))
+    times = throughput.time_calls(lambda: events.append("call"), CPU, warmup=2, repeats=3)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    # warm-up calls, one sync before the clock starts, then call + sync inside each timed repeat
+    assert events == ["call", "call", "sync", "call", "sync", "call", "sync", "call", "sync"]
+
+
+def test_a_missing_cuda_device_gives_skipped_rows_not_errors() -> None:
+    model = create_model("baseline_cnn_tiny")
+    cuda = torch.device("cuda")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    rows = [
+        throughput.measure_inference("m", model, cuda, 8),
+        throughput.measure_latency("m", model, cuda),
+        throughput.measure_training("m", model, cuda, 8),
+        throughput.measure_conv_ceiling(cuda),
+    ]
+    assert all(r.status == "skipped" and "CUDA" in r.reason for r in rows)
+    assert all(math.isnan(r.images_per_second) for r in rows)
+
+
+def test_float16_on_the_cpu_is_skipped_with_the_reason() -> None:
+    row = throughput.measure_inference("m", create_model("baseline_cnn_tiny"), CPU, 8, dtype="float16")
+    assert row.status == "skipped" and "bfloat16" in row.reason
+
+
+def test_inference_row_is_consistent() -> None:
+    model = create_model("baseline_cnn_tiny")
+    macs = count_macs(model)
+    row = throughput.measure_inference("m", model, CPU, 32, images=256, repeats=3, warmup=1, macs=macs)
+    assert row.status == "ok" and row.batch_size == 32 and row.threads == torch.get_num_threads()
+    assert row.images_per_second_low <= row.images_per_second <= row.images_per_second_high
+    assert row.ms_per_batch == pytest.approx(1000 * 32 / row.images_per_second, rel=1e-6)
+    assert row.gflops == pytest.approx(2 * macs * row.images_per_second / 1e9)
+    assert row.peak_memory_mb > 0 and row.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_latency_training_sweep_and_perturbation_rows() -> None:
+    model = create_model("baseline_cnn_tiny")
+    latency = throughput.measure_latency("m", model, CPU, calls=20, warmup=2)
+    assert 0 < latency.latency_p50_ms <= latency.latency_p95_ms
+    before = [p.clone() for p in model.parameters()]
+    training = throughput.measure_training("m", model, CPU, 16, steps=2, repeats=1)
+    assert training.images_per_second > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), "weights untouched"
+    images, labels = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    cells = [Cell(CLEAN, 0), Cell("rotation", 3, 45.0, "rotation")]
+    forward, sweep = throughput.measure_sweep_overhead("m", model, images, labels, cells, batch_size=32, repeats=1)
+    assert (forward.kind, sweep.kind) == ("forward", "sweep") and forward.images_per_second > 0
+    row = throughput.measure_perturbation(cells[1], images, repeats=1)
+    assert row.model == "rotation/s3" and row.reason == "torch" and row.images_per_second > 0
+
+
+def test_bench_writes_throughput_csv_and_a_report_section(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {
+        **tiny_experiment,
+        "throughput": {"batch_sizes": [1, 16], "images": 64, "repeats": 1, "dtypes": ["float32"], "sweep": False},
+    }
+    path = write_yaml(config)
+    folder = Path(tiny_experiment["output_dir"]) / "tiny"
+    assert main(["-q", "bench", str(path)]) == 0
+    table = pd.read_csv(folder / "throughput.csv")
+    assert not (folder / "report.md").exists(), "no report yet: throughput.csv alone"
+    ok = table[table.status == "ok"]
+    assert set(ok.kind) == {"ceiling", "inference", "latency", "training", "perturbation"}
+    assert set(ok[ok.kind == "inference"].batch_size) == {1, 16}
+    if not torch.cuda.is_available():
+        assert (table[table.device == "cuda"].status == "skipped").all()
+    assert "throughput written to" in capsys.readouterr().out
+
+    assert main(["-q", "run", str(path)]) == 0
+    assert not (folder / "throughput.csv").exists(), "a run without throughput.enabled replaces the folder"
+    assert main(["-q", "bench", str(path)]) == 0
+    md = (folder / "report.md").read_text()
+    assert (
+        "## Throughput" in md and "(figures/throughput.png)" in md and (folder / "figures" / "throughput.png").exists()
+    )
+
+
+def test_bad_throughput_settings_fail_with_one_line(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml({**tiny_experiment, "throughput": {"batch_sizes": [0]}})
+    assert main(["-q", "bench", str(path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "throughput.batch_sizes" in err and len(err.splitlines()) == 1
