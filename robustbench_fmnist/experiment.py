@@ -428,7 +428,8 @@ def _perturbation_records(cells: Sequence[Cell]) -> list[dict[str, Any]]:
 
 def package_versions() -> dict[str, str]:
     versions = {}
-    for name in ("robustbench_fmnist", "torch", "torchvision", "timm", "numpy", "pandas", "pydantic"):
+    packages = ("robustbench_fmnist", "torch", "torchvision", "timm", "numpy", "pandas", "pydantic", "matplotlib")
+    for name in (*packages, "markdown", "pillow", "albumentations"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

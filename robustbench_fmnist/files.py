@@ -34,18 +34,27 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging directory that replaces `target` as a whole on success.
 
-    Readers see either the previous complete directory or the new complete one.
+    Readers see the previous complete directory or the new complete one (with a window of one
+    rename in between where neither is there); if the swap fails, the previous one is put back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; the report folder should not be
     try:
         yield staging
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(retired / target.name, target)
+                raise
+            finally:
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
     finally:

@@ -40,6 +40,8 @@ def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int 
     """
     confidence = confidence.double().flatten()
     correct = correct.double().flatten()
+    finite = torch.isfinite(confidence)  # a NaN confidence (NaN logits) belongs to no bin
+    confidence, correct = confidence[finite], correct[finite]
     index = (confidence * bins).ceil().long().sub_(1).clamp_(0, bins - 1)
     count = torch.bincount(index, minlength=bins).double()
     hits = torch.bincount(index, weights=correct, minlength=bins)
@@ -61,6 +63,8 @@ def expected_calibration_error(bins: pd.DataFrame) -> float:
     """ECE = sum over bins of |B_b| / N * |accuracy(B_b) - confidence(B_b)| (from `calibration_bins`)."""
     filled = bins[bins["count"] > 0]
     total = filled["count"].sum()
+    if total == 0:
+        return math.nan
     return float((filled["count"] / total * (filled["accuracy"] - filled["confidence"]).abs()).sum())
 
 
@@ -85,12 +89,17 @@ def per_class_accuracy(confusion: torch.Tensor) -> tuple[list[int], list[int]]:
     return confusion.sum(1).tolist(), confusion.diagonal().tolist()
 
 
-def area_under_curve(clean_accuracy: float, accuracies: Sequence[float]) -> float:
-    """Normalised area under accuracy vs severity, clean at severity 0 (trapezoids; 1 = no loss at 100 %)."""
-    points = [clean_accuracy, *accuracies]
-    if len(points) < 2:
+def area_under_curve(
+    clean_accuracy: float, accuracies: Sequence[float], severities: Sequence[float] | None = None
+) -> float:
+    """Normalised area under accuracy vs severity, clean at severity 0 (trapezoids over the
+    severities given, default 1, 2, ...; divided by the last), so 1 = no loss at 100 %."""
+    xs = [0.0, *(severities if severities is not None else range(1, len(accuracies) + 1))]
+    ys = [clean_accuracy, *accuracies]
+    if len(ys) < 2 or xs[-1] <= 0:
         return math.nan
-    return sum((a + b) / 2 for a, b in itertools.pairwise(points)) / (len(points) - 1)
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(zip(xs, ys, strict=True)))
+    return area / xs[-1]
 
 
 def corruption_errors(summary: pd.DataFrame, reference: str) -> pd.DataFrame:

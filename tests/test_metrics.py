@@ -117,3 +117,14 @@ def test_relative_ce_is_nan_when_the_reference_loses_nothing() -> None:
     )
     ce = corruption_errors(summary, "ref").set_index("model")
     assert math.isnan(ce.loc["a", "relative_ce"]) and ce.loc["a", "ce"] == pytest.approx(3.0)
+
+
+def test_area_under_the_curve_follows_uneven_severities() -> None:
+    # severities 1 and 5: (1 * (0.9 + 0.8) / 2 + 4 * (0.8 + 0.6) / 2) / 5 = (0.85 + 2.8) / 5
+    assert area_under_curve(0.9, [0.8, 0.6], [1, 5]) == pytest.approx(0.73)
+
+
+def test_ece_of_nothing_is_nan_and_nan_confidences_fall_in_no_bin() -> None:
+    assert math.isnan(expected_calibration_error(calibration_bins(torch.tensor([]), torch.tensor([]))))
+    bins = calibration_bins(torch.tensor([0.95, float("nan")]), torch.tensor([1, 0]))
+    assert int(bins["count"].sum()) == 1

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult
 from robustbench_fmnist.metrics import ScoredCells, score_cells
-from robustbench_fmnist.report import ReportData, frame, read_data, rerender_report, seed_mean, write_report
+from robustbench_fmnist.report import Examples, ReportData, frame, read_data, rerender_report, seed_mean, write_report
 from robustbench_fmnist.report import writer as writer_module
 from robustbench_fmnist.report.compare import compare_runs
 from robustbench_fmnist.report.tables import (
@@ -57,6 +58,16 @@ def _scored(model: str, seed: int, wrong: list[list[int]]) -> ScoredCells:
     return score_cells(results, outputs, CELLS, LABELS, seed=seed, class_names=CLASSES)
 
 
+def _examples() -> Examples:
+    return Examples(
+        images=np.zeros((2, 2, 28, 28), dtype=np.uint8),
+        labels=np.array([0, 1]),
+        row_names=["clean", "contrast s2"],
+        models=["a", "b"],
+        predictions=np.zeros((2, 2, 2), dtype=np.int64),
+    )
+
+
 def _data(seeds: tuple[int, ...] = (0,), b_wrong: list[list[int]] | None = None) -> ReportData:
     scored = ScoredCells()
     for seed in seeds:
@@ -87,6 +98,7 @@ def _data(seeds: tuple[int, ...] = (0,), b_wrong: list[list[int]] | None = None)
         confusion=frame(scored.confusion, "confusion"),
         calibration=frame(scored.calibration, "calibration"),
         run=run,
+        examples=_examples(),
     )
 
 
@@ -152,6 +164,7 @@ def test_report_folder_is_complete_and_re_renders_byte_for_byte(tmp_path: Path) 
     assert names == [
         "calibration.csv",
         "confusion.csv",
+        "examples.npz",
         "figures",
         "per_class.csv",
         "report.html",
@@ -162,6 +175,8 @@ def test_report_folder_is_complete_and_re_renders_byte_for_byte(tmp_path: Path) 
     assert sorted(p.name for p in (folder / "figures").iterdir()) == [
         "classes_a.png",
         "classes_b.png",
+        "examples_a.png",
+        "examples_b.png",
         "reliability_a.png",
         "reliability_b.png",
         "severity_lighting.png",
@@ -200,9 +215,29 @@ def test_a_failed_write_keeps_the_old_report_whole(tmp_path: Path, monkeypatch: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"], "no staging folders left behind"
 
 
+def test_re_rendering_keeps_the_users_own_files_and_a_readable_folder(tmp_path: Path) -> None:
+    folder = write_report(tmp_path / "t", _data())
+    (folder / "NOTES.md").write_text("mine")
+    rerender_report(folder)
+    assert (folder / "NOTES.md").read_text() == "mine"
+    assert folder.stat().st_mode & 0o055, "not left owner-only by the staging folder"
+
+
+def test_several_seeds_widen_the_interval_to_the_spread_between_seeds() -> None:
+    data = _data(seeds=(0, 1))
+    data.results.loc[(data.results.seed == 1) & (data.results.model == "a"), "accuracy"] -= 0.2
+    cells = seed_mean(data.results).set_index(["model", "perturbation", "severity"])
+    row = cells.loc[("a", "contrast", 1)]
+    # accuracies 0.8 and 0.6: mean 0.7, sd 0.1414, t(1) 12.706 -> half-width 1.27: the whole range
+    assert row["accuracy"] == pytest.approx(0.7) and row["accuracy_low"] == 0.0 and row["accuracy_high"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
+        (lambda f: (f / "examples.npz").write_bytes(b"PK\x03\x04 truncated"), r"examples.npz: unreadable"),
+        (lambda f: (f / "run.json").write_text('{"config": {}}'), r"keys .*'environment'.* missing"),
+        (lambda f: (f / "results.csv").write_text((f / "results.csv").read_text().splitlines()[0]), "no rows"),
         (lambda f: (f / "per_class.csv").unlink(), r"per_class.csv: missing"),
         (lambda f: (f / "results.csv").write_text("model,seed\nx,0\n"), r"columns .* missing"),
         (lambda f: (f / "run.json").write_text("{"), r"run.json: not valid JSON"),
@@ -249,7 +284,7 @@ def test_report_html_renders_in_a_real_browser(tmp_path: Path) -> None:
     md = (folder / "report.md").read_text()
     assert page["errors"] == [] and page["compatMode"] == "CSS1Compat"
     assert len(page["images"]) == md.count("![") and all(image["ok"] for image in page["images"])
-    assert all(image["naturalWidth"] >= 400 for image in page["images"])
+    assert all(image["naturalWidth"] >= 300 for image in page["images"])
     assert len(page["tables"]) == md.count("| :--- |") and all(t["bodyRows"] >= 1 for t in page["tables"])
     assert page["tables"][0]["headers"][:2] == ["model", "clean (95 % CI)"]
 

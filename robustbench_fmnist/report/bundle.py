@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,17 @@ def read_data(folder: str | Path) -> ReportData:
         if missing:
             raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
         tables[kind] = table[columns]
+    if tables["results"].empty or not (tables["results"]["perturbation"] == "clean").any():
+        raise HarnessError(f"{folder / 'results.csv'}: no rows, or no clean row; re-run the experiment")
     try:
         run = json.loads((folder / "run.json").read_text())
     except FileNotFoundError:
         raise HarnessError(f"{folder / 'run.json'}: missing; re-run the experiment") from None
     except json.JSONDecodeError as exc:
         raise HarnessError(f"{folder / 'run.json'}: not valid JSON ({exc}); re-run the experiment") from None
+    missing = [key for key in ("config", "environment", "perturbations", "models") if key not in run]
+    if missing:
+        raise HarnessError(f"{folder / 'run.json'}: keys {missing} missing; re-run the experiment")
     throughput = (
         pd.read_csv(folder / THROUGHPUT_FILE, keep_default_na=False, na_values=[""])
         if (folder / THROUGHPUT_FILE).exists()
@@ -129,11 +135,14 @@ def read_data(folder: str | Path) -> ReportData:
 def _read_examples(path: Path) -> Examples | None:
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        return Examples(
-            images=saved["images"],
-            labels=saved["labels"],
-            row_names=[str(n) for n in saved["row_names"]],
-            models=[str(m) for m in saved["models"]],
-            predictions=saved["predictions"],
-        )
+    try:
+        with np.load(path) as saved:
+            return Examples(
+                images=saved["images"],
+                labels=saved["labels"],
+                row_names=[str(n) for n in saved["row_names"]],
+                models=[str(m) for m in saved["models"]],
+                predictions=saved["predictions"],
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise HarnessError(f"{path}: unreadable ({exc}); re-run the experiment or delete the file") from None

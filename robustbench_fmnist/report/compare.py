@@ -17,9 +17,12 @@ def compare_runs(first: ReportData, second: ReportData) -> pd.DataFrame:
     """Cells both runs have, with accuracy A, B, B - A and a 95 % interval for the difference.
 
     The interval treats the two accuracies as independent proportions over their test images
-    (normal approximation); `significant` is whether it excludes zero.
+    (normal approximation; with several seeds, the seed means over one seed's images, which
+    leaves out the spread between seeds); `significant` is whether it excludes zero.
     """
     a, b = seed_mean(first.results), seed_mean(second.results)
+    for table in (a, b):  # images per seed: seeds do not add test images
+        table["n_images"] = table["n_images"] / table["seeds"]
     merged = a[[*CELL, "parameter", "accuracy", "n_images"]].merge(
         b[[*CELL, "parameter", "accuracy", "n_images"]], on=CELL, suffixes=("_a", "_b"), how="inner", sort=False
     )

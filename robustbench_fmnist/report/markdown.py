@@ -91,6 +91,12 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
 
 def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:
     table = headline_table(cells, reference)
+    seeds_note = (
+        " With several seeds, every number here is from the seed-mean cells (so mCE is the CE of mean "
+        "errors); Across seeds gives each seed's own values as mean ± spread."
+        if int(cells["seeds"].max()) > 1
+        else ""
+    )
     note = (
         f"mCE and relative mCE (Hendrycks & Dietterich 2019) are normalised by `{reference}`, so it scores 100."
         if reference and reference in set(cells["model"])
@@ -104,19 +110,31 @@ def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:
             ratio(r["mce"]),
             ratio(r["relative_mce"]),
             pct(r["flip_rate"]),
+            f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
             f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
             f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
         ]
         for r in table.to_dict("records")
     ]
-    headers = ["model", "clean (95 % CI)", "shifted mean", "mCE", "relative mCE", "flip rate", "ECE", "NLL (nats)"]
+    headers = [
+        "model",
+        "clean (95 % CI)",
+        "shifted mean",
+        "mCE",
+        "relative mCE",
+        "flip rate",
+        "confidence",
+        "ECE",
+        "NLL (nats)",
+    ]
     return [
         "## Headline",
         "",
         markdown_table(headers, rows),
         "",
         f"Shifted mean and flip rate (share of images whose prediction differs from the clean one) are means "
-        f"over every perturbed cell. ECE: 15 equal-width confidence bins, clean → mean over perturbed cells. {note}",
+        f"over every perturbed cell. Confidence (mean top-1 probability), ECE (15 equal-width confidence bins) and "
+        f"NLL: clean → mean over perturbed cells. {note}{seeds_note}",
         "",
     ]
 

@@ -6,6 +6,7 @@ and `run` produce the same bytes.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from robustbench_fmnist.files import atomic_directory
 from robustbench_fmnist.report import figures
 from robustbench_fmnist.report.bundle import (
     DATA_FILES,
-    EXAMPLES_FILE,
     THROUGHPUT_FILE,
     ReportData,
     read_data,
@@ -43,10 +43,7 @@ def rerender_report(folder: str | Path) -> Path:
     folder = Path(folder)
     read_data(folder)  # fail on a broken folder before touching it
     with atomic_directory(folder) as staging:
-        names = [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE, THROUGHPUT_FILE]
-        for name in names:
-            if (folder / name).exists():
-                shutil.copy2(folder / name, staging / name)
+        _copy_all_but_rendered(folder, staging)
         render_files(staging)
     return folder
 
@@ -58,14 +55,31 @@ def add_throughput(folder: str | Path, throughput: pd.DataFrame) -> Path:
     if complete:
         read_data(folder)  # fail on a broken folder before touching it
     with atomic_directory(folder) as staging:
-        if complete:
-            for name in [filename for filename, _ in DATA_FILES.values()] + ["run.json", EXAMPLES_FILE]:
-                if (folder / name).exists():
-                    shutil.copy2(folder / name, staging / name)
+        if folder.exists():
+            _copy_all_but_rendered(folder, staging)
         throughput.to_csv(staging / THROUGHPUT_FILE, index=False, float_format="%.6g")
         if complete:
             render_files(staging)
     return folder
+
+
+RENDERED = ("report.md", "report.html", "figures")
+
+
+def _copy_all_but_rendered(folder: Path, staging: Path) -> None:
+    """Everything in a report folder except what rendering makes, so a user's own files survive."""
+    for path in folder.iterdir():
+        if path.name in RENDERED:
+            continue
+        if path.is_dir():
+            shutil.copytree(path, staging / path.name)
+        else:
+            shutil.copy2(path, staging / path.name)
+
+
+def _file_name(text: str) -> str:
+    """A model name made safe for a file name and a markdown link."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def render_files(folder: Path) -> None:
@@ -86,14 +100,16 @@ def render_files(folder: Path) -> None:
             save(f"Accuracy by severity: {family}", f"severity_{family}.png", png)
     models = list(dict.fromkeys(data.results["model"]))
     for model in models:
-        save(f"Per-class drop: {model}", f"classes_{model}.png", figures.class_heatmap(data.per_class, model))
+        png = figures.class_heatmap(data.per_class, model)
+        save(f"Per-class drop: {model}", f"classes_{_file_name(model)}.png", png)
     for model in models:
-        save(f"Reliability: {model}", f"reliability_{model}.png", figures.reliability_diagram(data.calibration, model))
+        png = figures.reliability_diagram(data.calibration, model)
+        save(f"Reliability: {model}", f"reliability_{_file_name(model)}.png", png)
     if data.examples is not None:
         ex = data.examples
         for m, model in enumerate(ex.models):
             png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
-            save(f"Examples: {model}", f"examples_{model}.png", png)
+            save(f"Examples: {model}", f"examples_{_file_name(model)}.png", png)
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     text = render_markdown(data, drawn)
