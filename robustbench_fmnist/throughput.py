@@ -130,8 +130,12 @@ def inference_model(model: nn.Module, device: torch.device, *, channels_last: bo
     """The model as the harness runs inference: BatchNorm folded, layout set, optionally compiled."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     prepared = fold_batch_norm(model).to(device=device, memory_format=memory_format).eval()
-    # one fixed batch shape per compiled module: varying shapes hit dynamo's recompile limit
-    return torch.compile(prepared, dynamic=False) if compiled else prepared
+    if not compiled:
+        return prepared
+    # dynamo counts recompiles per code object across modules; past its limit it silently runs
+    # eager, so each compiled measurement starts from a clean cache, with one fixed batch shape
+    torch._dynamo.reset()
+    return torch.compile(prepared, dynamic=False)
 
 
 def measure_inference(
