@@ -10,6 +10,7 @@ with the reason instead of an error.
 from __future__ import annotations
 
 import contextlib
+import copy
 import resource
 import statistics
 import sys
@@ -21,7 +22,6 @@ import torch
 from torch import nn
 
 from robustbench_fmnist.evaluation import Cell, evaluate_cells, fold_batch_norm, perturb_cell
-from robustbench_fmnist.runtime import thread_info
 
 THROUGHPUT_COLUMNS = [
     "kind",
@@ -221,15 +221,13 @@ def measure_training(
     dtype: str = "bfloat16",
     channels_last: bool = True,
     steps: int = 20,
-    warmup: int = 3,
+    warmup: int = 1,
     repeats: int = 3,
 ) -> ThroughputRow:
     """Images/s of training steps (forward, cross-entropy, backward, AdamW) on random batches.
 
     Trains a copy: the caller's weights are untouched.
     """
-    import copy
-
     row = ThroughputRow("training", name, str(device), batch_size, dtype, channels_last, False)
     row.threads = torch.get_num_threads()
     reason = device_skip_reason(device)
@@ -249,7 +247,7 @@ def measure_training(
             loss.backward()
             optimizer.step()
 
-    times = time_calls(run, device, warmup=1 if warmup else 0, repeats=repeats)
+    times = time_calls(run, device, warmup=warmup, repeats=repeats)  # each call is `steps` steps
     row.__dict__.update(_rates(steps * batch_size, times))
     row.ms_per_batch = 1000 * statistics.median(times) / steps
     row.peak_memory_mb = peak_memory_mb(device)
@@ -345,7 +343,3 @@ def measure_conv_ceiling(device: torch.device, *, repeats: int = 5) -> Throughpu
 def _skipped(row: ThroughputRow, reason: str) -> ThroughputRow:
     row.status, row.reason = "skipped", reason
     return row
-
-
-def environment() -> dict[str, object]:
-    return {"torch": torch.__version__, **thread_info()}
