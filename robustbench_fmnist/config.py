@@ -178,6 +178,9 @@ class ExperimentConfig(_Strict):
     )
     reference_model: str = Field("baseline_cnn", description="the model CE and mCE are normalised by")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads; default: physical cores, capped at the CPUs this process may use"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     models: tuple[ModelSpec, ...] = Field(min_length=1)
     perturbations: tuple[PerturbationSpec, ...] = Field(min_length=1)

@@ -45,7 +45,7 @@ from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALEN
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report import Examples, ReportData, frame, write_report
 from robustbench_fmnist.report.writer import add_throughput
-from robustbench_fmnist.runtime import resolve_device, seed_everything, thread_info, tune_cpu_allocator
+from robustbench_fmnist.runtime import apply_cpu_settings, resolve_device, seed_everything, thread_info
 from robustbench_fmnist.throughput import (
     THROUGHPUT_COLUMNS,
     ThroughputRow,
@@ -195,7 +195,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     started = time.perf_counter()
     resolved = resolve(config)
     device = resolve_device(config.device)
-    allocator_tuned = tune_cpu_allocator()
+    cpu_settings = apply_cpu_settings(config.threads)
     timings: dict[str, float] = {}
     data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
     timings["load_data"] = time.perf_counter() - started
@@ -242,7 +242,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
         throughput = benchmark(config, first_seed_models, images, labels, cells)
         timings["throughput"] = time.perf_counter() - stage
     timings["total"] = time.perf_counter() - started
-    run = run_record(config, device, data, models_info, timings, allocator_tuned)
+    run = run_record(config, device, data, models_info, timings, cpu_settings)
     report = ReportData(
         results=frame(scored.results, "results"),
         per_class=frame(scored.per_class, "per_class"),
@@ -261,7 +261,7 @@ def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path,
     """Measure throughput for the experiment's models (first seed) into reports/<name>/throughput.csv."""
     resolved = resolve(config)
     device = resolve_device(config.device)
-    tune_cpu_allocator()
+    apply_cpu_settings(config.threads)
     seed = config.run_seeds[0]
     seed_everything(seed)
     data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
@@ -376,7 +376,7 @@ def run_record(
     data: FashionMNIST,
     models_info: list[dict[str, Any]],
     timings: dict[str, float],
-    allocator_tuned: bool,
+    cpu_settings: dict[str, object],
 ) -> dict[str, Any]:
     """Everything needed to reproduce and judge a run, for run.json."""
     return {
@@ -389,7 +389,8 @@ def run_record(
             if device.type == "cuda"
             else platform.processor() or platform.machine(),
             "threads": thread_info(),
-            "allocator_tuned": allocator_tuned,
+            "allocator_tuned": cpu_settings["allocator_tuned"],
+            "cpu_settings": cpu_settings,
             "platform": platform.platform(),
             "python": platform.python_version(),
             "versions": package_versions(),
@@ -476,7 +477,7 @@ def evaluate_module(
     """
     cells = sweep_cells([(p, severities) for p in perturbations])  # checks names and severities first
     torch_device = resolve_device(device)
-    tune_cpu_allocator()
+    apply_cpu_settings()
     data = load_fashion_mnist(data_dir)
     count = min(len(data.test), test_images or len(data.test))
     labels = data.test.labels[:count]

@@ -368,6 +368,7 @@ def _environment(run: dict[str, Any]) -> list[str]:
         ["platform", f"{env.get('platform', 'n/a')}, Python {env.get('python', 'n/a')}"],
         ["packages", versions or "n/a"],
         ["allocator tuned", str(env.get("allocator_tuned", "n/a"))],
+        *([["denormals flushed", str(env["cpu_settings"]["flush_denormal"])]] if "cpu_settings" in env else []),
         ["data", f"{data.get('source', 'n/a')} (sha256 {str(data.get('checksum', 'n/a'))[:16]}…)"],
         ["git commit", env["git_commit"]],
         ["wall time (s)", f"{timings['total']:.1f}" if "total" in timings else "n/a"],
