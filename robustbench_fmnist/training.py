@@ -65,9 +65,11 @@ def _optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    # fused: one kernel over all parameters instead of a dozen passes per step (~10 % of a
+    # baseline training step on CPU); same update up to float rounding
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=recipe.lr)
-    return torch.optim.AdamW(groups, lr=recipe.lr)
+        return torch.optim.Adam(groups, lr=recipe.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr, fused=True)
 
 
 def _scheduler(

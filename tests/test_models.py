@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from robustbench_fmnist.models import MODELS, count_macs, count_parameters, create_model, register_model
+from robustbench_fmnist.models.baseline import PoolAlignedConv2d
 from robustbench_fmnist.models.registry import FMNIST_MEAN, FMNIST_STD, Normalize
 
 
@@ -73,3 +76,30 @@ def test_register_model_uses_the_function_name_and_docstring() -> None:
         assert entry.description == "A linear probe for tests." and entry.recipe.epochs >= 1
     finally:
         MODELS._entries.pop("_test_only_linear")
+
+
+def test_pool_aligned_conv_changes_neither_outputs_nor_gradients() -> None:
+    """The baseline skips the conv outputs its max-pool drops; a plain-Conv2d copy must agree exactly."""
+    torch.manual_seed(0)
+    model = create_model("baseline_cnn").eval()
+    plain = copy.deepcopy(model)
+    for index, layer in enumerate(plain):
+        if isinstance(layer, PoolAlignedConv2d):
+            conv = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size)
+            conv.load_state_dict(layer.state_dict())
+            plain[index] = conv
+    assert not any(isinstance(m, PoolAlignedConv2d) for m in plain.modules())
+    images = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(model(images), plain(images), rtol=1e-5, atol=1e-5)
+    for net in (model, plain):
+        net.zero_grad()
+        net(images).square().sum().backward()
+    for ours, theirs in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5)
+    assert count_macs(model) < count_macs(plain)
+    assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+
+
+def test_pool_aligned_conv_rejects_padded_or_strided_convolutions() -> None:
+    with pytest.raises(ValueError, match="unpadded stride-1"):
+        PoolAlignedConv2d(1, 4, 3, padding=1)

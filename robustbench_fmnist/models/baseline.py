@@ -5,6 +5,7 @@ Unpadded convolutions as in the Keras/TensorFlow tutorial: 28 -> 26 -> 13 -> 11 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from robustbench_fmnist.config import TrainRecipe
@@ -15,15 +16,35 @@ BASELINE_RECIPE = TrainRecipe(
 )
 
 
+class PoolAlignedConv2d(nn.Conv2d):
+    """An unpadded stride-1 Conv2d followed by a 2x2 max-pool: skips the output row and column the pool drops.
+
+    MaxPool2d(2) floors odd sizes, so of conv2's 11x11 outputs only 10x10 ever reach the
+    logits. Cropping the input to 12x12 computes exactly those, which saves 17 % of the
+    model's largest layer in training and inference. Outputs and gradients are unchanged, and
+    so are the parameter names, so checkpoints load either way.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if self.stride != (1, 1) or self.padding != (0, 0) or self.dilation != (1, 1):
+            raise ValueError("PoolAlignedConv2d is for unpadded stride-1 convolutions")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[-2] - (x.shape[-2] - self.kernel_size[0] + 1) % 2
+        width = x.shape[-1] - (x.shape[-1] - self.kernel_size[1] + 1) % 2
+        return super().forward(x[..., :height, :width])
+
+
 def _build(width: int, hidden: int, dropout: float, num_classes: int) -> nn.Sequential:
     # max-pool before ReLU: the two commute (ReLU is monotone), and ReLU then runs on a
     # quarter of the activations, which saves about 10 % of each training step on CPU
     return nn.Sequential(
         Normalize(),
-        nn.Conv2d(1, width, 3),
+        PoolAlignedConv2d(1, width, 3),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
-        nn.Conv2d(width, 2 * width, 3),
+        PoolAlignedConv2d(width, 2 * width, 3),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
         nn.Flatten(),
