@@ -6,13 +6,26 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/lighting.yaml
 
-.PHONY: run test lint format data browser setup clean
+.PHONY: run test bench bench-baseline lint format data browser setup clean
 
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
 
+# unit and integration tests, then the regression benchmarks (speed ratios and targets)
 test: setup data browser
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m benchmark tests/benchmarks
+
+bench: setup data
+	$(BIN)/python -m pytest -m benchmark tests/benchmarks
+
+# after an intended speed change: record this machine's ratios (median of three runs), then commit
+# tests/benchmarks/baseline.json
+BENCH_REGRESSION := $(BIN)/python -m pytest -q -m benchmark tests/benchmarks/test_regression.py
+bench-baseline: setup data
+	$(BENCH_REGRESSION) --update-baseline reset
+	$(BENCH_REGRESSION) --update-baseline append
+	$(BENCH_REGRESSION) --update-baseline append
 
 lint: setup
 	$(BIN)/ruff check .

@@ -100,3 +100,14 @@ requires_real_data = pytest.mark.skipif(
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # here, not in tests/benchmarks/conftest.py: pytest only reads options from the root conftest
+    parser.addoption(
+        "--update-baseline",
+        choices=("reset", "append"),
+        default=None,
+        help="regression benchmarks: record this run's ratios in tests/benchmarks/baseline.json instead of gating "
+        "(reset: start from this run; append: add it to the last runs, whose median is committed)",
+    )
