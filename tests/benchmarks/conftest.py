@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from robustbench_fmnist.data import load_fashion_mnist
+from robustbench_fmnist.data import Split, load_fashion_mnist
 from robustbench_fmnist.runtime import apply_cpu_settings
 from tests.benchmarks.gate import (
     BASELINE_PATH,
@@ -38,18 +38,21 @@ def calibration() -> Calibration:
 
 
 @pytest.fixture(scope="session")
-def test_images() -> torch.Tensor:
-    """The real 10,000 test images as (N, 1, 28, 28) floats: the committed ratios were measured on them."""
+def test_split() -> Split:
+    """The real test set, read and verified once: the committed ratios were measured on it."""
     if not real_data_available():
         pytest.skip("regression benchmarks need the real Fashion-MNIST test set (make data installs it)")
-    return load_fashion_mnist().test.images.float().div(255).unsqueeze(1)
+    return load_fashion_mnist().test
 
 
 @pytest.fixture(scope="session")
-def test_labels() -> torch.Tensor:
-    if not real_data_available():
-        pytest.skip("regression benchmarks need the real Fashion-MNIST test set (make data installs it)")
-    return load_fashion_mnist().test.labels
+def test_images(test_split: Split) -> torch.Tensor:
+    return test_split.images.float().div(255).unsqueeze(1)
+
+
+@pytest.fixture(scope="session")
+def test_labels(test_split: Split) -> torch.Tensor:
+    return test_split.labels
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robustbench_fmnist.data import load_fashion_mnist
 from robustbench_fmnist.evaluation import evaluate_cells, fold_batch_norm, sweep_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import PERTURBATIONS
@@ -105,8 +106,6 @@ def test_evaluation_sweep(
 
 
 def test_loading_and_converting_the_data(regression: Regression, test_images: torch.Tensor) -> None:
-    from robustbench_fmnist.data import load_fashion_mnist
-
     regression(
         "data/load_verify_convert",
         lambda: to_float_images(load_fashion_mnist().train.images, "cpu"),
