@@ -30,9 +30,14 @@ class PoolAlignedConv2d(nn.Conv2d):
         if self.stride != (1, 1) or self.padding != (0, 0) or self.dilation != (1, 1):
             raise ValueError("PoolAlignedConv2d is for unpadded stride-1 convolutions")
 
+    @staticmethod
+    def used_input_size(size: int, kernel: int) -> int:
+        """How many of `size` input rows (or columns) reach the pool: the conv's output size made even."""
+        return size - (size - kernel + 1) % 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height = x.shape[-2] - (x.shape[-2] - self.kernel_size[0] + 1) % 2
-        width = x.shape[-1] - (x.shape[-1] - self.kernel_size[1] + 1) % 2
+        height = self.used_input_size(x.shape[-2], self.kernel_size[0])
+        width = self.used_input_size(x.shape[-1], self.kernel_size[1])
         return super().forward(x[..., :height, :width])
 
 

@@ -1,8 +1,9 @@
 """Regression benchmarks: every covered path's time relative to a calibration of the same run.
 
 Covered: each perturbation kernel (10,000 test images, severity 3), the model forwards the
-evaluator runs (BatchNorm folded, channels_last, fp32 and bf16), a baseline training step, the
-evaluation sweep, and loading the data. `gate.py` explains the ratios and how to refresh them.
+evaluator runs (BatchNorm folded, channels_last, fp32 and bf16) and the compiled fp32 baseline,
+a baseline training step, the evaluation sweep, and loading the data. `gate.py` explains the
+ratios and how to refresh them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from robustbench_fmnist.data import load_fashion_mnist
 from robustbench_fmnist.evaluation import evaluate_cells, fold_batch_norm, sweep_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.throughput import inference_model
 from robustbench_fmnist.training import to_float_images
 from tests.benchmarks.conftest import Regression
 from tests.benchmarks.gate import Calibration, judge, min_seconds, paired_ratio
@@ -64,6 +66,26 @@ def test_model_forward(
     run = _forward(model_name, test_images[:count], dtype)
     precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     regression(f"forward/{model_name}/{precision}", run, calibration_kind="compute", rounds=7)
+
+
+def test_compiled_baseline_forward(regression: Regression, test_images: torch.Tensor) -> None:
+    """The compiled fp32 path `bench` measures, with the first conv block fused (models.fusion)."""
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    runner = inference_model(create_model("baseline_cnn").eval(), cpu, channels_last=True, compiled=True)
+    # whole batches of one shape: the model is compiled for a fixed batch size
+    batches = [
+        test_images[i : i + 256].contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(test_images) - 255, 256)
+    ]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                runner(batch).argmax(1)
+
+    run()  # compiles outside the timed rounds
+    regression("forward/baseline_cnn/fp32-compiled", run, calibration_kind="compute", rounds=7)
 
 
 @pytest.mark.parametrize("model_name", ["baseline_cnn", "deep_cnn"])
