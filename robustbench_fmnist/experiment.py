@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import itertools
 import logging
 import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +282,9 @@ def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path,
     return folder, throughput
 
 
+Measurement = Callable[[], ThroughputRow | list[ThroughputRow]]
+
+
 def benchmark(
     config: ExperimentConfig,
     models: Sequence[tuple[str, nn.Module, int]],
@@ -291,57 +296,90 @@ def benchmark(
 
     `models` are (name, trained model, MACs per image); `images` sit on the evaluation device.
     """
+    plan = _throughput_plan(config, models, images, labels, cells)
+    rows: list[ThroughputRow] = []
+    # one step per measurement, labelled: a compiled or batch-4096 row can take a while
+    with progress_bar(len(plan), "throughput", unit="measurement") as bar:
+        for label, measure in plan:
+            bar.set_postfix_str(label)
+            result = measure()
+            rows += result if isinstance(result, list) else [result]
+            bar.update(1)
+    return pd.DataFrame([r.to_row() for r in rows], columns=THROUGHPUT_COLUMNS)
+
+
+def _throughput_plan(
+    config: ExperimentConfig,
+    models: Sequence[tuple[str, nn.Module, int]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cells: Sequence[Cell],
+) -> list[tuple[str, Measurement]]:
+    """(label, measurement) pairs in the order they run: ceilings, then per model, then perturbations."""
     settings = config.throughput
     devices = [torch.device(d) for d in settings.devices]
-    rows: list[ThroughputRow] = [measure_conv_ceiling(d, repeats=settings.repeats) for d in devices]
+    plan: list[tuple[str, Measurement]] = [
+        (f"conv ceiling {d}", partial(measure_conv_ceiling, d, repeats=settings.repeats)) for d in devices
+    ]
     # one cell per perturbation (its most severe), to keep the sweep comparison short
     last: dict[str, Cell] = {}
     for cell in cells:
         last[cell.perturbation] = cell
     shown = list(last.values())
-    with progress_bar(len(models), "throughput", unit="model") as bar:
-        for name, model, macs in models:
-            for device in devices:
-                for dtype in settings.dtypes:
-                    for batch_size in settings.batch_sizes:
-                        for compiled in (False, True) if settings.compile else (False,):
-                            rows.append(
-                                measure_inference(
-                                    name,
-                                    model,
-                                    device,
-                                    batch_size,
-                                    dtype=dtype,
-                                    channels_last=settings.channels_last,
-                                    compiled=compiled,
-                                    images=settings.images,
-                                    repeats=settings.repeats,
-                                    macs=macs,
-                                )
-                            )
-                if settings.latency:
-                    rows.append(measure_latency(name, model, device, channels_last=settings.channels_last))
-                if settings.training_batch_size:
-                    rows.append(
-                        measure_training(
-                            name, model, device, settings.training_batch_size, channels_last=settings.channels_last
-                        )
-                    )
-            if settings.sweep:
-                rows += measure_sweep_overhead(
+    for name, model, macs in models:
+        for device in devices:
+            for dtype, batch_size, compiled in itertools.product(
+                settings.dtypes, settings.batch_sizes, (False, True) if settings.compile else (False,)
+            ):
+                label = f"{name} {device} {dtype} batch {batch_size}" + (" compiled" if compiled else "")
+                measure = partial(
+                    measure_inference,
                     name,
                     model,
-                    images,
-                    labels,
-                    shown,
-                    batch_size=config.evaluation.batch_size,
-                    channels_last=config.evaluation.channels_last,
-                    repeats=max(1, min(settings.repeats, 3)),
+                    device,
+                    batch_size,
+                    dtype=dtype,
+                    channels_last=settings.channels_last,
+                    compiled=compiled,
+                    images=settings.images,
+                    repeats=settings.repeats,
+                    macs=macs,
                 )
-            bar.update(1)
+                plan.append((label, measure))
+            if settings.latency:
+                measure = partial(measure_latency, name, model, device, channels_last=settings.channels_last)
+                plan.append((f"{name} {device} latency", measure))
+            if settings.training_batch_size:
+                measure = partial(
+                    measure_training,
+                    name,
+                    model,
+                    device,
+                    settings.training_batch_size,
+                    channels_last=settings.channels_last,
+                )
+                plan.append((f"{name} {device} training", measure))
+        if settings.sweep:
+            measure = partial(
+                measure_sweep_overhead,
+                name,
+                model,
+                images,
+                labels,
+                shown,
+                batch_size=config.evaluation.batch_size,
+                channels_last=config.evaluation.channels_last,
+                repeats=max(1, min(settings.repeats, 3)),
+            )
+            plan.append((f"{name} sweep", measure))
     if settings.perturbations:
-        rows += [measure_perturbation(cell, images, seed=config.run_seeds[0]) for cell in shown if cell.name]
-    return pd.DataFrame([r.to_row() for r in rows], columns=THROUGHPUT_COLUMNS)
+        seed = config.run_seeds[0]
+        plan += [
+            (f"perturbation {c.name} s{c.severity}", partial(measure_perturbation, c, images, seed=seed))
+            for c in shown
+            if c.name
+        ]
+    return plan
 
 
 def collect_examples(

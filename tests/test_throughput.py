@@ -13,7 +13,9 @@ import torch
 
 from robustbench_fmnist import throughput
 from robustbench_fmnist.cli import main
+from robustbench_fmnist.config import ExperimentConfig
 from robustbench_fmnist.evaluation import CLEAN, Cell
+from robustbench_fmnist.experiment import _throughput_plan
 from robustbench_fmnist.models import count_macs, create_model
 
 CPU = torch.device("cpu")
@@ -103,6 +105,21 @@ def test_bench_writes_throughput_csv_and_a_report_section(
     assert (
         "## Throughput" in md and "(figures/throughput.png)" in md and (folder / "figures" / "throughput.png").exists()
     )
+
+
+def test_throughput_plan_lists_every_measurement_in_order(tiny_experiment: dict[str, Any]) -> None:
+    """The progress bar advances once per measurement, so the plan must hold exactly what runs."""
+    settings = {"devices": ["cpu", "cuda"], "batch_sizes": [1, 32], "dtypes": ["float32", "bfloat16"], "compile": True}
+    config = ExperimentConfig.model_validate({**tiny_experiment, "throughput": settings})
+    models = [("a", create_model("baseline_cnn_tiny"), 1), ("b", create_model("deep_cnn_tiny"), 1)]
+    cells = [Cell(CLEAN, 0), Cell("rotation", 1, 15.0, "rotation"), Cell("rotation", 5, 75.0, "rotation")]
+    labels = [label for label, _ in _throughput_plan(config, models, torch.rand(4, 1, 28, 28), torch.zeros(4), cells)]
+    per_device = 2 * 2 * 2 + 2  # dtypes x batch sizes x (eager, compiled), then latency and training
+    assert len(labels) == 2 + 2 * (2 * per_device + 1) + 1
+    assert labels[:2] == ["conv ceiling cpu", "conv ceiling cuda"]
+    assert labels[2:4] == ["a cpu float32 batch 1", "a cpu float32 batch 1 compiled"]
+    assert labels[2 + per_device * 2] == "a sweep"
+    assert labels[-1] == "perturbation rotation s5", "only each perturbation's most severe cell is timed"
 
 
 def test_bad_throughput_settings_fail_with_one_line(
