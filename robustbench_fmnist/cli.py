@@ -138,10 +138,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = load_config(args.experiment, _overrides(args))
     folder, table = run_bench(config, retrain=args.retrain)
     print(f"throughput written to {folder}/throughput.csv")
-    for row in table.itertuples():
-        if row.status != "ok":
-            print(f"  {row.kind:<12} {row.model:<28} {row.device:<5} skipped: {row.reason}")
-        elif row.kind == "ceiling":
+    # a missing device skips every row on it for one reason: say it once per device and reason
+    skipped = table[table.status != "ok"].groupby(["device", "reason"], sort=False).size()
+    for (device, reason), count in skipped.items():
+        print(f"  {device}: {count} measurements skipped: {reason}")
+    for row in table[table.status == "ok"].itertuples():
+        if row.kind == "ceiling":
             print(f"  {row.kind:<12} {row.model:<28} {row.device:<5} {row.gflops:8.1f} GFLOP/s")
         else:
             detail = f"{row.dtype} batch {row.batch_size}" + (" compiled" if row.compiled else "")
@@ -243,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     set_progress(not quiet)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # torch.compile on a CPU-only install warns once that it found no CUDA runtime: true, and not
+    # the user's concern when the device is the CPU
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:

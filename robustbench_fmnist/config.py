@@ -155,6 +155,9 @@ class ThroughputConfig(_Strict):
     channels_last: bool = True
     compile: bool = Field(False, description="also measure torch.compile'd inference")
     images: int = Field(10_000, ge=1, description="images per inference measurement")
+    seconds_per_repeat: float | None = Field(
+        2.0, gt=0, description="caps each timed repeat: a slow model times fewer images (at least one batch)"
+    )
     repeats: int = Field(5, ge=1)
     latency: bool = Field(True, description="p50/p95 of single-image forward passes")
     training_batch_size: int | None = Field(128, ge=1, description="None skips training throughput")

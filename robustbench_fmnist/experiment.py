@@ -344,6 +344,7 @@ def _throughput_plan(
                     images=settings.images,
                     repeats=settings.repeats,
                     macs=macs,
+                    seconds_per_repeat=settings.seconds_per_repeat,
                 )
                 plan.append((label, measure))
             if settings.latency:

@@ -158,8 +158,12 @@ def measure_inference(
     warmup: int = 2,
     repeats: int = 5,
     macs: int = 0,
+    seconds_per_repeat: float | None = None,
 ) -> ThroughputRow:
-    """Images/s of the forward pass over `images` images (whole batches of `batch_size`)."""
+    """Images/s of the forward pass over `images` images (whole batches of `batch_size`).
+
+    With `seconds_per_repeat`, a slow model times fewer images (at least one batch) so each
+    repeat takes about that long; `warmup` counts untimed repeats."""
     row = ThroughputRow("inference", name, str(device), batch_size, dtype, channels_last, compiled)
     row.parameters, row.macs, row.threads = sum(p.numel() for p in model.parameters()), macs, torch.get_num_threads()
     reason = device_skip_reason(device)
@@ -174,11 +178,17 @@ def measure_inference(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def run() -> None:
+    def forward() -> None:
         with torch.inference_mode(), _autocast(device, dtype):
-            for _ in range(calls):
-                runner(batch)
+            runner(batch)
 
+    def run() -> None:
+        for _ in range(calls):
+            forward()
+
+    one_batch = time_calls(forward, device, warmup=1, repeats=1)[0]  # after compiling, if compiled
+    if seconds_per_repeat is not None:
+        calls = max(1, min(calls, int(seconds_per_repeat / one_batch)))
     times = time_calls(run, device, warmup=warmup, repeats=repeats)
     row.__dict__.update(_rates(calls * batch_size, times))
     row.ms_per_batch = 1000 * statistics.median(times) / calls

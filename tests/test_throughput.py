@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,35 @@ def test_inference_row_is_consistent() -> None:
     assert row.peak_memory_mb > 0 and row.parameters == sum(p.numel() for p in model.parameters())
 
 
+class _SlowModel(torch.nn.Module):
+    """Sleeps 20 ms per batch and counts its calls (class-wide: the harness runs a copy)."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        time.sleep(0.02)
+        return self.linear(x.flatten(1))
+
+
+@pytest.mark.parametrize(("budget", "timed_batches"), [(None, 8), (0.05, 2)])
+def test_inference_repeats_are_capped_by_the_time_budget(budget: float | None, timed_batches: int) -> None:
+    _SlowModel.calls = 0
+    row = throughput.measure_inference(
+        "slow", _SlowModel(), CPU, 8, images=64, warmup=0, repeats=2, seconds_per_repeat=budget
+    )
+    # a warm-up batch and one timed to size the repeats, then 2 repeats of what fits in the budget
+    if budget is None:
+        assert _SlowModel.calls == 2 + 2 * timed_batches
+    else:  # a slow machine may fit only one batch
+        assert 2 + 2 * 1 <= _SlowModel.calls <= 2 + 2 * timed_batches
+    assert row.status == "ok" and row.ms_per_batch >= 20
+
+
 def test_latency_training_sweep_and_perturbation_rows() -> None:
     model = create_model("baseline_cnn_tiny")
     latency = throughput.measure_latency("m", model, CPU, calls=20, warmup=2)
@@ -94,9 +124,12 @@ def test_bench_writes_throughput_csv_and_a_report_section(
     ok = table[table.status == "ok"]
     assert set(ok.kind) == {"ceiling", "inference", "latency", "training", "perturbation"}
     assert set(ok[ok.kind == "inference"].batch_size) == {1, 16}
+    out = capsys.readouterr().out
+    assert "throughput written to" in out
     if not torch.cuda.is_available():
         assert (table[table.device == "cuda"].status == "skipped").all()
-    assert "throughput written to" in capsys.readouterr().out
+        skipped = (table.status == "skipped").sum()
+        assert out.count("skipped") == 1 and f"cuda: {skipped} measurements skipped: no CUDA device" in out
 
     assert main(["-q", "run", str(path)]) == 0
     assert not (folder / "throughput.csv").exists(), "a run without throughput.enabled replaces the folder"
