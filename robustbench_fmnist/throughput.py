@@ -322,12 +322,19 @@ def measure_sweep_overhead(
         )
 
     total = len(cells) * len(images)
+    measured = {"forward": forward, "sweep": sweep}
+    times: dict[str, list[float]] = {kind: [] for kind in measured}
+    for function in measured.values():
+        time_calls(function, device, warmup=1, repeats=0)
+    # alternated, so a shared machine's drift over seconds slows both sides alike and the ratio holds
+    for _ in range(repeats):
+        for kind, function in measured.items():
+            times[kind] += time_calls(function, device, warmup=0, repeats=1)
     rows = []
-    for kind, function in (("forward", forward), ("sweep", sweep)):
+    for kind in measured:
         row = ThroughputRow(kind, name, str(device), batch_size, channels_last=channels_last)
-        times = time_calls(function, device, warmup=1, repeats=repeats)
-        row.__dict__.update(_rates(total, times))
-        row.ms_per_batch = 1000 * statistics.median(times) / (len(cells) * len(batches))
+        row.__dict__.update(_rates(total, times[kind]))
+        row.ms_per_batch = 1000 * statistics.median(times[kind]) / (len(cells) * len(batches))
         row.threads = torch.get_num_threads()
         rows.append(row)
     return rows

@@ -51,7 +51,7 @@ def test_sweep_runs_at_85_percent_of_the_bare_forward(
     torch.manual_seed(0)
     model = create_model("baseline_cnn").eval()
     forward, sweep = measure_sweep_overhead(
-        "baseline_cnn", model, test_images[:5000], test_labels[:5000], cells, repeats=3
+        "baseline_cnn", model, test_images[:5000], test_labels[:5000], cells, repeats=5
     )
     share = sweep.images_per_second / forward.images_per_second
     print(
