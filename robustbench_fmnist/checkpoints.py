@@ -49,7 +49,12 @@ def cache_key(
 
 
 def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir) if cache_dir else user_cache_dir() / "checkpoints"
+    """Where checkpoints live: `<cache>/checkpoints/`, the cache being `cache_dir` or the user cache.
+
+    `--cache-dir`, `cache_dir:` and $RBFM_CACHE_DIR all name the same kind of folder, the cache
+    root, so one folder gives the same checkpoints whichever way it is named.
+    """
+    return (Path(cache_dir) if cache_dir else user_cache_dir()) / "checkpoints"
 
 
 def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
@@ -59,21 +64,53 @@ def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> N
         torch.save({"state_dict": state, "metadata": metadata}, tmp)
 
 
+def state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """Why `state` cannot be loaded into `model` as a whole (keys, shapes, non-finite values), or None."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else ""]
+        return "keys differ: " + ", ".join(p for p in parts if p)
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            return f"{name} is {type(tensor).__name__}, not a tensor"
+        if tensor.shape != expected[name].shape:
+            return f"{name} has shape {tuple(tensor.shape)}, the model {tuple(expected[name].shape)}"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
 def load_cached(path: Path, model: nn.Module) -> dict[str, Any] | None:
-    """Load a cached checkpoint into `model`; None if absent or unusable (then it is retrained)."""
+    """Load a cached checkpoint into `model`; None if absent or unusable (then it is retrained).
+
+    The checkpoint is checked as a whole before any tensor is copied, so a rejected one leaves
+    `model` exactly as it was.
+    """
     if not path.is_file():
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        problem = state_dict_mismatch(model, state) if isinstance(state, dict) else "no state_dict"
     except Exception as exc:
-        log.warning("cached checkpoint %s is unusable (%s); retraining", path, exc)
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        log.warning("cached checkpoint %s is unusable (%s); retraining", path, str(problem)[:200])
         return None
-    return dict(payload.get("metadata", {}))
+    model.load_state_dict(state)
+    metadata = payload.get("metadata", {})
+    return dict(metadata) if isinstance(metadata, dict) else {}
 
 
 def load_user_checkpoint(path: Path, model: nn.Module) -> None:
     """Load a checkpoint a user named in the YAML: a bare state_dict or {'state_dict': ...}."""
+    model.load_state_dict(read_user_checkpoint(path, model))
+
+
+def read_user_checkpoint(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict in a user's checkpoint, checked against `model` (which is not changed)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; fix the path under models[].checkpoint")
     try:
@@ -85,9 +122,7 @@ def load_user_checkpoint(path: Path, model: nn.Module) -> None:
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds no state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"checkpoint {path} does not fit its model: {detail}") from None
+    problem = state_dict_mismatch(model, state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} does not fit its model: {problem}")
+    return state

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_flags(validate)
 
     ls = commands.add_parser("ls", help="list registered models and perturbations")
-    ls.add_argument("kind", nargs="?", choices=["models", "perturbations"], help="list only this kind")
-    ls.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*cnn*'")
+    ls.add_argument(
+        "words", nargs="*", metavar="[KIND] [PATTERN]", help="models or perturbations, and/or a filter such as '*cnn*'"
+    )
     ls.add_argument("--markdown", action="store_true", help="print the perturbation severity table as Markdown")
 
     preview = commands.add_parser(
@@ -91,15 +94,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import load_config
-    from robustbench_fmnist.experiment import experiment_cells, resolve
+    from robustbench_fmnist.preflight import preflight
 
     config = load_config(args.experiment, _overrides(args))
-    models = resolve(config)
-    cells = len(experiment_cells(config)) - 1
+    checked = preflight(config)
     print(
-        f"{args.experiment}: ok - {len(models)} model(s) ({', '.join(m.name for m in models)}), "
-        f"{len(config.perturbations)} perturbation(s), {cells} shifted cells + clean per model; "
-        f"report -> {Path(config.output_dir) / config.name}"
+        f"{args.experiment}: ok - {len(checked.models)} model(s) ({', '.join(m.name for m in checked.models)}), "
+        f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model; "
+        f"device {checked.device}; report -> {checked.folder}"
     )
     return 0
 
@@ -160,49 +162,59 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.files import atomic_path, write_text_atomic
+    from robustbench_fmnist.files import absolute, replace_folder
     from robustbench_fmnist.report import read_data
     from robustbench_fmnist.report.compare import compare_markdown, compare_runs
 
     first, second = read_data(args.first), read_data(args.second)
+    name_a, name_b = absolute(args.first).name, absolute(args.second).name
     table = compare_runs(first, second)
     keys = ["model", "perturbation", "severity"]
     a_cells = set(map(tuple, first.results[keys].drop_duplicates().to_numpy().tolist()))
     b_cells = set(map(tuple, second.results[keys].drop_duplicates().to_numpy().tolist()))
-    text = compare_markdown(table, args.first.name, args.second.name, len(a_cells - b_cells), len(b_cells - a_cells))
-    output = args.output_dir or Path("reports") / "compare" / f"{args.first.name}-vs-{args.second.name}"
-    output.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output / "compare.md", text)
-    with atomic_path(output / "compare.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    text = compare_markdown(table, name_a, name_b, len(a_cells - b_cells), len(b_cells - a_cells))
+    output = args.output_dir or Path("reports") / "compare" / f"{name_a}-vs-{name_b}"
+    with replace_folder(output, "compare") as staging:
+        (staging / "compare.md").write_text(text, encoding="utf-8")
+        table.to_csv(staging / "compare.csv", index=False, float_format="%.6g")
     print(text, end="")
     print(f"written to {output}/compare.md and compare.csv")
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.errors import ConfigError
     from robustbench_fmnist.models import MODELS
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
 
+    words = list(args.words)
+    kind = words.pop(0) if words and words[0] in ("models", "perturbations") else None
+    if len(words) > 1:
+        raise ConfigError(f"ls takes at most a kind and one pattern, got {' '.join(args.words)!r}; quote the pattern")
+    pattern = words[0] if words else "*"
     if args.markdown:
-        print(severity_markdown(args.pattern), end="")
+        print(severity_markdown(pattern), end="")
         return 0
-    if args.kind in (None, "models"):
+    if kind in (None, "models"):
         print("models:")
-        for name in MODELS.names(args.pattern):
+        for name in MODELS.names(pattern):
             entry = MODELS.get(name)
             tags = f" [{', '.join(entry.tags)}]" if entry.tags else ""
             print(f"  {name:<20} {entry.description}{tags}")
-    if args.kind in (None, "perturbations"):
+    if kind in (None, "perturbations"):
         print("perturbations: the parameter at severities 1..5 (severity 0 is clean; '-' beyond a probe's levels)")
         print(f"  {'name':<16} {'family':<9} " + " ".join(f"{'s' + str(s):>6}" for s in range(1, 6)) + "  unit")
-        print(severity_text(args.pattern))
+        print(severity_text(pattern))
     return 0
+
+
+PREVIEW = "preview"  # the kind of folder `preview` writes into (see files.MARKER)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from robustbench_fmnist.data import load_fashion_mnist
     from robustbench_fmnist.errors import UnknownNameError
+    from robustbench_fmnist.files import check_replaceable, mark_folder
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.report.preview import sample_per_class, write_preview
 
@@ -214,17 +226,32 @@ def cmd_preview(args: argparse.Namespace) -> int:
         from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS
 
         names = [n for n in names if n in ADAPTERS] or names
+    output: Path = args.output_dir
+    check_replaceable(output, PREVIEW)  # previews are added only to a folder of previews, or a new one
     test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
     images, indices = sample_per_class(test.images, test.labels)
+    output.mkdir(parents=True, exist_ok=True)
+    mark_folder(output, PREVIEW)
     for name in names:
         try:
-            path = write_preview(
-                name, images, indices, args.output_dir / f"{name}.png", seed=args.seed, backend=args.backend
-            )
+            path = write_preview(name, images, indices, output / f"{name}.png", seed=args.seed, backend=args.backend)
         except ValueError as exc:
             raise UnknownNameError(str(exc)) from None
         print(f"wrote {path}")
     return 0
+
+
+MAX_ERROR_CHARACTERS = 500
+
+
+def _one_line(exc: HarnessError, experiment: Path | None) -> str:
+    """The error as one line of bounded length, a config error prefixed with its YAML file."""
+    from robustbench_fmnist.errors import ConfigError
+
+    text = " ".join(str(exc).split())
+    if experiment is not None and isinstance(exc, ConfigError) and not text.startswith(f"{experiment}:"):
+        text = f"{experiment}: {text}"
+    return text if len(text) <= MAX_ERROR_CHARACTERS else text[: MAX_ERROR_CHARACTERS - 3] + "..."
 
 
 COMMANDS = {
@@ -248,11 +275,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch.compile on a CPU-only install warns once that it found no CUDA runtime: true, and not
     # the user's concern when the device is the CPU
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # SIGTERM cleans up like Ctrl-C (staging folders, temporary files); signals only reach the main thread
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc, getattr(args, 'experiment', None))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; no partial report or checkpoint was written", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -8,6 +8,7 @@ this module free of imports from the rest of the package (data flows one way).
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -20,11 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from robustbench_fmnist.errors import ConfigError
 
 MAX_SEVERITY = 5
+MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; results.csv stores seeds as int64
+MAX_NAME_LENGTH = 200  # a folder name, with room for the staging suffix under the 255-byte limit
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # after alias expansion: a few hundred bytes of nested aliases can expand to billions
+MAX_SHOWN = 80  # characters of a user's value quoted in an error message
+# keys whose relative paths are taken from the YAML file's folder, not the working directory
+PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",))
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainRecipe(_Strict):
@@ -117,6 +125,8 @@ class PerturbationSpec(_Strict):
                 raise ValueError(f"severity {s} is impossible: severities run from 0 (clean) to {MAX_SEVERITY}")
         if len(set(value)) != len(value):
             raise ValueError(f"severities repeat: {list(value)}")
+        if not any(value):
+            raise ValueError("only severity 0, the clean cell every run has; give at least one of 1..5")
         return tuple(sorted(value))
 
     @model_validator(mode="after")
@@ -173,9 +183,11 @@ class ThroughputConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="report folder name")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_LENGTH, description="report folder name"
+    )
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: tuple[int, ...] | None = Field(
         None, min_length=1, max_length=20, description="train and evaluate once per seed; overrides `seed`"
     )
@@ -203,8 +215,8 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _seed_values(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if value is not None:
-            if any(s < 0 for s in value):
-                raise ValueError(f"seeds must be non-negative, got {list(value)}")
+            if any(not 0 <= s <= MAX_SEED for s in value):
+                raise ValueError(f"seeds must lie in 0..2**63-1, got {list(value)}")
             if len(set(value)) != len(value):
                 raise ValueError(f"seeds repeat: {list(value)}")
         return value
@@ -232,27 +244,94 @@ class ExperimentConfig(_Strict):
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Parse and validate an experiment YAML. `overrides` (from CLI flags) win over the file.
 
-    Dotted keys in `overrides` address nested fields, e.g. {"data.dir": "/tmp/fm"}.
+    Dotted keys in `overrides` address nested fields, e.g. {"data.dir": "/tmp/fm"}. Relative
+    paths in the file are taken from the file's folder; those in `overrides` from the working one.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such experiment file (see experiments/ for examples)") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (name, models, ...)")
     raw.setdefault("name", path.stem)
+    _resolve_paths(raw, path.parent)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return parse_config(raw, source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`, as plain Python data; ConfigError for anything that is not one."""
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; is it an experiment YAML?")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment file (see experiments/ for examples)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give a YAML file, e.g. experiments/lighting.yaml") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); is it an experiment YAML?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_NODES:,} values; write it out")
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: not valid YAML ({shorten(problem)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be an experiment YAML") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes `root` stands for once every alias is expanded (memoised, so it stays fast)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a node that reaches itself (a recursive alias) counts once
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                children = []
+            sizes[id(node)] = min(1 + sum(size(n) for n in children), MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    return size(root)
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Make the YAML's relative paths relative to `folder` (the YAML's own), in place."""
+    places: list[tuple[dict[str, Any], str]] = []
+    for keys in PATH_KEYS:
+        node: Any = raw
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            places.append((node, keys[-1]))
+    models = raw.get("models")
+    if isinstance(models, list):
+        places += [(m, "checkpoint") for m in models if isinstance(m, dict)]
+    for node, key in places:
+        value = node.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            node[key] = os.path.normpath(folder / value)
+
+
+def shorten(text: object) -> str:
+    """A user's value or a parser's message, cut to a length an error line can carry."""
+    text = str(text)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
@@ -292,7 +371,7 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"missing required key {format_loc(loc)!r}"
     msg = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {shorten(repr(got))})"
     return f"{format_loc(loc)}: {msg}{shown}"
 
 

@@ -26,5 +26,13 @@ class DataError(HarnessError):
     """The Fashion-MNIST files are missing, truncated or corrupt."""
 
 
-class CheckpointError(HarnessError):
-    """A user-supplied checkpoint cannot be loaded into its model."""
+class CheckpointError(ConfigError):
+    """A checkpoint named in the YAML is missing or cannot be loaded into its model."""
+
+
+class OutputError(ConfigError):
+    """An output or cache path cannot be used: not a folder, not writable, busy, or not the harness's own."""
+
+
+class ModelError(ConfigError):
+    """A model misbehaves: its output has the wrong shape or type, or its training diverged."""

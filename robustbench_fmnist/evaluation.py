@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -12,11 +13,15 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from robustbench_fmnist.errors import ModelError
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.progress import progress_bar
 
+log = logging.getLogger(__name__)
+
 CLEAN = "clean"
-_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NUM_CLASSES = 10
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class CellResult:
     accuracy: float
     error: float
     seconds: float
+    nonfinite_images: int = 0  # images whose logits hold NaN or inf: above 0, the cell is invalid
+
+    @property
+    def valid(self) -> bool:
+        return self.nonfinite_images == 0
 
     def to_row(self) -> dict[str, object]:
         return asdict(self)
@@ -112,6 +122,17 @@ def _fold_in_place(module: nn.Module) -> None:
             module._modules[second] = nn.Identity()
 
 
+def check_logits(logits: object, batch_size: int, model_name: str) -> None:
+    """Raise ModelError unless `logits` is a floating-point tensor of shape (batch_size, 10)."""
+    if not isinstance(logits, torch.Tensor):
+        raise ModelError(f"model {model_name!r} returned {type(logits).__name__}, not a tensor of logits")
+    if tuple(logits.shape) != (batch_size, NUM_CLASSES) or not logits.is_floating_point():
+        raise ModelError(
+            f"model {model_name!r} returned {logits.dtype} logits of shape {tuple(logits.shape)} for "
+            f"{batch_size} images; it must return floating-point logits of shape (N, {NUM_CLASSES})"
+        )
+
+
 def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
     """Clean first, then each (perturbation, severities) pair's cells; severities None means all."""
     cells = [Cell(CLEAN, 0)]
@@ -142,7 +163,7 @@ def evaluate_cells(
     model = fold_batch_norm(model).to(device=device, memory_format=memory_format)
     images, labels = images.to(device), labels.to(device)
     count = len(labels)
-    dtype = _PRECISIONS[precision]
+    dtype = PRECISIONS[precision]
     batches = range(0, count, batch_size)
     results: list[CellResult] = []
     outputs: dict[Cell, CellOutputs] = {}
@@ -152,6 +173,8 @@ def evaluate_cells(
             predicted = torch.empty(count, dtype=torch.uint8, device=device)
             confidence = torch.empty(count, dtype=torch.float32, device=device)
             true_probability = torch.empty(count, dtype=torch.float32, device=device)
+            # counted on the device, read once per cell: a NaN must never be scored as a class
+            nonfinite = torch.zeros((), dtype=torch.long, device=device)
             for first in batches:
                 batch = images[first : first + batch_size]
                 if cell.name is not None:
@@ -160,6 +183,8 @@ def evaluate_cells(
                 batch = batch.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     logits = model(batch)
+                check_logits(logits, len(batch), model_name)
+                nonfinite += (~torch.isfinite(logits)).any(1).sum()
                 # softmax in float32 whatever the autocast dtype: calibration needs the precision
                 probabilities = logits.float().softmax(1)
                 top, predicted[first : first + len(batch)] = probabilities.max(1)
@@ -169,6 +194,17 @@ def evaluate_cells(
                 ).squeeze(1)
                 bar.update(1)
             correct = int((predicted == labels).sum())
+            invalid = int(nonfinite)
+            if invalid:
+                log.warning(
+                    "%s seed %d %s s%d: %d of %d images gave NaN or infinite logits; the cell is marked invalid",
+                    model_name,
+                    seed,
+                    cell.perturbation,
+                    cell.severity,
+                    invalid,
+                    count,
+                )
             outputs[cell] = CellOutputs(predicted.cpu(), confidence.cpu(), true_probability.cpu())
             results.append(
                 CellResult(
@@ -182,6 +218,7 @@ def evaluate_cells(
                     accuracy=correct / count,
                     error=1.0 - correct / count,
                     seconds=time.perf_counter() - start,
+                    nonfinite_images=invalid,
                 )
             )
             bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=f"{correct / count:.3f}")

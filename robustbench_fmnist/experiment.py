@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import importlib.metadata
 import itertools
 import logging
@@ -11,7 +9,6 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,26 +25,27 @@ from robustbench_fmnist.checkpoints import (
     load_user_checkpoint,
     save_checkpoint,
 )
-from robustbench_fmnist.config import ExperimentConfig, ModelSpec, PerturbationSpec, TrainRecipe
+from robustbench_fmnist.config import MAX_SEED, ExperimentConfig
 from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
 from robustbench_fmnist.evaluation import (
-    CLEAN,
+    PRECISIONS,
     Cell,
     CellOutputs,
     evaluate_cells,
     perturb_cell,
-    perturbation_cells,
     sweep_cells,
 )
+from robustbench_fmnist.files import hold_folder
 from robustbench_fmnist.metrics import ScoredCells, score_cells
-from robustbench_fmnist.models import MODELS, count_macs, count_parameters
+from robustbench_fmnist.models import count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
+from robustbench_fmnist.preflight import CheckedExperiment, preflight
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report import Examples, ReportData, frame, write_report
 from robustbench_fmnist.report.writer import add_throughput
-from robustbench_fmnist.runtime import apply_cpu_settings, resolve_device, seed_everything, thread_info
+from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, import_factory, resolve
+from robustbench_fmnist.runtime import cpu_settings, resolve_device, seed_everything, thread_info
 from robustbench_fmnist.throughput import (
     THROUGHPUT_COLUMNS,
     ThroughputRow,
@@ -61,96 +59,6 @@ from robustbench_fmnist.throughput import (
 from robustbench_fmnist.training import to_float_images, train_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model spec whose builder has been found and whose training recipe is final."""
-
-    spec: ModelSpec
-    builder: Callable[..., nn.Module]
-    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def build(self) -> nn.Module:
-        try:
-            model = self.builder(**self.spec.kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"model {self.name!r}: its builder rejected kwargs {self.spec.kwargs} ({exc})") from None
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model {self.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
-        return model
-
-
-def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
-    """Check every name the config uses against the registries; raise one clear ConfigError."""
-    experiment_cells(config)
-    return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
-
-
-def experiment_cells(config: ExperimentConfig) -> list[Cell]:
-    """Clean plus every perturbation cell the config asks for, checked against the registry."""
-    cells = [Cell(CLEAN, 0)]
-    for i, spec in enumerate(config.perturbations):
-        cells += _perturbation_cells(i, spec, config.evaluation.backend)
-    return cells
-
-
-def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str) -> list[Cell]:
-    where = f"perturbations[{index}]"
-    if spec.name not in PERTURBATIONS:
-        raise ConfigError(f"{where}.name: {PERTURBATIONS.unknown_message(spec.name)}")
-    entry = PERTURBATIONS.get(spec.name)
-    if spec.values_key is not None and spec.values_key != entry.values_key:
-        accepted = ["severities", "backend"] + ([entry.values_key] if entry.values_key else [])
-        close = difflib.get_close_matches(spec.values_key, accepted, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        custom = f"custom values go under {entry.values_key!r}" if entry.values_key else "it is a fixed probe"
-        raise ConfigError(f"{where}.{spec.values_key}: unknown key for {spec.name}; {hint}({custom})")
-    backend = spec.backend or default_backend
-    if backend == "albumentations" and spec.name in NO_EQUIVALENT:
-        raise ConfigError(
-            f"{where}.backend: {spec.name} has no albumentations backend ({NO_EQUIVALENT[spec.name]}); use torch"
-        )
-    try:
-        return perturbation_cells(
-            spec.name,
-            severities=spec.severities,
-            values=spec.values,
-            backend=backend,
-            label=spec.label(default_backend),
-        )
-    except ValueError as exc:
-        key = (spec.values_key or "values") if spec.values is not None else "severities"
-        raise ConfigError(f"{where}.{key}: {exc}") from None
-
-
-def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
-    if spec.factory:
-        builder = import_factory(spec.factory, where=f"models[{index}].factory")
-        recipe = TrainRecipe()
-    elif spec.name in MODELS:
-        entry = MODELS.get(spec.name)
-        builder, recipe = entry.builder, entry.recipe
-    else:
-        message = MODELS.unknown_message(spec.name)
-        raise ConfigError(f"models[{index}].name: {message} (or give a factory: 'package.module:function')")
-    return ResolvedModel(spec, builder, None if spec.checkpoint else recipe.merged(spec.train))
-
-
-def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{where}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
-    builder = getattr(module, attr, None)
-    if not callable(builder):
-        raise ConfigError(f"{where}: {module_name!r} has no callable {attr!r}")
-    return builder
 
 
 def prepare_model(
@@ -185,7 +93,7 @@ def prepare_model(
         log.info("%s: using cached weights %s", resolved.name, path)
         info.update(weights="cached", train_seconds=cached.get("train_seconds"), training=cached.get("training"))
         return model, info
-    summary = train_model(model, data.train, resolved.recipe, seed=seed, device=device, desc=f"train {resolved.name}")
+    summary = train_model(model, data.train, resolved.recipe, seed=seed, device=device, name=resolved.name)
     metadata = {"train_seconds": summary.seconds, "training": summary.to_dict(), "cache_key": key.digest}
     save_checkpoint(path, model, metadata)
     info.update(weights="trained", train_seconds=summary.seconds, training=summary.to_dict())
@@ -193,18 +101,25 @@ def prepare_model(
 
 
 def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
-    """Run every model (once per seed) through every cell and write reports/<name>/. Returns that folder."""
+    """Run every model (once per seed) through every cell and write reports/<name>/. Returns that folder.
+
+    Every check of `preflight` runs first; the report folder stays locked against other runs
+    until the new report is in place. Thread count and denormal flushing are restored on return.
+    """
     started = time.perf_counter()
-    resolved = resolve(config)
-    device = resolve_device(config.device)
-    cpu_settings = apply_cpu_settings(config.threads)
+    checked = preflight(config)
+    with hold_folder(checked.folder), cpu_settings(config.threads) as applied:
+        return _run_checked(checked, applied, started, retrain=retrain)
+
+
+def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started: float, *, retrain: bool) -> Path:
+    config, resolved, cells, device = checked.config, checked.models, checked.cells, checked.device
     timings: dict[str, float] = {}
     data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
     timings["load_data"] = time.perf_counter() - started
     count = min(len(data.test), config.evaluation.test_images or len(data.test))
     images = to_float_images(data.test.images[:count], device)
     labels = data.test.labels[:count]
-    cells = experiment_cells(config)
     scored = ScoredCells()
     models_info = []
     example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
@@ -244,7 +159,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
         throughput = benchmark(config, first_seed_models, images, labels, cells)
         timings["throughput"] = time.perf_counter() - stage
     timings["total"] = time.perf_counter() - started
-    run = run_record(config, device, data, models_info, timings, cpu_settings)
+    run = run_record(config, device, data, models_info, timings, applied)
     report = ReportData(
         results=frame(scored.results, "results"),
         per_class=frame(scored.per_class, "per_class"),
@@ -254,32 +169,29 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
         examples=collect_examples(cells, data.test.images[:count], labels, example_outputs, config.run_seeds[0]),
         throughput=throughput,
     )
-    folder = Path(config.output_dir) / config.name
-    write_report(folder, report)
-    return folder
+    write_report(checked.folder, report)
+    return checked.folder
 
 
 def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path, pd.DataFrame]:
     """Measure throughput for the experiment's models (first seed) into reports/<name>/throughput.csv."""
-    resolved = resolve(config)
-    device = resolve_device(config.device)
-    apply_cpu_settings(config.threads)
-    seed = config.run_seeds[0]
-    seed_everything(seed)
-    data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
-    count = min(len(data.test), config.evaluation.test_images or len(data.test))
-    images = to_float_images(data.test.images[:count], device)
-    labels = data.test.labels[:count]
-    models = []
-    for model_spec in resolved:
-        model, info = prepare_model(
-            model_spec, data, seed=seed, device=device, cache_dir=config.cache_dir, retrain=retrain
-        )
-        models.append((model_spec.name, model, info["macs"]))
-    throughput = benchmark(config, models, images, labels, experiment_cells(config))
-    folder = Path(config.output_dir) / config.name
-    add_throughput(folder, throughput)
-    return folder, throughput
+    checked = preflight(config)
+    with hold_folder(checked.folder), cpu_settings(config.threads):
+        seed = config.run_seeds[0]
+        seed_everything(seed)
+        data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
+        count = min(len(data.test), config.evaluation.test_images or len(data.test))
+        images = to_float_images(data.test.images[:count], checked.device)
+        labels = data.test.labels[:count]
+        models = []
+        for model_spec in checked.models:
+            model, info = prepare_model(
+                model_spec, data, seed=seed, device=checked.device, cache_dir=config.cache_dir, retrain=retrain
+            )
+            models.append((model_spec.name, model, info["macs"]))
+        throughput = benchmark(config, models, images, labels, checked.cells)
+        add_throughput(checked.folder, throughput)
+    return checked.folder, throughput
 
 
 Measurement = Callable[[], ThroughputRow | list[ThroughputRow]]
@@ -512,26 +424,58 @@ def evaluate_module(
     """Evaluate any trained nn.Module (taking (N, 1, 28, 28) images in [0, 1]) on the sweep.
 
     `severities` None means every level of each perturbation's table. Returns the tidy rows
-    of results.csv as a DataFrame: one row per perturbation and severity.
+    of results.csv as a DataFrame: one row per perturbation and severity. Bad arguments raise
+    ConfigError (a ValueError) naming the argument, before any data is read. Thread count and
+    denormal flushing are restored on return; glibc's allocator stays tuned (see runtime.py).
     """
+    _check_api_arguments(model, perturbations, seed, batch_size, precision, test_images)
     cells = sweep_cells([(p, severities) for p in perturbations])  # checks names and severities first
     torch_device = resolve_device(device)
-    apply_cpu_settings()
-    data = load_fashion_mnist(data_dir)
-    count = min(len(data.test), test_images or len(data.test))
-    labels = data.test.labels[:count]
-    results, outputs = evaluate_cells(
-        model,
-        name,
-        to_float_images(data.test.images[:count], torch_device),
-        labels,
-        cells,
-        device=torch_device,
-        seed=seed,
-        batch_size=batch_size,
-        precision=precision,
-    )
-    return frame(score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES).results, "results")
+    with cpu_settings():
+        data = load_fashion_mnist(data_dir)
+        count = min(len(data.test), test_images or len(data.test))
+        labels = data.test.labels[:count]
+        results, outputs = evaluate_cells(
+            model,
+            name,
+            to_float_images(data.test.images[:count], torch_device),
+            labels,
+            cells,
+            device=torch_device,
+            seed=seed,
+            batch_size=batch_size,
+            precision=precision,
+        )
+    scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
+    return frame(scored.results, "results")
 
 
-__all__ = ["HarnessError", "evaluate_module", "import_factory", "resolve", "run_experiment"]
+def _check_api_arguments(
+    model: object, perturbations: object, seed: object, batch_size: object, precision: object, test_images: object
+) -> None:
+    def positive(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected a torch nn.Module, got {type(model).__name__}")
+    if isinstance(perturbations, str) or not all(isinstance(p, str) for p in perturbations):
+        raise ConfigError(f"perturbations: expected a list of names, got {perturbations!r}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
+    if not positive(batch_size):
+        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if test_images is not None and not positive(test_images):
+        raise ConfigError(f"test_images: expected None (all) or a positive integer, got {test_images!r}")
+
+
+__all__ = [
+    "HarnessError",
+    "ResolvedModel",
+    "evaluate_module",
+    "experiment_cells",
+    "import_factory",
+    "resolve",
+    "run_experiment",
+]

@@ -1,13 +1,37 @@
-"""Atomic file and directory writes, so an interrupted run never leaves a corrupt artefact."""
+"""Atomic writes, and folders the harness owns: nothing it did not write is ever replaced.
+
+Every folder the harness writes as a whole (a report, a comparison, a set of previews) carries
+a marker file naming its kind. A folder is replaced or added to only when it is absent, empty,
+or carries the marker of the same kind; anything else at that path stops the command with one
+line. Report folders are swapped in whole under a lock on the folder, so that readers see the
+old complete folder or the new complete one, and a killed swap is finished or undone by the
+next command that takes the lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from robustbench_fmnist.errors import OutputError
+
+MARKER = ".robustbench_fmnist"
+# a report written before the marker existed: run.json with these keys
+_LEGACY_REPORT_KEYS = {"config", "environment", "perturbations", "models"}
+_STAGING = "rbfm-staging-"
+_RETIRED = "rbfm-old"
+_LOCK = "rbfm-lock"
+_held: dict[Path, FileLock] = {}
 
 
 @contextlib.contextmanager
@@ -26,36 +50,170 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `target` through a temporary file and one rename."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging directory that replaces `target` as a whole on success.
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """`path` made absolute with '.' and '..' collapsed, so that its name is a real folder name."""
+    return Path(os.path.abspath(path))
 
-    Readers see the previous complete directory or the new complete one (with a window of one
-    rename in between where neither is there); if the swap fails, the previous one is put back.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; the report folder should not be
+
+def folder_kind(folder: Path) -> str | None:
+    """The kind the harness marked `folder` with ('report', 'compare', 'preview'), or None."""
     try:
-        yield staging
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, retired / target.name)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                os.replace(retired / target.name, target)
-                raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        return str(marker["kind"]) if isinstance(marker, dict) and "kind" in marker else None
+    except (OSError, ValueError):
+        pass
+    try:
+        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "report" if isinstance(run, dict) and set(run) >= _LEGACY_REPORT_KEYS else None
+
+
+def mark_folder(folder: Path, kind: str) -> None:
+    """Write the marker that lets later commands replace `folder`."""
+    (folder / MARKER).write_text(json.dumps({"written_by": "robustbench_fmnist", "kind": kind}) + "\n")
+
+
+def check_replaceable(folder: str | os.PathLike[str], kind: str) -> None:
+    """Raise OutputError unless `folder` is absent, an empty folder, or a `kind` folder the harness wrote."""
+    folder = absolute(folder)
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise OutputError(f"{folder} holds the current folder, so it cannot be replaced; run this from elsewhere")
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise OutputError(f"{folder} exists and is not a folder; choose another name or output folder")
+    if not any(folder.iterdir()):
+        return
+    found = folder_kind(folder)
+    if found != kind:
+        what = f"a {found} folder" if found else "not written by robustbench_fmnist"
+        raise OutputError(
+            f"{folder} exists and is {what}; it is left alone: choose another name or output folder, "
+            f"or move it away yourself"
+        )
+
+
+def check_writable_folder(folder: str | os.PathLike[str], what: str) -> None:
+    """Raise OutputError unless `folder` is a folder this process can write in, or could be made one.
+
+    Creates nothing that stays: a missing folder is judged by its nearest existing parent.
+    """
+    folder = absolute(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+        raise OutputError(f"{what} {folder} {where}, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} is not writable ({exc.strerror or exc}); choose another path") from None
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock of a report folder for the block; another process holding it stops this one.
+
+    Re-entrant within a process, so a run can hold it from its first check to its last write.
+    """
+    folder = absolute(folder)
+    if folder in _held:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.{_LOCK}", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(
+            f"{folder} is being written by another robustbench_fmnist process; wait for it or choose another name"
+        ) from None
+    _held[folder] = lock
+    try:
+        _recover(folder)
+        yield
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        del _held[folder]
+        lock.release()
+
+
+def _recover(folder: Path) -> None:
+    """Finish or undo the swap of a killed process, and remove its staging folders (lock held)."""
+    retired = folder.parent / f".{folder.name}.{_RETIRED}"
+    if retired.exists():
+        old = retired / folder.name
+        if not folder.exists() and old.exists():
+            os.replace(old, folder)  # killed between the two renames: put the old folder back
+        shutil.rmtree(retired, ignore_errors=True)  # otherwise the new folder landed and only clean-up was lost
+    staging = re.compile(rf"^\.{re.escape(folder.name)}\.{_STAGING}[A-Za-z0-9_]{{8}}$")
+    for path in folder.parent.iterdir():
+        if staging.match(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+    """Yield an empty staging folder that replaces `target` as a whole on success.
+
+    `target` must be absent, empty, or a `kind` folder the harness wrote (else OutputError,
+    before the block runs). Where the OS can exchange two paths atomically (Linux), readers see
+    the old folder until the new one is in place; elsewhere the old one is renamed aside and
+    put back by the next command if this one is killed before the new one lands.
+    """
+    target = absolute(target)
+    with hold_folder(target):
+        check_replaceable(target, kind)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_STAGING}", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; the report folder should not be
+        try:
+            yield staging
+            mark_folder(staging, kind)
+            _swap(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+    elif exchange_paths(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old folder
+    else:
+        retired = target.parent / f".{target.name}.{_RETIRED}"
+        retired.mkdir()
+        os.replace(target, retired / target.name)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            os.replace(retired / target.name, target)
+            retired.rmdir()
+            raise
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # the file system cannot exchange: fall back to two renames
+    raise OSError(code, os.strerror(code), str(second))

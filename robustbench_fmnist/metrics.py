@@ -126,6 +126,21 @@ def mean_corruption_errors(ce: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(mce=("ce", "mean"), relative_mce=("relative_ce", "mean")).reset_index()
 
 
+# what an invalid cell (NaN or infinite logits) leaves empty in results.csv
+UNSCORED = (
+    "n_correct",
+    "accuracy",
+    "error",
+    "accuracy_low",
+    "accuracy_high",
+    "flip_rate",
+    "flip_rate_step",
+    "ece",
+    "mean_confidence",
+    "nll",
+)
+
+
 @dataclass
 class ScoredCells:
     """The tidy rows one model's sweep produces, one list per report file."""
@@ -162,16 +177,28 @@ def score_cells(
     for cell, result in zip(cells, results, strict=True):
         out = outputs[cell]
         key = {"model": result.model, "seed": seed, "perturbation": cell.perturbation, "severity": cell.severity}
+        row = {**key, **{k: v for k, v in result.to_row().items() if k not in key}}
+        confusion = confusion_matrix(out.predictions, labels, classes)
+        images, hits = per_class_accuracy(confusion)
+        if not result.valid:
+            # NaN logits have no class: nothing about this cell is scored (REFERENCE: never an accuracy)
+            row.update({column: math.nan for column in UNSCORED})
+            scored.results.append(row)
+            scored.per_class += [
+                {**key, "class": name, "n_images": images[c], "n_correct": math.nan, "accuracy": math.nan}
+                for c, name in enumerate(class_names)
+            ]
+            continue
         correct = out.predictions.long() == labels.long()
         bins = calibration_bins(out.confidence, correct)
         low, high = wilson_interval(result.n_correct, result.n_images)
-        row = {**key, **{k: v for k, v in result.to_row().items() if k not in key}}
+        clean_valid = results[0].valid
         row.update(
             accuracy_low=low,
             accuracy_high=high,
-            flip_rate=flip_rate(out.predictions, clean) if cell.name is not None else math.nan,
+            flip_rate=flip_rate(out.predictions, clean) if cell.name is not None and clean_valid else math.nan,
             flip_rate_step=flip_rate(out.predictions, previous.get(cell.perturbation, clean))
-            if cell.name is not None
+            if cell.name is not None and (cell.perturbation in previous or clean_valid)
             else math.nan,
             ece=expected_calibration_error(bins),
             mean_confidence=float(out.confidence.double().mean()),
@@ -179,8 +206,6 @@ def score_cells(
         )
         previous[cell.perturbation] = out.predictions
         scored.results.append(row)
-        confusion = confusion_matrix(out.predictions, labels, classes)
-        images, hits = per_class_accuracy(confusion)
         for c, name in enumerate(class_names):
             accuracy = hits[c] / images[c] if images[c] else math.nan
             scored.per_class.append(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import math
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,25 @@ def apply_cpu_settings(threads: int | None = None) -> dict[str, object]:
         "usable_cpus": usable_cpus(),
         "flush_denormal": torch.set_flush_denormal(True),
     }
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's float unit flushes denormals to zero (torch has no getter for it)."""
+    return bool((torch.tensor([1e-40]) * 1.0)[0] == 0)
+
+
+@contextlib.contextmanager
+def cpu_settings(threads: int | None = None) -> Iterator[dict[str, object]]:
+    """`apply_cpu_settings` for the block; threads and denormal flushing are restored afterwards.
+
+    The allocator tuning stays: glibc cannot be told to go back to its own adaptive thresholds.
+    """
+    threads_before, flushed_before = torch.get_num_threads(), denormals_flushed()
+    try:
+        yield apply_cpu_settings(threads)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.set_flush_denormal(flushed_before)
 
 
 def resolve_device(name: str) -> torch.device:

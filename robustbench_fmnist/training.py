@@ -12,6 +12,7 @@ from torch import nn
 
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import Split
+from robustbench_fmnist.errors import ModelError
 from robustbench_fmnist.progress import progress_bar
 
 
@@ -91,9 +92,12 @@ def train_model(
     *,
     seed: int,
     device: torch.device,
-    desc: str = "train",
+    name: str = "model",
 ) -> TrainSummary:
-    """Train `model` in place; the same seed, recipe and data give the same weights on one machine."""
+    """Train `model` in place; the same seed, recipe and data give the same weights on one machine.
+
+    A loss or weights that turn NaN or infinite raise ModelError naming `name`, the seed and the epoch.
+    """
     torch.manual_seed(seed)
     # shuffles and augmentation draws come from a CPU generator, so they do not depend on the device
     generator = torch.Generator().manual_seed(seed)
@@ -108,7 +112,7 @@ def train_model(
     autocast = recipe.precision == "bfloat16"
     summary = TrainSummary(seconds=0.0, images_per_second=0.0)
     start = time.perf_counter()
-    with progress_bar(recipe.epochs * steps_per_epoch, desc, unit="batch") as bar:
+    with progress_bar(recipe.epochs * steps_per_epoch, f"train {name}", unit="batch") as bar:
         for epoch in range(1, recipe.epochs + 1):
             epoch_start = time.perf_counter()
             order = torch.randperm(count, generator=generator).to(device)
@@ -139,6 +143,15 @@ def train_model(
             )
             summary.history.append(stats)
             bar.set_postfix(epoch=epoch, loss=f"{stats.loss:.3f}", acc=f"{stats.train_accuracy:.3f}")
+            if not math.isfinite(stats.loss):
+                raise ModelError(
+                    f"{name} seed {seed}: training diverged in epoch {epoch} (loss {stats.loss}); nothing was "
+                    f"cached; lower train.lr (now {recipe.lr:g}) or check the model"
+                )
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point()):
+        raise ModelError(
+            f"{name} seed {seed}: training left NaN or infinite weights; nothing was cached; lower train.lr"
+        )
     summary.seconds = time.perf_counter() - start
     summary.images_per_second = recipe.epochs * count / summary.seconds
     model.eval()

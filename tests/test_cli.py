@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from robustbench_fmnist.cli import main
+from robustbench_fmnist.files import MARKER
 from robustbench_fmnist.perturbations import PERTURBATIONS
 
 
@@ -123,7 +124,7 @@ def test_preview_writes_one_png_grid_per_perturbation(synthetic_dir: Path, tmp_p
     # one row per severity 0..3 of 84-pixel tiles, one column per class present in the sample
     assert grid.size[1] == 20 + 4 * (84 + 2)
     assert main(["-q", "preview", "gamma_*", *args]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["gamma_down.png", "gamma_up.png", "turn.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "gamma_down.png", "gamma_up.png", "turn.png"]
 
 
 def test_preview_of_an_unknown_perturbation_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:

@@ -217,7 +217,7 @@ def test_cli_run_refuses_cuda_without_a_gpu(
     ("changes", "message"),
     [
         ({"seeds": [0, 0]}, r"seeds: seeds repeat"),
-        ({"seeds": [-1]}, r"seeds must be non-negative"),
+        ({"seeds": [-1]}, r"seeds must lie in 0\.\.2\*\*63-1"),
         ({"seeds": []}, r"seeds"),
         ({"reference_model": "alexnet"}, r"reference_model 'alexnet' is not one of the experiment's models"),
     ],

@@ -162,6 +162,7 @@ def test_report_folder_is_complete_and_re_renders_byte_for_byte(tmp_path: Path) 
     folder = write_report(tmp_path / "t", _data(seeds=(0, 1)))
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
+        ".robustbench_fmnist",
         "calibration.csv",
         "confusion.csv",
         "examples.npz",
@@ -212,7 +213,7 @@ def test_a_failed_write_keeps_the_old_report_whole(tmp_path: Path, monkeypatch: 
     with pytest.raises(RuntimeError, match="disk full"):
         rerender_report(folder)
     assert _digests(folder) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"], "no staging folders left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.rbfm-lock", "t"], "no staging folders left behind"
 
 
 def test_re_rendering_keeps_the_users_own_files_and_a_readable_folder(tmp_path: Path) -> None:

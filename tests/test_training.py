@@ -105,7 +105,7 @@ def test_second_run_reuses_the_cache_and_retrain_forces_training(synthetic_dir: 
     assert info3["weights"] == "trained"
     _, info4 = prepare_model(_resolved(epochs=2), data, retrain=False, **kwargs)
     assert info4["weights"] == "trained" and info4["checkpoint"] != info["checkpoint"]
-    assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
+    assert not list(tmp_path.rglob(".*.tmp")), "no temporary files left behind"
 
 
 def test_a_corrupt_cache_entry_is_retrained_and_replaced(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -145,3 +145,95 @@ def test_very_short_runs_train_with_every_schedule(synthetic_dir: Path, steps: i
     for schedule in ("onecycle", "cosine", "constant"):
         recipe = TrainRecipe(epochs=1, batch_size=32, train_images=32 * steps, schedule=schedule)
         train_model(create_model("baseline_cnn_tiny"), data.train, recipe, seed=0, device=CPU)
+
+
+# --- only good weights enter the cache ---
+
+
+def _cached_path(data: object, tmp_path: Path, name: str = "baseline_cnn_tiny") -> Path:
+    from robustbench_fmnist.checkpoints import checkpoint_dir
+
+    resolved = _resolved(name)
+    key = cache_key(name, {}, resolved.recipe, data.checksum, 0)  # type: ignore[attr-defined]
+    return checkpoint_dir(tmp_path) / key.filename
+
+
+def _spoil(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    first = next(iter(state))
+    if how == "extra key":
+        state["extra.weight"] = torch.zeros(3)
+    elif how == "missing key":
+        del state[first]
+    elif how == "wrong shape":
+        state[first] = torch.zeros(1)
+    elif how == "NaN weights":
+        state[first] = torch.full_like(state[first], float("nan"))
+    return state
+
+
+@pytest.mark.parametrize("how", ["extra key", "missing key", "wrong shape", "NaN weights"])
+def test_a_rejected_cache_entry_leaves_no_tensor_behind_and_is_replaced_by_good_weights(
+    synthetic_dir: Path, tmp_path: Path, how: str
+) -> None:
+    from robustbench_fmnist.checkpoints import load_cached, save_checkpoint
+
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    path = _cached_path(data, tmp_path)
+    trained = create_model("baseline_cnn_tiny")
+    train_model(trained, data.train, _resolved().recipe, seed=0, device=CPU)  # type: ignore[arg-type]
+    save_checkpoint(path, trained, {})
+    torch.save({"state_dict": _spoil(trained.state_dict(), how), "metadata": {}}, path)
+
+    untouched = create_model("baseline_cnn_tiny")
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    assert load_cached(path, untouched) is None
+    assert all(torch.equal(before[k], v) for k, v in untouched.state_dict().items()), "nothing was copied"
+
+    model, info = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert info["weights"] == "trained"
+    clean, _ = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path / "clean", retrain=False)
+    assert all(torch.equal(v, clean.state_dict()[k]) for k, v in model.state_dict().items()), "same as a clean start"
+    _, again = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert again["weights"] == "cached"
+
+
+class _Diverging(torch.nn.Module):
+    """A model whose logits turn NaN after a few steps, as a too-high learning rate makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28, 10)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logits = self.linear(x.flatten(1))
+        return logits * float("nan") if self.training and self.calls > 3 else logits
+
+
+def test_a_diverged_training_stops_with_one_line_and_caches_nothing(synthetic_dir: Path, tmp_path: Path) -> None:
+    from robustbench_fmnist.errors import ModelError
+
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    resolved = ResolvedModel(ModelSpec(name="diverging"), _Diverging, TrainRecipe(epochs=2, batch_size=64))
+    with pytest.raises(ModelError, match=r"^diverging seed 3: training diverged in epoch 1 \(loss nan\)"):
+        prepare_model(resolved, data, seed=3, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert not list((tmp_path / "checkpoints").glob("*")), "nothing cached"
+
+
+def test_run_json_never_holds_a_bare_nan(tmp_path: Path) -> None:
+    import json
+
+    from robustbench_fmnist.report.bundle import write_data
+    from tests.test_report import _data
+
+    data = _data()
+    data.run["models"] = [{"name": "m", "eval_images_per_second": float("nan"), "loss": [1.0, float("inf")]}]
+    write_data(tmp_path, data)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in run.json")
+
+    run = json.loads((tmp_path / "run.json").read_text(), parse_constant=refuse)
+    assert run["models"][0] == {"name": "m", "eval_images_per_second": None, "loss": [1.0, None]}

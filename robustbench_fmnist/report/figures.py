@@ -76,7 +76,10 @@ def class_heatmap(per_class: pd.DataFrame, model: str) -> bytes:
     matrix = class_drop_matrix(per_class, model) * 100
     with plt.rc_context({**_STYLE, "axes.grid": False}):
         figure, axis = plt.subplots(figsize=(max(4.5, 2.0 + 0.55 * matrix.shape[1]), 4.2))
-        image = axis.imshow(matrix.to_numpy(), cmap="Reds", vmin=0, vmax=max(10.0, float(np.nanmax(matrix))))
+        values = matrix.to_numpy()
+        finite = values[np.isfinite(values)]  # invalid cells (NaN logits) have no drop
+        top = max(10.0, float(finite.max())) if finite.size else 10.0
+        image = axis.imshow(values, cmap="Reds", vmin=0, vmax=top)
         axis.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=60, ha="right")
         axis.set_yticks(range(matrix.shape[0]), matrix.index)
         for (i, j), value in np.ndenumerate(matrix.to_numpy()):

@@ -71,6 +71,7 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
         f"`confusion.csv` and `calibration.csv` beside this file, the configuration is in `run.json`.",
         "",
     ]
+    out += _invalid_cells(data.results)
     out += _headline(cells, reference)
     if len(seeds) > 1:
         out += _seeds(data.results, reference)
@@ -87,6 +88,23 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
         out += _throughput(data.throughput)
     out += _environment(run)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _invalid_cells(results: pd.DataFrame) -> list[str]:
+    """A warning naming every cell whose logits held NaN or inf: such cells are not scored anywhere."""
+    invalid = results[results["nonfinite_images"] > 0]
+    if invalid.empty:
+        return []
+    listed = ", ".join(
+        f"{r.model} seed {r.seed} {r.perturbation} s{r.severity} ({r.nonfinite_images:,} of {r.n_images:,} images)"
+        for r in invalid.itertuples()
+    )
+    return [
+        f"**Warning: {len(invalid)} invalid cell{'s' if len(invalid) > 1 else ''}.** The model gave NaN or "
+        f"infinite logits there, so no accuracy is scored; they show as n/a and every mean leaves them out: "
+        f"{listed}.",
+        "",
+    ]
 
 
 def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_fmnist.data import CLASS_NAMES
-from robustbench_fmnist.files import atomic_directory
+from robustbench_fmnist.files import MARKER, replace_folder
 from robustbench_fmnist.report import figures
 from robustbench_fmnist.report.bundle import (
     DATA_FILES,
@@ -27,12 +27,13 @@ from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.tables import seed_mean
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
+REPORT = "report"  # the kind of folder `run`, `bench` and `report` write (see files.MARKER)
 
 
 def write_report(folder: str | Path, data: ReportData) -> Path:
     """Replace `folder` with a complete report; on any failure the old one stays as it was."""
     folder = Path(folder)
-    with atomic_directory(folder) as staging:
+    with replace_folder(folder, REPORT) as staging:
         write_data(staging, data)
         render_files(staging)
     return folder
@@ -42,7 +43,7 @@ def rerender_report(folder: str | Path) -> Path:
     """Render report.md, report.html and figures/ again from a report folder's saved data."""
     folder = Path(folder)
     read_data(folder)  # fail on a broken folder before touching it
-    with atomic_directory(folder) as staging:
+    with replace_folder(folder, REPORT) as staging:
         _copy_all_but_rendered(folder, staging)
         render_files(staging)
     return folder
@@ -54,7 +55,7 @@ def add_throughput(folder: str | Path, throughput: pd.DataFrame) -> Path:
     complete = all((folder / filename).exists() for filename, _ in DATA_FILES.values())
     if complete:
         read_data(folder)  # fail on a broken folder before touching it
-    with atomic_directory(folder) as staging:
+    with replace_folder(folder, REPORT) as staging:
         if folder.exists():
             _copy_all_but_rendered(folder, staging)
         throughput.to_csv(staging / THROUGHPUT_FILE, index=False, float_format="%.6g")
@@ -69,7 +70,7 @@ RENDERED = ("report.md", "report.html", "figures")
 def _copy_all_but_rendered(folder: Path, staging: Path) -> None:
     """Everything in a report folder except what rendering makes, so a user's own files survive."""
     for path in folder.iterdir():
-        if path.name in RENDERED:
+        if path.name in RENDERED or path.name == MARKER:
             continue
         if path.is_dir():
             shutil.copytree(path, staging / path.name)
@@ -99,10 +100,12 @@ def render_files(folder: Path) -> None:
             png = figures.severity_curves(cells, data.run["perturbations"], family)
             save(f"Accuracy by severity: {family}", f"severity_{family}.png", png)
     models = list(dict.fromkeys(data.results["model"]))
-    for model in models:
+    # a model whose every cell is invalid (NaN logits) has no per-class accuracy and no bins to draw
+    scored = set(data.per_class.loc[data.per_class["accuracy"].notna(), "model"])
+    for model in (m for m in models if m in scored):
         png = figures.class_heatmap(data.per_class, model)
         save(f"Per-class drop: {model}", f"classes_{_file_name(model)}.png", png)
-    for model in models:
+    for model in (m for m in models if m in set(data.calibration["model"])):
         png = figures.reliability_diagram(data.calibration, model)
         save(f"Reliability: {model}", f"reliability_{_file_name(model)}.png", png)
     if data.examples is not None:

@@ -1,0 +1,136 @@
+"""From a checked config to what runs: each model's builder and recipe, each perturbation cell.
+
+Every name the config uses is checked against its registry here, with one ConfigError naming
+the key; a model named by `factory:` is imported here, which runs that module's code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from robustbench_fmnist.config import ExperimentConfig, ModelSpec, PerturbationSpec, TrainRecipe, shorten
+from robustbench_fmnist.errors import ConfigError
+from robustbench_fmnist.evaluation import CLEAN, Cell, perturbation_cells
+from robustbench_fmnist.models import MODELS
+from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model spec whose builder has been found and whose training recipe is final."""
+
+    spec: ModelSpec
+    builder: Callable[..., nn.Module]
+    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def build(self) -> nn.Module:
+        """A new instance of the model (random weights: seed torch first for reproducible ones)."""
+        try:
+            model = self.builder(**self.spec.kwargs)
+        except TypeError as exc:
+            kwargs = shorten(self.spec.kwargs)
+            raise ConfigError(f"model {self.name!r}: its builder rejected kwargs {kwargs} ({shorten(exc)})") from None
+        except Exception as exc:
+            if not self.spec.factory:
+                raise  # a registered model failing to build is a bug: keep its traceback
+            raise ConfigError(
+                f"model {self.name!r}: factory {self.spec.factory} raised {type(exc).__name__}: {shorten(exc)}"
+            ) from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {self.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+        return model
+
+
+def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
+    """Check every name the config uses against the registries; raise one clear ConfigError."""
+    experiment_cells(config)
+    return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
+
+
+def experiment_cells(config: ExperimentConfig) -> list[Cell]:
+    """Clean plus every perturbation cell the config asks for, checked against the registry."""
+    cells = [Cell(CLEAN, 0)]
+    for i, spec in enumerate(config.perturbations):
+        cells += _perturbation_cells(i, spec, config.evaluation.backend)
+    return cells
+
+
+def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str) -> list[Cell]:
+    where = f"perturbations[{index}]"
+    if spec.name not in PERTURBATIONS:
+        raise ConfigError(f"{where}.name: {PERTURBATIONS.unknown_message(spec.name)}")
+    entry = PERTURBATIONS.get(spec.name)
+    if spec.values_key is not None and spec.values_key != entry.values_key:
+        accepted = ["severities", "backend"] + ([entry.values_key] if entry.values_key else [])
+        close = difflib.get_close_matches(spec.values_key, accepted, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        custom = f"custom values go under {entry.values_key!r}" if entry.values_key else "it is a fixed probe"
+        raise ConfigError(f"{where}.{spec.values_key}: unknown key for {spec.name}; {hint}({custom})")
+    backend = spec.backend or default_backend
+    if backend == "albumentations" and spec.name in NO_EQUIVALENT:
+        raise ConfigError(
+            f"{where}.backend: {spec.name} has no albumentations backend ({NO_EQUIVALENT[spec.name]}); use torch"
+        )
+    try:
+        return perturbation_cells(
+            spec.name,
+            severities=spec.severities,
+            values=spec.values,
+            backend=backend,
+            label=spec.label(default_backend),
+        )
+    except ValueError as exc:
+        key = (spec.values_key or "values") if spec.values is not None else "severities"
+        raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
+    if spec.factory:
+        builder = import_factory(spec.factory, where=f"models[{index}].factory")
+        recipe = TrainRecipe()
+    elif spec.name in MODELS:
+        entry = MODELS.get(spec.name)
+        builder, recipe = entry.builder, entry.recipe
+    else:
+        message = MODELS.unknown_message(spec.name)
+        raise ConfigError(f"models[{index}].name: {message} (or give a factory: 'package.module:function')")
+    return ResolvedModel(spec, builder, None if spec.checkpoint else recipe.merged(spec.train))
+
+
+def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:
+    """The callable `package.module:function` names, after importing its module (which runs its code).
+
+    Callables of the standard library and builtins are refused: a YAML file could otherwise run
+    `os:system` with its `kwargs`.
+    """
+    module_name, _, attr = path.partition(":")
+    if _is_standard_library(module_name):
+        raise ConfigError(f"{where}: {path!r} is in the standard library; a factory must build an nn.Module")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import {module_name!r} ({shorten(exc)}); is it on PYTHONPATH?") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing {module_name!r} raised {type(exc).__name__}: {shorten(exc)}") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ConfigError(f"{where}: {module_name!r} has no callable {attr!r}")
+    if _is_standard_library(getattr(builder, "__module__", None) or ""):
+        raise ConfigError(f"{where}: {path!r} is {builder.__module__}.{attr} from the standard library; refused")
+    return builder
+
+
+def _is_standard_library(module_name: str) -> bool:
+    top = module_name.partition(".")[0]
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names

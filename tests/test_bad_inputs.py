@@ -1,0 +1,496 @@
+"""Bad input, as a careless or hostile user gives it: one line on stderr, the right exit code,
+nothing trained, and every file that existed before byte-identical afterwards.
+
+Each row of CASES is one input. The case's `setup` writes whatever it needs under the test's
+folder and returns the command line; the experiment YAML is the tiny synthetic one with the
+row's changes. Cases that must fail before any work also check that no checkpoint or report
+was written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from robustbench_fmnist.cli import MAX_ERROR_CHARACTERS, main
+from robustbench_fmnist.files import MARKER
+from tests.conftest import requires_real_data
+
+FACTORY_MODULE = '''
+import torch
+from torch import nn
+
+
+class Fixed(nn.Module):
+    """Returns whatever `make` builds from the batch: wrong shapes, dtypes or NaN on purpose."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.make = make
+
+    def forward(self, x):
+        return self.make(x) * self.scale if self.make(x).is_floating_point() else self.make(x)
+
+
+def eleven(**kwargs):
+    return Fixed(lambda x: torch.zeros(len(x), 11))
+
+
+def integers(**kwargs):
+    return Fixed(lambda x: torch.zeros(len(x), 10, dtype=torch.long))
+
+
+def nan_logits(**kwargs):
+    return Fixed(lambda x: torch.full((len(x), 10), float("nan")))
+
+
+def _bright(x):
+    # finite logits on the synthetic images (mean about 0.11), NaN once brightness_up lifts them past 0.3
+    nan = x.flatten(1).mean(1, keepdim=True) > 0.3
+    return torch.where(nan, float("nan"), x.flatten(1)[:, :10])
+
+
+def nan_when_bright(**kwargs):
+    return Fixed(_bright)
+
+
+def not_a_module(**kwargs):
+    return "a string"
+'''
+
+
+@dataclass
+class Env:
+    """What a case can use: the test folder and the tiny experiment it may change."""
+
+    root: Path
+    experiment: dict[str, Any]
+
+    def yaml(self, changes: dict[str, Any] | None = None, name: str = "exp.yaml", drop: tuple[str, ...] = ()) -> str:
+        config = {k: v for k, v in {**self.experiment, **(changes or {})}.items() if k not in drop}
+        path = self.root / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(path)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.experiment["output_dir"])
+
+
+@dataclass
+class Case:
+    id: str
+    setup: Callable[[Env], list[str]]  # writes files, returns argv
+    code: int
+    message: str  # must appear in the one stderr line
+    nothing_done: bool = True  # no checkpoint and no report folder afterwards
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _folder_of_yamls(env: Env) -> list[str]:
+    victim = env.root / "experiments"
+    victim.mkdir()
+    (victim / "mine.yaml").write_text("name: mine\n")
+    (victim / "notes.txt").write_text("keep me\n")
+    return ["run", env.yaml({"name": "experiments", "output_dir": str(env.root)})]
+
+
+def _file_at_report_path(env: Env) -> list[str]:
+    env.output.mkdir(parents=True)
+    (env.output / "tiny").write_text("my notes, not a report\n")
+    return ["run", env.yaml()]
+
+
+def _binary_yaml(env: Env) -> list[str]:
+    path = env.root / "weights.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    return ["run", str(path)]
+
+
+def _latin1_yaml(env: Env) -> list[str]:
+    path = env.root / "latin.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    return ["validate", str(path)]
+
+
+def _alias_bomb(env: Env) -> list[str]:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ",".join([f"*{previous}"] * 9) + "]")
+    body = yaml.safe_dump({k: v for k, v in env.experiment.items() if k != "models"}, sort_keys=False)
+    text = "\n".join(lines) + "\n" + body + "models:\n  - name: baseline_cnn_tiny\n    kwargs: {width: *i}\n"
+    path = env.root / "bomb.yaml"
+    path.write_text(text)
+    assert len(text.encode()) < 2000
+    return ["validate", str(path)]
+
+
+def _factory_module(env: Env, body: str = FACTORY_MODULE) -> str:
+    """A module beside the YAML, importable under a name unique to the test."""
+    name = f"user_models_{abs(hash(env.root)) % 10**8}"
+    (env.root / f"{name}.py").write_text(body)
+    return name
+
+
+def _factory(function: str, command: str = "run") -> Callable[[Env], list[str]]:
+    def setup(env: Env) -> list[str]:
+        module = _factory_module(env)
+        return [command, env.yaml({"models": [{"name": "mine", "factory": f"{module}:{function}"}]})]
+
+    return setup
+
+
+def _factory_raising_on_import(env: Env) -> list[str]:
+    module = _factory_module(env, "raise RuntimeError('this module is broken')\n")
+    return ["run", env.yaml({"models": [{"name": "mine", "factory": f"{module}:build"}]})]
+
+
+def _locked_folder(env: Env) -> list[str]:
+    from filelock import FileLock
+
+    env.output.mkdir(parents=True)
+    lock = FileLock(env.output / ".tiny.rbfm-lock")
+    # held by a second process: the lock is per process, so it must be another one
+    holder = _hold_in_subprocess(lock.lock_file)
+    env.root.joinpath("holder.pid").write_text(str(holder.pid))
+    _HOLDERS.append(holder)
+    return ["run", env.yaml()]
+
+
+_HOLDERS: list[Any] = []
+
+
+def _hold_in_subprocess(path: str) -> Any:
+    import subprocess
+
+    code = (
+        "import sys, time\nfrom filelock import FileLock\nlock = FileLock(sys.argv[1])\nlock.acquire()\n"
+        "print('held', flush=True)\ntime.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _cache_dir_is_a_file(env: Env) -> list[str]:
+    (env.root / "cache-file").write_text("not a folder\n")
+    return ["run", env.yaml(), "--cache-dir", str(env.root / "cache-file")]
+
+
+def _output_dir_is_a_file(env: Env) -> list[str]:
+    (env.root / "out-file").write_text("not a folder\n")
+    return ["validate", env.yaml({"output_dir": str(env.root / "out-file")})]
+
+
+def _report_on(cell: str, value: str) -> Callable[[Env], list[str]]:
+    """`report` on a folder whose results.csv has `value` in column `cell` of its first row."""
+
+    def setup(env: Env) -> list[str]:
+        import pandas as pd
+
+        folder = env.root / "reports" / "saved"
+        folder.mkdir(parents=True)
+        _write_minimal_report(folder)
+        results = pd.read_csv(folder / "results.csv", dtype=str, keep_default_na=False)
+        results.loc[0, cell] = value
+        results.to_csv(folder / "results.csv", index=False)
+        return ["report", str(folder)]
+
+    return setup
+
+
+def _report_of_cwd(env: Env) -> list[str]:
+    folder = env.root / "reports" / "saved"
+    folder.mkdir(parents=True)
+    _write_minimal_report(folder)
+    os.chdir(folder)
+    return ["report", "."]
+
+
+def _write_minimal_report(folder: Path) -> None:
+    """The data files of a one-model, one-cell report, as `run` writes them."""
+    import json
+
+    columns = (
+        "model,seed,perturbation,severity,parameter,backend,n_images,n_correct,accuracy,error,accuracy_low,"
+        "accuracy_high,flip_rate,flip_rate_step,ece,mean_confidence,nll,seconds,nonfinite_images"
+    )
+    rows = [
+        "m,0,clean,0,,,100,90,0.9,0.1,0.83,0.94,,,0.05,0.9,0.3,0.1,0",
+        "m,0,brightness_up,1,0.1,torch,100,80,0.8,0.2,0.71,0.87,0.1,0.1,0.05,0.8,0.5,0.1,0",
+    ]
+    (folder / "results.csv").write_text(columns + "\n" + "\n".join(rows) + "\n")
+    (folder / "per_class.csv").write_text("model,seed,perturbation,severity,class,n_images,n_correct,accuracy\n")
+    (folder / "confusion.csv").write_text("model,seed,perturbation,severity,true,predicted,count\n")
+    (folder / "calibration.csv").write_text(
+        "model,seed,perturbation,severity,bin,lower,upper,count,accuracy,confidence\n"
+    )
+    run = {"config": {"name": "saved"}, "environment": {}, "perturbations": [], "models": []}
+    (folder / "run.json").write_text(json.dumps(run))
+
+
+def _compare_into_my_folder(env: Env) -> list[str]:
+    first, second, mine = env.root / "reports" / "a", env.root / "reports" / "b", env.root / "mine"
+    for folder in (first, second, mine):
+        folder.mkdir(parents=True)
+    _write_minimal_report(first)
+    _write_minimal_report(second)
+    (mine / "compare.md").write_text("my own notes\n")
+    return ["compare", str(first), str(second), "--output-dir", str(mine)]
+
+
+def _preview_into_my_folder(env: Env) -> list[str]:
+    mine = env.root / "pictures"
+    mine.mkdir()
+    (mine / "rotation.png").write_bytes(b"my own picture")
+    return ["preview", "rotation", "--output-dir", str(mine)]
+
+
+def _changes(changes: dict[str, Any], command: str = "run", *extra: str) -> Callable[[Env], list[str]]:
+    return lambda env: [command, env.yaml(changes), *extra]
+
+
+CASES = [
+    # data loss: nothing the harness did not write is replaced
+    Case("run over a folder of YAMLs", _folder_of_yamls, 2, "not written by robustbench_fmnist"),
+    Case("run over a plain file", _file_at_report_path, 2, "exists and is not a folder"),
+    Case("validate output_dir / name etc", _changes({"output_dir": "/", "name": "etc"}, "validate"), 2, "/etc exists"),
+    Case("run while another run holds the folder", _locked_folder, 2, "being written by another"),
+    Case("compare into a folder of mine", _compare_into_my_folder, 2, "not written by robustbench_fmnist"),
+    Case("preview into a folder of mine", _preview_into_my_folder, 2, "not written by robustbench_fmnist"),
+    # late failures, now caught before any work
+    Case("output_dir is a file", _output_dir_is_a_file, 2, "is a file, not a folder"),
+    Case("output_dir not writable", _changes({"output_dir": "/sys/rbfm-reports"}, "validate"), 2, "not writable"),
+    Case("name of 300 characters", _changes({"name": "n" * 300}), 2, "name: String should have at most 200"),
+    Case("seed beyond 64 bits", _changes({"seed": 18446744073709551616}), 2, "seed: Input should be less than"),
+    Case("seeds beyond 64 bits", _changes({"seeds": [0, 2**64]}), 2, "seeds must lie in 0..2**63-1"),
+    Case(
+        "severities [0]", _changes({"perturbations": [{"name": "rotation", "severities": [0]}]}), 2, "only severity 0"
+    ),
+    Case("cache dir is a file", _cache_dir_is_a_file, 2, "cache_dir"),
+    Case(
+        "missing checkpoint",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "m",
+                        "factory": "robustbench_fmnist.models.baseline:baseline_cnn_tiny",
+                        "checkpoint": "x.pt",
+                    }
+                ]
+            }
+        ),
+        2,
+        "does not exist",
+    ),
+    Case("cuda on a CPU machine", _changes({"device": "cuda"}, "validate"), 2, "no CUDA GPU is visible", tags=("cpu",)),
+    Case(
+        "learning rate inf",
+        _changes({"models": [{"name": "baseline_cnn_tiny", "train": {"lr": float("inf")}}]}),
+        2,
+        "finite",
+    ),
+    # tracebacks where one line is promised
+    Case("binary YAML", _binary_yaml, 2, "not UTF-8 text"),
+    Case("latin-1 YAML", _latin1_yaml, 2, "not UTF-8 text"),
+    Case("a folder as the YAML", lambda env: ["run", str(env.root)], 2, "is a folder; give a YAML file"),
+    Case("factory raising on import", _factory_raising_on_import, 2, "raised RuntimeError: this module is broken"),
+    Case("model output (N, 11)", _factory("eleven"), 2, "shape (2, 11)"),
+    Case("model output integers", _factory("integers", "validate"), 2, "torch.int64 logits"),
+    Case("factory returning a string", _factory("not_a_module"), 2, "not an nn.Module"),
+    Case("report with a word in accuracy", _report_on("accuracy", "high"), 1, "column 'accuracy' holds 'high'"),
+    Case("report with nan in accuracy", _report_on("accuracy", "nan"), 1, "column 'accuracy' holds 'nan'"),
+    Case("report with an empty accuracy", _report_on("accuracy", ""), 1, "has no accuracy but is not marked invalid"),
+    Case("report of the current folder", _report_of_cwd, 2, "holds the current folder"),
+    Case("report of a plain folder", lambda env: ["report", str(env.root)], 1, "results.csv: missing"),
+    # code from YAML
+    Case(
+        "factory os:system",
+        _changes({"models": [{"name": "m", "factory": "os:system", "kwargs": {"command": "touch pwned"}}]}),
+        2,
+        "standard library",
+    ),
+    Case(
+        "factory builtins:eval",
+        _changes({"models": [{"name": "m", "factory": "builtins:eval"}]}, "validate"),
+        2,
+        "standard library",
+    ),
+    Case("YAML alias bomb", _alias_bomb, 2, "aliases expand to more than"),
+    # names
+    Case("unknown model name", _changes({"models": ["baseline_cnnn"]}), 2, "exp.yaml: models[0].name: unknown model"),
+    Case(
+        "unknown perturbation name",
+        _changes({"perturbations": ["brightnes"]}, "validate"),
+        2,
+        "exp.yaml: perturbations[0].name",
+    ),
+]
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    monkeypatch.syspath_prepend(str(tmp_path))  # factories written beside the YAML are importable
+    monkeypatch.chdir(tmp_path)
+    yield Env(tmp_path, tiny_experiment)
+    for holder in _HOLDERS:
+        holder.kill()
+        holder.wait()
+    _HOLDERS.clear()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_stops_with_one_line_and_touches_nothing(
+    case: Case, env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "cpu" in case.tags and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    argv = case.setup(env)
+    before = _snapshot(env.root)
+    capsys.readouterr()
+    code = main(["-q", *argv])
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert case.message in err, err
+    assert len(err) <= len("error: ") + MAX_ERROR_CHARACTERS + 1
+    after = _snapshot(env.root)
+    changed = [p for p, content in before.items() if after.get(p) != content]
+    assert not changed, f"changed or deleted: {changed}"
+    if case.nothing_done:
+        new = [p for p in after if p not in before and not p.name.endswith(".rbfm-lock")]
+        assert not new, f"written although the input was bad: {new}"
+    assert not (env.root / "pwned").exists()
+
+
+@pytest.mark.parametrize("factory", ["nan_logits", "nan_when_bright"])
+def test_nan_logits_mark_the_cells_invalid_instead_of_scoring_them(
+    factory: str, env: Env, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import pandas as pd
+
+    module = _factory_module(env)
+    checkpoint = env.root / "nan.pt"
+    torch.save({"scale": torch.ones(())}, checkpoint)
+    config = {"models": [{"name": "nan_model", "factory": f"{module}:{factory}", "checkpoint": str(checkpoint)}]}
+    # the probe batch is all zeros: NaN logits are not a shape or dtype error, so the run goes ahead
+    assert main(["-q", "run", env.yaml(config)]) == 0
+    results = pd.read_csv(env.output / "tiny" / "results.csv")
+    invalid = results[results["nonfinite_images"] > 0]
+    if factory == "nan_logits":
+        assert (results["nonfinite_images"] == 200).all()
+    else:
+        assert set(invalid["perturbation"]) == {"brightness_up"} and len(invalid) >= 2
+        assert results.loc[results["nonfinite_images"] == 0, "accuracy"].notna().all()
+    assert invalid[["accuracy", "n_correct", "ece", "nll"]].isna().all().all()
+    warnings = [r.getMessage() for r in caplog.records if "marked invalid" in r.getMessage()]
+    assert len(warnings) == len(invalid)
+    md = (env.output / "tiny" / "report.md").read_text()
+    plural = "s" if len(invalid) > 1 else ""
+    assert f"Warning: {len(invalid)} invalid cell{plural}" in md and "| n/a |" in md
+    assert main(["-q", "report", str(env.output / "tiny")]) == 0, capsys.readouterr().err
+
+
+def test_a_report_folder_is_replaced_and_its_neighbours_kept(env: Env) -> None:
+    (env.output).mkdir(parents=True)
+    (env.output / "notes.md").write_text("mine\n")
+    path = env.yaml({"models": ["baseline_cnn_tiny"], "perturbations": [{"name": "rotation", "severities": [5]}]})
+    assert main(["-q", "run", path]) == 0
+    assert json_kind(env.output / "tiny") == "report"
+    assert main(["-q", "run", path]) == 0, "a report the harness wrote is replaced"
+    assert (env.output / "notes.md").read_text() == "mine\n"
+    assert sorted(p.name for p in env.output.iterdir()) == [".tiny.rbfm-lock", "notes.md", "tiny"]
+
+
+def json_kind(folder: Path) -> str:
+    import json
+
+    return json.loads((folder / MARKER).read_text())["kind"]
+
+
+def test_relative_paths_in_a_yaml_are_taken_from_its_folder(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_fmnist.config import load_config
+
+    sub = env.root / "configs"
+    sub.mkdir()
+    changes = {"output_dir": "out", "cache_dir": "../cache", "data": {"dir": "data"}}
+    changes["models"] = [{"name": "m", "factory": "x.y:z", "checkpoint": "w.pt"}]
+    path = Path(env.yaml(changes, name="configs/exp.yaml"))
+    monkeypatch.chdir("/")
+    config = load_config(path, {"cache_dir": "flag-cache"})
+    assert config.output_dir == sub / "out" and config.data.dir == sub / "data"
+    assert config.models[0].checkpoint == sub / "w.pt"
+    assert config.cache_dir == Path("flag-cache"), "a flag's path is the user's, taken from the working folder"
+
+
+def test_cache_dir_flag_yaml_key_and_environment_variable_name_one_layout(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robustbench_fmnist.checkpoints import checkpoint_dir
+
+    root = env.root / "cache"
+    monkeypatch.setenv("RBFM_CACHE_DIR", str(root))
+    assert checkpoint_dir(None) == checkpoint_dir(root) == root / "checkpoints"
+
+
+@pytest.mark.parametrize("argv", [["ls", "*cnn*"], ["ls", "models", "*cnn*"], ["ls", "*cnn*", "--markdown"]])
+def test_ls_takes_a_pattern_in_any_position(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if "--markdown" not in argv:
+        assert "baseline_cnn" in out and "timm_resnet18" not in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"batch_size": -1}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"test_images": 0}, "test_images"),
+        ({"seed": -1}, "seed"),
+        ({"precision": "float8"}, "precision"),
+        ({"perturbations": "rotation"}, "perturbations"),
+        ({"model": "resnet"}, "model"),
+    ],
+)
+def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: str) -> None:
+    from robustbench_fmnist import evaluate_module
+    from robustbench_fmnist.models import create_model
+
+    arguments = {"model": create_model("baseline_cnn_tiny"), **arguments}
+    with pytest.raises(ValueError, match=rf"^{named}: "):
+        evaluate_module(arguments.pop("model"), **arguments)
+
+
+@requires_real_data
+def test_the_python_api_leaves_threads_and_denormals_as_it_found_them() -> None:
+    from robustbench_fmnist import evaluate_module
+    from robustbench_fmnist.models import create_model
+    from robustbench_fmnist.runtime import denormals_flushed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
+    try:
+        rows = evaluate_module(
+            create_model("baseline_cnn_tiny"), perturbations=["rotation"], severities=[1], device="cpu", test_images=50
+        )
+        assert len(rows) == 2
+        assert torch.get_num_threads() == 1 and not denormals_flushed()
+    finally:
+        torch.set_num_threads(threads)
