@@ -11,8 +11,11 @@ import pytest
 from tests.benchmarks.gate import (
     TOLERANCE,
     Calibration,
+    for_machine,
     judge,
     load_baseline,
+    machine,
+    machine_kind,
     paired_ratio,
     updated_baseline,
     write_baseline,
@@ -50,17 +53,36 @@ def test_regression_message_names_the_change() -> None:
     assert "forward/x" in message and "2.50x" in message and "compute" in message
 
 
-def test_update_keeps_benchmarks_that_did_not_run(tmp_path: Path) -> None:
+def test_update_keeps_benchmarks_that_did_not_run_and_other_machine_kinds(tmp_path: Path) -> None:
     path = tmp_path / "baseline.json"
-    write_baseline(COMMITTED, path)
-    fresh = judge("perturbation/y", "memory", 0.5, 0.25, load_baseline(path))
-    data = updated_baseline(load_baseline(path), [fresh])
-    write_baseline(data, path)
+    # a file from before machine kinds: this machine's ratios at the top level
+    write_baseline({**COMMITTED, "machine": machine()}, path)
+    other = "AMD EPYC / AVX512 / 2 threads / torch 2.15"
+    data = load_baseline(path)
+    data["machines"][other] = {"machine": {}, "benchmarks": {"forward/x": {"ratio": 9.0, "calibration": "compute"}}}
+    fresh = judge("perturbation/y", "memory", 0.5, 0.25, for_machine(data))
+    write_baseline(updated_baseline(data, [fresh]), path)
     saved = json.loads(path.read_text())
-    assert saved["benchmarks"]["forward/x"] == {"ratio": 2.0, "calibration": "compute"}
-    assert saved["benchmarks"]["perturbation/y"] == {"ratio": 2.0, "calibration": "memory", "samples": [2.0]}
-    assert saved["tolerance"] == 1.5 and saved["machine"]["threads"] >= 1
+    mine = saved["machines"][machine_kind()]
+    assert mine["benchmarks"]["forward/x"] == {"ratio": 2.0, "calibration": "compute"}
+    assert mine["benchmarks"]["perturbation/y"] == {"ratio": 2.0, "calibration": "memory", "samples": [2.0]}
+    assert saved["machines"][other]["benchmarks"]["forward/x"]["ratio"] == 9.0
+    assert saved["tolerance"] == 1.5 and mine["machine"]["threads"] >= 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_each_machine_kind_is_judged_by_its_own_ratios() -> None:
+    data = {
+        "tolerance": 1.5,
+        "machines": {
+            "fast memory": {"benchmarks": {"perturbation/y": {"ratio": 1.0, "calibration": "mixed"}}},
+            "slow memory": {"benchmarks": {"perturbation/y": {"ratio": 2.0, "calibration": "mixed"}}},
+        },
+    }
+    assert judge("perturbation/y", "mixed", 2.0, 1.0, for_machine(data, "fast memory")).status == "REGRESSION"
+    assert judge("perturbation/y", "mixed", 2.0, 1.0, for_machine(data, "slow memory")).status == "ok"
+    unknown = for_machine(data, "a new kind")
+    assert unknown["benchmarks"] == {} and judge("perturbation/y", "mixed", 2.0, 1.0, unknown).failed
 
 
 def test_no_file_is_an_empty_baseline(tmp_path: Path) -> None:
@@ -77,23 +99,25 @@ def test_calibration_workloads_run_and_reject_unknown_kinds() -> None:
 
 
 def test_committed_baseline_covers_every_regression_benchmark() -> None:
-    committed = load_baseline()
-    assert committed["tolerance"] <= 1.6, "a 2x slowdown must stay above the tolerance with noise"
-    names = set(committed["benchmarks"])
     from robustbench_fmnist.perturbations import PERTURBATIONS
 
-    missing = {f"perturbation/{n}" for n in PERTURBATIONS.names()} - names
-    assert not missing, f"no committed ratio for {sorted(missing)}; run make bench-baseline"
+    committed = load_baseline()
+    assert committed["tolerance"] <= 1.6, "a 2x slowdown must stay above the tolerance with noise"
+    assert committed["machines"], "at least one machine kind's ratios"
+    for kind in committed["machines"]:
+        names = set(for_machine(committed, kind)["benchmarks"])
+        missing = {f"perturbation/{n}" for n in PERTURBATIONS.names()} - names
+        assert not missing, f"{kind}: no committed ratio for {sorted(missing)}; run make bench-baseline"
 
 
 def test_refresh_commits_the_median_of_the_last_runs() -> None:
     data: dict = {}
     for mode, seconds in (("reset", 1.0), ("append", 3.0), ("append", 2.0), ("append", 10.0)):
-        data = updated_baseline(data, [judge("k", "mixed", seconds, 1.0, data)], mode=mode)
-    assert data["benchmarks"]["k"]["samples"] == [3.0, 2.0, 10.0]
-    assert data["benchmarks"]["k"]["ratio"] == 3.0
-    data = updated_baseline(data, [judge("k", "mixed", 5.0, 1.0, data)], mode="reset")
-    assert data["benchmarks"]["k"] == {"ratio": 5.0, "calibration": "mixed", "samples": [5.0]}
+        data = updated_baseline(data, [judge("k", "mixed", seconds, 1.0, for_machine(data))], mode=mode)
+    assert for_machine(data)["benchmarks"]["k"]["samples"] == [3.0, 2.0, 10.0]
+    assert for_machine(data)["benchmarks"]["k"]["ratio"] == 3.0
+    data = updated_baseline(data, [judge("k", "mixed", 5.0, 1.0, for_machine(data))], mode="reset")
+    assert for_machine(data)["benchmarks"]["k"] == {"ratio": 5.0, "calibration": "mixed", "samples": [5.0]}
     with pytest.raises(ValueError, match="reset or append"):
         updated_baseline(data, [], mode="merge")
 

@@ -262,6 +262,19 @@ def test_photon_counts_table_and_cdf_walk_agree() -> None:
         assert torch.equal(tabled, walked), f"{int((tabled != walked).sum())} counts differ at {photons} photons"
 
 
+def test_photon_counts_over_cache_sized_slices_equal_one_pass_over_the_batch() -> None:
+    from robustbench_fmnist.perturbations.noise import _SLICE_PIXELS, _photon_counts_slice
+
+    generator = torch.Generator().manual_seed(0)
+    count = 2 * _SLICE_PIXELS + 12345  # two full slices and a short one
+    on_grid = torch.randint(0, 256, (count,), generator=generator).float().div(255)
+    off_grid = torch.rand(count, generator=generator)
+    intensity = torch.where(torch.rand(count, generator=generator) < 0.01, off_grid, on_grid)
+    halfwords = torch.randint(-32768, 32768, (count,), generator=generator, dtype=torch.int16)
+    sliced = photon_counts(intensity, 12.0, halfwords)
+    assert torch.equal(sliced, _photon_counts_slice(intensity, 12.0, halfwords))
+
+
 def test_impulse_noise_sets_the_tabled_fraction_to_black_or_white() -> None:
     x = torch.full((64, 1, 28, 28), 0.5)
     out = apply_perturbation("impulse_noise", x, 4, seed=0)  # 17 %

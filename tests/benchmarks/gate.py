@@ -13,7 +13,13 @@ A benchmark fails when its ratio is more than `TOLERANCE` times the committed on
 tolerance sits between the noise seen here (ratios move by up to about 1.3x between runs on
 a shared 2-core VM) and the 2x slowdown the gate must catch.
 
-Refresh the committed ratios after an intended speed change, on the CI machine kind:
+The ratios themselves depend on the machine kind: an Intel Xeon and an AMD EPYC, or two torch
+releases, balance convolution against memory traffic differently (measured: 1.5-2.8x apart on
+every perturbation kernel). So baseline.json keeps one set of ratios per machine kind (processor,
+CPU capability, threads, torch major.minor), and a run is judged against its own kind's; a kind
+with no committed ratios is skipped with a line saying how to record them.
+
+Refresh the committed ratios after an intended speed change, or on a new machine kind:
     make bench-baseline      # three runs: --update-baseline reset, then append twice
 and commit tests/benchmarks/baseline.json with a note of why the numbers moved.
 """
@@ -127,7 +133,10 @@ class Verdict:
 
     def message(self) -> str:
         if self.baseline_ratio is None:
-            return f"{self.name}: no committed baseline ratio; record one with `{REFRESH}` and commit baseline.json"
+            return (
+                f"{self.name}: no committed baseline ratio for this machine kind; record one with `{REFRESH}` "
+                "and commit baseline.json"
+            )
         return (
             f"{self.name}: {self.change:.2f}x the committed time relative to the {self.calibration} calibration "
             f"(ratio {self.ratio:.4g}, committed {self.baseline_ratio:.4g}, tolerance {self.tolerance}x)"
@@ -135,7 +144,10 @@ class Verdict:
 
 
 def judge(name: str, calibration: str, seconds: float, calibration_seconds: float, baseline: dict) -> Verdict:
-    """`seconds / calibration_seconds` against the committed ratio (pass a paired ratio with 1.0)."""
+    """`seconds / calibration_seconds` against the committed ratio (pass a paired ratio with 1.0).
+
+    `baseline` is one machine kind's section: {"tolerance": ..., "benchmarks": {...}} (see `for_machine`).
+    """
     entry = baseline.get("benchmarks", {}).get(name)
     baseline_ratio = None
     if entry is not None and entry.get("calibration") == calibration:
@@ -152,9 +164,31 @@ def judge(name: str, calibration: str, seconds: float, calibration_seconds: floa
 
 
 def load_baseline(path: Path = BASELINE_PATH) -> dict:
+    """The whole baseline file, every machine kind's ratios under "machines" ({} if there is no file)."""
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "benchmarks" in data:  # one machine's ratios at the top level, as files were before kinds
+        section = {"machine": data.pop("machine", {}), "benchmarks": data.pop("benchmarks")}
+        data["machines"] = {machine_kind(section["machine"]): section}
+    return data
+
+
+def for_machine(data: dict, kind: str | None = None) -> dict:
+    """The section of a baseline file that judges this machine (or `kind`): tolerance and benchmarks."""
+    kind = kind or machine_kind()
+    section = data.get("machines", {}).get(kind, {})
+    return {"kind": kind, "tolerance": data.get("tolerance", TOLERANCE), "benchmarks": section.get("benchmarks", {})}
+
+
+def machine_kind(described: dict | None = None) -> str:
+    """What the committed ratios depend on, as one key: processor, CPU capability, threads, torch major.minor."""
+    described = described or machine()
+    torch_release = ".".join(str(described.get("torch", "?")).split("+")[0].split(".")[:2])
+    return (
+        f"{described.get('processor', '?')} / {described.get('cpu_capability', '?')} / "
+        f"{described.get('threads', '?')} threads / torch {torch_release}"
+    )
 
 
 def machine() -> dict[str, object]:
@@ -178,7 +212,8 @@ def _cpu_model() -> str:
 
 
 def updated_baseline(old: dict, verdicts: list[Verdict], *, mode: str = "reset", keep: int = 3) -> dict:
-    """The baseline file with this run's ratios; benchmarks that did not run keep their old entry.
+    """The baseline file with this run's ratios for this machine kind; benchmarks that did not run,
+    and every other machine kind, keep their old entries.
 
     "reset" starts each benchmark's samples from this run; "append" adds this run to the last
     `keep` runs'. The committed ratio is the median of the samples, so a refresh made of three
@@ -186,7 +221,9 @@ def updated_baseline(old: dict, verdicts: list[Verdict], *, mode: str = "reset",
     """
     if mode not in ("reset", "append"):
         raise ValueError(f"update mode must be reset or append, got {mode!r}")
-    benchmarks = dict(old.get("benchmarks", {}))
+    kind = machine_kind()
+    machines = dict(old.get("machines", {}))
+    benchmarks = dict(machines.get(kind, {}).get("benchmarks", {}))
     for verdict in verdicts:
         previous = benchmarks.get(verdict.name, {})
         samples = (
@@ -200,15 +237,15 @@ def updated_baseline(old: dict, verdicts: list[Verdict], *, mode: str = "reset",
             "calibration": verdict.calibration,
             "samples": samples,
         }
+    machines[kind] = {"machine": machine(), "benchmarks": dict(sorted(benchmarks.items()))}
     return {
         "about": (
             "Seconds of each regression benchmark divided by the seconds of its calibration workload, "
-            f"measured in the same run (median of `samples`, one per run). CI fails a benchmark above "
-            f"`tolerance` x its ratio. Refresh: {REFRESH}."
+            f"measured in the same run (median of `samples`, one per run), per machine kind. CI fails a "
+            f"benchmark above `tolerance` x its kind's ratio. Refresh: {REFRESH}."
         ),
         "tolerance": old.get("tolerance", TOLERANCE),
-        "machine": machine(),
-        "benchmarks": dict(sorted(benchmarks.items())),
+        "machines": dict(sorted(machines.items())),
     }
 
 
