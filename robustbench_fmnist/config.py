@@ -324,8 +324,9 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
         places += [(m, "checkpoint") for m in models if isinstance(m, dict)]
     for node, key in places:
         value = node.get(key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            node[key] = os.path.normpath(folder / value)
+        if isinstance(value, str) and value:
+            expanded = Path(value).expanduser()
+            node[key] = str(expanded) if expanded.is_absolute() else os.path.normpath(folder / value)
 
 
 def shorten(text: object) -> str:

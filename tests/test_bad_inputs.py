@@ -436,6 +436,8 @@ def test_relative_paths_in_a_yaml_are_taken_from_its_folder(env: Env, monkeypatc
     assert config.output_dir == sub / "out" and config.data.dir == sub / "data"
     assert config.models[0].checkpoint == sub / "w.pt"
     assert config.cache_dir == Path("flag-cache"), "a flag's path is the user's, taken from the working folder"
+    home = load_config(Path(env.yaml({"output_dir": "~/rbfm-reports"}, name="configs/home.yaml")))
+    assert home.output_dir == Path.home() / "rbfm-reports"
 
 
 def test_cache_dir_flag_yaml_key_and_environment_variable_name_one_layout(
