@@ -75,6 +75,8 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             return f"{name} is {type(tensor).__name__}, not a tensor"
+        if tensor.layout != torch.strided or tensor.is_meta:
+            return f"{name} is a {'meta' if tensor.is_meta else str(tensor.layout)} tensor, not one with values"
         if tensor.shape != expected[name].shape:
             return f"{name} has shape {tuple(tensor.shape)}, the model {tuple(expected[name].shape)}"
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -111,8 +113,10 @@ def load_user_checkpoint(path: Path, model: nn.Module) -> None:
 
 def read_user_checkpoint(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict in a user's checkpoint, checked against `model` (which is not changed)."""
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; fix the path under models[].checkpoint")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file; give a torch.save file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.files import absolute, replace_folder
+    from robustbench_fmnist.files import absolute, check_writable_folder, replace_folder
     from robustbench_fmnist.report import read_data
     from robustbench_fmnist.report.compare import compare_markdown, compare_runs
 
@@ -174,6 +175,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     b_cells = set(map(tuple, second.results[keys].drop_duplicates().to_numpy().tolist()))
     text = compare_markdown(table, name_a, name_b, len(a_cells - b_cells), len(b_cells - a_cells))
     output = args.output_dir or Path("reports") / "compare" / f"{name_a}-vs-{name_b}"
+    check_writable_folder(output, "--output-dir")
     with replace_folder(output, "compare") as staging:
         (staging / "compare.md").write_text(text, encoding="utf-8")
         table.to_csv(staging / "compare.csv", index=False, float_format="%.6g")
@@ -185,13 +187,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from robustbench_fmnist.errors import ConfigError
     from robustbench_fmnist.models import MODELS
+    from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
 
     words = list(args.words)
     kind = words.pop(0) if words and words[0] in ("models", "perturbations") else None
-    if len(words) > 1:
-        raise ConfigError(f"ls takes at most a kind and one pattern, got {' '.join(args.words)!r}; quote the pattern")
+    if len(words) > 1 or (words and words[0] in ("models", "perturbations")):
+        raise ConfigError(f"ls takes at most one kind and one pattern, got {' '.join(args.words)!r}; quote the pattern")
     pattern = words[0] if words else "*"
+    if args.markdown and kind == "models":
+        raise ConfigError("ls --markdown prints the perturbation severity table; drop 'models'")
+    # --markdown is the perturbation table; otherwise the kind asked for, or both
+    registries = {"models": MODELS, "perturbations": PERTURBATIONS}
+    searched = [registries[kind or "perturbations"]] if kind or args.markdown else list(registries.values())
+    if not any(registry.names(pattern) for registry in searched):
+        raise ConfigError(f"ls: nothing matches {pattern!r}; patterns are shell-style, e.g. '*cnn*' or 'gamma_*'")
     if args.markdown:
         print(severity_markdown(pattern), end="")
         return 0
@@ -212,31 +222,39 @@ PREVIEW = "preview"  # the kind of folder `preview` writes into (see files.MARKE
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.config import MAX_SEED
     from robustbench_fmnist.data import load_fashion_mnist
-    from robustbench_fmnist.errors import UnknownNameError
-    from robustbench_fmnist.files import check_replaceable, mark_folder
+    from robustbench_fmnist.errors import ConfigError, UnknownNameError
+    from robustbench_fmnist.files import check_replaceable, check_writable_folder, mark_folder
     from robustbench_fmnist.perturbations import PERTURBATIONS
-    from robustbench_fmnist.report.preview import sample_per_class, write_preview
+    from robustbench_fmnist.report.preview import preview_grid, sample_per_class, write_preview
 
     pattern = "*" if args.perturbation == "all" else args.perturbation
     names = PERTURBATIONS.names(pattern)
     if not names:
         raise UnknownNameError(PERTURBATIONS.unknown_message(args.perturbation))
     if args.backend == "albumentations":
-        from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS
+        from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, NO_EQUIVALENT
 
-        names = [n for n in names if n in ADAPTERS] or names
+        names = [n for n in names if n in ADAPTERS]
+        if not names:
+            reason = NO_EQUIVALENT.get(args.perturbation, "no albumentations equivalent")
+            raise ConfigError(f"{args.perturbation}: no albumentations backend ({reason}); use --backend torch")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
     output: Path = args.output_dir
+    check_writable_folder(output, "--output-dir")
     check_replaceable(output, PREVIEW)  # previews are added only to a folder of previews, or a new one
     test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
     images, indices = sample_per_class(test.images, test.labels)
-    output.mkdir(parents=True, exist_ok=True)
-    mark_folder(output, PREVIEW)
     for name in names:
         try:
-            path = write_preview(name, images, indices, output / f"{name}.png", seed=args.seed, backend=args.backend)
+            grid = preview_grid(name, images, indices, seed=args.seed, backend=args.backend)
         except ValueError as exc:
             raise UnknownNameError(str(exc)) from None
+        output.mkdir(parents=True, exist_ok=True)
+        mark_folder(output, PREVIEW)
+        path = write_preview(grid, output / f"{name}.png")
         print(f"wrote {path}")
     return 0
 
@@ -278,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM cleans up like Ctrl-C (staging folders, temporary files); signals only reach the main thread
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    show_warning, warnings.showwarning = warnings.showwarning, _warning_line
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:
@@ -287,9 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; no partial report or checkpoint was written", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = show_warning
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    # a library's warning as one log line, not Python's two (message, then the source line)
+    log.warning("%s: %s", category.__name__, " ".join(str(message).split())[:300])

@@ -8,7 +8,6 @@ this module free of imports from the rest of the package (data flows one way).
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import types
 import typing
@@ -23,6 +22,9 @@ from robustbench_fmnist.errors import ConfigError
 MAX_SEVERITY = 5
 MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; results.csv stores seeds as int64
 MAX_NAME_LENGTH = 200  # a folder name, with room for the staging suffix under the 255-byte limit
+MAX_MODEL_NAME_LENGTH = 100  # figure file names are built from it
+MAX_THREADS = 1024
+MAX_BATCH = 1 << 16  # 65,536 images of 28x28 float32 is 205 MB per batch
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # after alias expansion: a few hundred bytes of nested aliases can expand to billions
 MAX_SHOWN = 80  # characters of a user's value quoted in an error message
@@ -39,7 +41,7 @@ class TrainRecipe(_Strict):
     """How a model is trained. Registered models carry their own tuned defaults."""
 
     epochs: int = Field(5, ge=1, description="passes over the training set")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(5e-4, ge=0)
@@ -67,7 +69,12 @@ def _name_shorthand(value: Any) -> Any:
 
 
 class ModelSpec(_Strict):
-    name: str = Field(min_length=1, description="registry name, or a label when `factory` is set")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_NAME_LENGTH,
+        pattern=r"^[^\x00-\x1f|]+$",  # no control characters or '|': names go into files and tables
+        description="registry name, or a label when `factory` is set",
+    )
     factory: str | None = Field(None, description="`package.module:function` returning an nn.Module")
     checkpoint: Path | None = Field(None, description="state_dict file; skips training")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
@@ -148,7 +155,7 @@ class DataConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     channels_last: bool = True
     test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
@@ -170,15 +177,17 @@ class ThroughputConfig(_Strict):
     )
     repeats: int = Field(5, ge=1)
     latency: bool = Field(True, description="p50/p95 of single-image forward passes")
-    training_batch_size: int | None = Field(128, ge=1, description="None skips training throughput")
+    training_batch_size: int | None = Field(128, ge=1, le=MAX_BATCH, description="None skips training throughput")
     perturbations: bool = Field(True, description="each perturbation's images/s at its most severe level")
     sweep: bool = Field(True, description="the evaluation sweep's images/s against the bare forward pass")
 
     @field_validator("batch_sizes")
     @classmethod
     def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b < 1 for b in value):
-            raise ValueError(f"batch sizes must be at least 1, got {list(value)}")
+        if any(not 1 <= b <= MAX_BATCH for b in value):
+            raise ValueError(f"batch sizes must lie in 1..{MAX_BATCH}, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"batch sizes repeat: {list(value)}")
         return value
 
 
@@ -194,7 +203,7 @@ class ExperimentConfig(_Strict):
     reference_model: str = Field("baseline_cnn", description="the model CE and mCE are normalised by")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(
-        None, ge=1, description="CPU threads; default: physical cores, capped at the CPUs this process may use"
+        None, ge=1, le=MAX_THREADS, description="CPU threads; default: physical cores, capped at the usable CPUs"
     )
     data: DataConfig = Field(default_factory=DataConfig)
     models: tuple[ModelSpec, ...] = Field(min_length=1)
@@ -277,7 +286,11 @@ def read_yaml(path: Path) -> Any:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+        try:
+            too_big = node is not None and _expanded_size(node) > MAX_YAML_NODES
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if too_big:
             raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_NODES:,} values; write it out")
         return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
@@ -299,6 +312,7 @@ def _expanded_size(root: yaml.Node) -> int:
         if id(node) not in sizes:
             sizes[id(node)] = 1  # a node that reaches itself (a recursive alias) counts once
             if isinstance(node, yaml.MappingNode):
+                _check_unique_keys(node)
                 children = [n for pair in node.value for n in pair]
             elif isinstance(node, yaml.SequenceNode):
                 children = node.value
@@ -308,6 +322,16 @@ def _expanded_size(root: yaml.Node) -> int:
         return sizes[id(node)]
 
     return size(root)
+
+
+def _check_unique_keys(mapping: yaml.MappingNode) -> None:
+    # PyYAML keeps the last of two equal keys silently: `seed: -1` ... `seed: 0` would pass as 0
+    seen: set[str] = set()
+    for key, _ in mapping.value:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in seen:
+                raise ConfigError(f"line {key.start_mark.line + 1}: key {shorten(key.value)!r} appears twice")
+            seen.add(key.value)
 
 
 def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
@@ -326,7 +350,8 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
         value = node.get(key)
         if isinstance(value, str) and value:
             expanded = Path(value).expanduser()
-            node[key] = str(expanded) if expanded.is_absolute() else os.path.normpath(folder / value)
+            # joined, not normalised: "sub/../x" must climb from where the link `sub` points, as the OS does
+            node[key] = str(expanded) if expanded.is_absolute() else str(folder / value)
 
 
 def shorten(text: object) -> str:

@@ -173,6 +173,8 @@ def _load_split(folder: Path, split: str, verify: bool) -> tuple[Split, dict[str
         raise DataError(f"{where}: images are {images.shape[1:]}, expected 28x28")
     if len(images) != len(labels):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{where}: no images; nothing could be trained or evaluated")
     if verify and len(images) != count:
         raise DataError(f"{where}: {len(images)} images, Fashion-MNIST has {count}; {HOW_TO_GET}")
     if labels.size and labels.max() >= NUM_CLASSES:

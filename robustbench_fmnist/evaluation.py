@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from robustbench_fmnist.errors import ModelError
+from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CLEAN = "clean"
-NUM_CLASSES = 10
+NO_PREDICTION = 255  # the predicted class of an image whose logits hold NaN or inf: it has none
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,7 +82,7 @@ class CellResult:
 class CellOutputs:
     """Per-image outputs of one model in one cell, on the CPU: what every metric is computed from."""
 
-    predictions: torch.Tensor  # (N,) uint8 top-1 class
+    predictions: torch.Tensor  # (N,) uint8 top-1 class, NO_PREDICTION where the logits were not finite
     confidence: torch.Tensor  # (N,) float32 top-1 softmax probability
     true_probability: torch.Tensor  # (N,) float32 softmax probability of the true class
 
@@ -120,17 +120,6 @@ def _fold_in_place(module: nn.Module) -> None:
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
             module._modules[first] = fuse_conv_bn_eval(conv, norm)
             module._modules[second] = nn.Identity()
-
-
-def check_logits(logits: object, batch_size: int, model_name: str) -> None:
-    """Raise ModelError unless `logits` is a floating-point tensor of shape (batch_size, 10)."""
-    if not isinstance(logits, torch.Tensor):
-        raise ModelError(f"model {model_name!r} returned {type(logits).__name__}, not a tensor of logits")
-    if tuple(logits.shape) != (batch_size, NUM_CLASSES) or not logits.is_floating_point():
-        raise ModelError(
-            f"model {model_name!r} returned {logits.dtype} logits of shape {tuple(logits.shape)} for "
-            f"{batch_size} images; it must return floating-point logits of shape (N, {NUM_CLASSES})"
-        )
 
 
 def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
@@ -184,10 +173,12 @@ def evaluate_cells(
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     logits = model(batch)
                 check_logits(logits, len(batch), model_name)
-                nonfinite += (~torch.isfinite(logits)).any(1).sum()
+                unusable = (~torch.isfinite(logits)).any(1)
+                nonfinite += unusable.sum()
                 # softmax in float32 whatever the autocast dtype: calibration needs the precision
                 probabilities = logits.float().softmax(1)
-                top, predicted[first : first + len(batch)] = probabilities.max(1)
+                top, classes = probabilities.max(1)
+                predicted[first : first + len(batch)] = classes.masked_fill_(unusable, NO_PREDICTION)
                 confidence[first : first + len(batch)] = top
                 true_probability[first : first + len(batch)] = probabilities.gather(
                     1, labels[first : first + len(batch)].long().unsqueeze(1)
@@ -221,5 +212,6 @@ def evaluate_cells(
                     nonfinite_images=invalid,
                 )
             )
-            bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=f"{correct / count:.3f}")
+            shown = "invalid" if invalid else f"{correct / count:.3f}"
+            bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=shown)
     return results, outputs

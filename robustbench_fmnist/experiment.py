@@ -6,9 +6,10 @@ import importlib.metadata
 import itertools
 import logging
 import platform
+import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from robustbench_fmnist.checkpoints import (
     load_user_checkpoint,
     save_checkpoint,
 )
-from robustbench_fmnist.config import MAX_SEED, ExperimentConfig
+from robustbench_fmnist.config import MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
 from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
 from robustbench_fmnist.evaluation import (
@@ -428,8 +429,12 @@ def evaluate_module(
     ConfigError (a ValueError) naming the argument, before any data is read. Thread count and
     denormal flushing are restored on return; glibc's allocator stays tuned (see runtime.py).
     """
-    _check_api_arguments(model, perturbations, seed, batch_size, precision, test_images)
+    perturbations = _check_api_arguments(
+        model, name, perturbations, severities, device, seed, data_dir, batch_size, precision, test_images
+    )
     cells = sweep_cells([(p, severities) for p in perturbations])  # checks names and severities first
+    if len(cells) == 1:
+        raise ConfigError(f"severities: {list(severities or [])} leaves no perturbed cell; give levels 1..5")
     torch_device = resolve_device(device)
     with cpu_settings():
         data = load_fashion_mnist(data_dir)
@@ -451,23 +456,54 @@ def evaluate_module(
 
 
 def _check_api_arguments(
-    model: object, perturbations: object, seed: object, batch_size: object, precision: object, test_images: object
-) -> None:
-    def positive(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    model: object,
+    name: object,
+    perturbations: object,
+    severities: object,
+    device: object,
+    seed: object,
+    data_dir: object,
+    batch_size: object,
+    precision: object,
+    test_images: object,
+) -> list[str]:
+    """ConfigError (a ValueError) naming the first bad argument of `evaluate_module`; the perturbations as a list."""
+
+    def integer(value: object, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    def names(value: object) -> list[str] | None:
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            return None
+        listed = list(value)  # once: an iterator would be used up by the check
+        return listed if all(isinstance(p, str) for p in listed) else None
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: expected a torch nn.Module, got {type(model).__name__}")
-    if isinstance(perturbations, str) or not all(isinstance(p, str) for p in perturbations):
-        raise ConfigError(f"perturbations: expected a list of names, got {perturbations!r}")
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name: expected a non-empty string, got {name!r}")
+    listed = names(perturbations)
+    if not listed:
+        raise ConfigError(f"perturbations: expected a non-empty list of names, got {shorten(perturbations)}")
+    if severities is not None and (
+        isinstance(severities, str)
+        or not isinstance(severities, Iterable)
+        or not all(integer(s, 0, MAX_SEVERITY) for s in severities)
+    ):
+        raise ConfigError(f"severities: expected None or a list of levels 0..{MAX_SEVERITY}, got {severities!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if not integer(seed, 0, MAX_SEED):
         raise ConfigError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
-    if not positive(batch_size):
-        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if precision not in PRECISIONS:
+    if data_dir is not None and not isinstance(data_dir, str | Path):
+        raise ConfigError(f"data_dir: expected None or a path, got {type(data_dir).__name__}")
+    if not integer(batch_size, 1, MAX_BATCH):
+        raise ConfigError(f"batch_size: expected an integer in 1..{MAX_BATCH}, got {batch_size!r}")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if test_images is not None and not positive(test_images):
+    if test_images is not None and not integer(test_images, 1, 10**9):
         raise ConfigError(f"test_images: expected None (all) or a positive integer, got {test_images!r}")
+    return listed
 
 
 __all__ = [

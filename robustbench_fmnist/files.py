@@ -49,12 +49,6 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
-    """Write `text` (UTF-8) to `target` through a temporary file and one rename."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def absolute(path: str | os.PathLike[str]) -> Path:
     """`path` made absolute with '.' and '..' collapsed, so that its name is a real folder name."""
     return Path(os.path.abspath(path))

@@ -178,17 +178,18 @@ def score_cells(
         out = outputs[cell]
         key = {"model": result.model, "seed": seed, "perturbation": cell.perturbation, "severity": cell.severity}
         row = {**key, **{k: v for k, v in result.to_row().items() if k not in key}}
-        confusion = confusion_matrix(out.predictions, labels, classes)
-        images, hits = per_class_accuracy(confusion)
         if not result.valid:
             # NaN logits have no class: nothing about this cell is scored (REFERENCE: never an accuracy)
             row.update({column: math.nan for column in UNSCORED})
             scored.results.append(row)
+            images = torch.bincount(labels.long(), minlength=classes).tolist()
             scored.per_class += [
                 {**key, "class": name, "n_images": images[c], "n_correct": math.nan, "accuracy": math.nan}
                 for c, name in enumerate(class_names)
             ]
             continue
+        confusion = confusion_matrix(out.predictions, labels, classes)
+        images, hits = per_class_accuracy(confusion)
         correct = out.predictions.long() == labels.long()
         bins = calibration_bins(out.confidence, correct)
         low, high = wilson_interval(result.n_correct, result.n_images)

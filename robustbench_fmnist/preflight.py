@@ -6,6 +6,8 @@ would only surface after minutes of training stops the command at once with one 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,10 @@ import torch
 from robustbench_fmnist.checkpoints import checkpoint_dir, read_user_checkpoint
 from robustbench_fmnist.config import ExperimentConfig, shorten
 from robustbench_fmnist.data import IMAGE_SIZE
-from robustbench_fmnist.errors import ModelError
-from robustbench_fmnist.evaluation import Cell, check_logits
+from robustbench_fmnist.errors import HarnessError, ModelError
+from robustbench_fmnist.evaluation import Cell
 from robustbench_fmnist.files import check_replaceable, check_writable_folder
+from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.report.writer import REPORT
 from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, resolve
 from robustbench_fmnist.runtime import resolve_device
@@ -56,22 +59,43 @@ def preflight(config: ExperimentConfig) -> CheckedExperiment:
 def probe_model(resolved: ResolvedModel) -> None:
     """Build the model once and run a small batch through it: it must give (N, 10) float logits.
 
-    A checkpoint named in the YAML is read and checked against the model too. The global
-    random state is left as it was, so the seeded build that follows gets the same weights.
+    A model that will be trained also takes one backward pass in training mode, so a model with
+    nothing to train, or one whose training-mode forward fails, stops here rather than after the
+    data is loaded. A checkpoint named in the YAML is read and checked against the model. The
+    global random state is left as it was, so the seeded build that follows gets the same weights.
     """
     with torch.random.fork_rng(devices=[]):
         model = resolved.build()
         if resolved.spec.checkpoint is not None:
             read_user_checkpoint(resolved.spec.checkpoint, model)
-        probe = torch.zeros(PROBE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE)
-        try:
-            with torch.inference_mode():
-                logits = model.eval()(probe)
-        except Exception as exc:
-            if not resolved.spec.factory:
-                raise  # a registered model that cannot run a batch is a bug: keep its traceback
-            raise ModelError(
-                f"model {resolved.name!r}: a forward pass on a {tuple(probe.shape)} batch raised "
-                f"{type(exc).__name__}: {shorten(exc)}"
-            ) from None
-    check_logits(logits, PROBE_IMAGES, resolved.name)
+        # [0, 1] noise rather than zeros: a model may take other branches on a blank image
+        probe = torch.rand(PROBE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+        with _forward_errors(resolved, "a forward pass"), torch.inference_mode():
+            logits = model.eval()(probe)
+        check_logits(logits, PROBE_IMAGES, resolved.name)
+        if resolved.recipe is None:
+            return
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ModelError(f"model {resolved.name!r} has no trainable parameters; give it a checkpoint instead")
+        with _forward_errors(resolved, "a training step"):
+            logits = model.train()(probe)
+            check_logits(logits, PROBE_IMAGES, resolved.name)
+            if not logits.requires_grad:
+                raise ModelError(f"model {resolved.name!r}: its logits do not depend on its parameters")
+            logits.float().logsumexp(1).mean().backward()
+
+
+@contextlib.contextmanager
+def _forward_errors(resolved: ResolvedModel, what: str) -> Iterator[None]:
+    """A user's model (a factory, or a registered one with the user's kwargs) failing on the probe batch is one line."""
+    try:
+        yield
+    except HarnessError:
+        raise
+    except Exception as exc:
+        if not (resolved.spec.factory or resolved.spec.kwargs):
+            raise  # with its own defaults, a registered model that cannot run the batch is a bug
+        raise ModelError(
+            f"model {resolved.name!r}: {what} on a ({PROBE_IMAGES}, 1, 28, 28) batch raised "
+            f"{type(exc).__name__}: {shorten(exc)}"
+        ) from None

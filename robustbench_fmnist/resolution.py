@@ -38,14 +38,13 @@ class ResolvedModel:
         """A new instance of the model (random weights: seed torch first for reproducible ones)."""
         try:
             model = self.builder(**self.spec.kwargs)
-        except TypeError as exc:
-            kwargs = shorten(self.spec.kwargs)
-            raise ConfigError(f"model {self.name!r}: its builder rejected kwargs {kwargs} ({shorten(exc)})") from None
         except Exception as exc:
-            if not self.spec.factory:
-                raise  # a registered model failing to build is a bug: keep its traceback
+            if not (self.spec.factory or self.spec.kwargs):
+                raise  # a registered model failing to build with its defaults is a bug: keep its traceback
+            source = f"factory {self.spec.factory}" if self.spec.factory else "its builder"
             raise ConfigError(
-                f"model {self.name!r}: factory {self.spec.factory} raised {type(exc).__name__}: {shorten(exc)}"
+                f"model {self.name!r}: {source} with kwargs {shorten(self.spec.kwargs)} raised "
+                f"{type(exc).__name__}: {shorten(exc)}"
             ) from None
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model {self.name!r}: the factory returned {type(model).__name__}, not an nn.Module")
@@ -121,16 +120,39 @@ def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import {module_name!r} ({shorten(exc)}); is it on PYTHONPATH?") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import is the user's too
         raise ConfigError(f"{where}: importing {module_name!r} raised {type(exc).__name__}: {shorten(exc)}") from None
     builder = getattr(module, attr, None)
     if not callable(builder):
         raise ConfigError(f"{where}: {module_name!r} has no callable {attr!r}")
-    if _is_standard_library(getattr(builder, "__module__", None) or ""):
-        raise ConfigError(f"{where}: {path!r} is {builder.__module__}.{attr} from the standard library; refused")
+    defined_in = getattr(builder, "__module__", None) or ""
+    if _is_standard_library(defined_in):
+        raise ConfigError(f"{where}: {path!r} is {defined_in}.{attr} from the standard library; refused")
+    if _is_non_model_dependency(defined_in, builder):
+        raise ConfigError(
+            f"{where}: {path!r} comes from {defined_in.partition('.')[0]}, which builds no models (it could load "
+            "or run arbitrary data); refused"
+        )
     return builder
+
+
+# the harness's own dependencies that hold no model builders but do hold loaders that run code
+# (yaml.unsafe_load, pandas.read_pickle, numpy.load(allow_pickle=True), torch.load(weights_only=False))
+_NON_MODEL_PACKAGES = frozenset(
+    {"yaml", "numpy", "pandas", "pydantic", "pydantic_core", "matplotlib", "markdown", "PIL", "tqdm", "filelock",
+     "albumentations", "albucore", "cv2", "scipy", "pytest", "setuptools", "pip", "pkg_resources", "dill",
+     "joblib", "cloudpickle", "fsspec", "huggingface_hub", "safetensors"}
+)  # fmt: skip
 
 
 def _is_standard_library(module_name: str) -> bool:
     top = module_name.partition(".")[0]
     return top in sys.stdlib_module_names or top in sys.builtin_module_names
+
+
+def _is_non_model_dependency(module_name: str, builder: object) -> bool:
+    """A callable from a dependency that builds no models; from torch, anything but an nn.Module class."""
+    top = module_name.partition(".")[0]
+    if top == "torch":
+        return not (isinstance(builder, type) and issubclass(builder, nn.Module))
+    return top in _NON_MODEL_PACKAGES

@@ -13,6 +13,7 @@ from torch import nn
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ModelError
+from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.progress import progress_bar
 
 
@@ -126,6 +127,7 @@ def train_model(
                 batch = batch.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = model(batch)
+                    check_logits(logits, len(batch), name)
                     loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

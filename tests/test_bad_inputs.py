@@ -65,6 +65,12 @@ def nan_when_bright(**kwargs):
 
 def not_a_module(**kwargs):
     return "a string"
+
+
+def frozen(**kwargs):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    model.requires_grad_(False)
+    return model
 '''
 
 
@@ -235,7 +241,8 @@ def _write_minimal_report(folder: Path) -> None:
     (folder / "calibration.csv").write_text(
         "model,seed,perturbation,severity,bin,lower,upper,count,accuracy,confidence\n"
     )
-    run = {"config": {"name": "saved"}, "environment": {}, "perturbations": [], "models": []}
+    perturbations = [{"name": "brightness_up", "family": "lighting", "unit": "added intensity"}]
+    run = {"config": {"name": "saved"}, "environment": {}, "perturbations": perturbations, "models": []}
     (folder / "run.json").write_text(json.dumps(run))
 
 
@@ -254,6 +261,70 @@ def _preview_into_my_folder(env: Env) -> list[str]:
     mine.mkdir()
     (mine / "rotation.png").write_bytes(b"my own picture")
     return ["preview", "rotation", "--output-dir", str(mine)]
+
+
+def _results_with(mutate: Callable[[Any], None]) -> Callable[[Env], list[str]]:
+    """`report` on a minimal report whose results table `mutate` changed."""
+
+    def setup(env: Env) -> list[str]:
+        import pandas as pd
+
+        folder = env.root / "reports" / "saved"
+        folder.mkdir(parents=True)
+        _write_minimal_report(folder)
+        results = pd.read_csv(folder / "results.csv")
+        mutate(results)
+        results.to_csv(folder / "results.csv", index=False)
+        return ["report", str(folder)]
+
+    return setup
+
+
+def _duplicate_key(env: Env) -> list[str]:
+    path = Path(env.yaml())
+    path.write_text("seed: -1\n" + path.read_text())  # the file's own `seed: 0` comes later
+    return ["validate", str(path)]
+
+
+def _sparse_checkpoint(env: Env) -> list[str]:
+    from robustbench_fmnist.models import create_model
+
+    state = create_model("baseline_cnn_tiny").state_dict()
+    first = next(iter(state))
+    state[first] = state[first].to_sparse()
+    torch.save(state, env.root / "sparse.pt")
+    model = {"name": "m", "factory": "robustbench_fmnist.models.baseline:baseline_cnn_tiny", "checkpoint": "sparse.pt"}
+    return ["validate", env.yaml({"models": [model]})]
+
+
+def _checkpoint_is_a_folder(env: Env) -> list[str]:
+    (env.root / "weights.pt").mkdir()
+    model = {"name": "m", "factory": "robustbench_fmnist.models.baseline:baseline_cnn_tiny", "checkpoint": "weights.pt"}
+    return ["validate", env.yaml({"models": [model]})]
+
+
+def _empty_test_set(env: Env) -> list[str]:
+    import numpy as np
+
+    from tests.conftest import write_idx
+
+    data = Path(env.experiment["data"]["dir"])
+    write_idx(data / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(data / "t10k-labels-idx1-ubyte", np.zeros((0,), dtype=np.uint8))
+    return ["run", env.yaml()]
+
+
+def _factory_exiting_on_import(env: Env) -> list[str]:
+    module = _factory_module(env, "import sys\nsys.exit('no GPU, bye')\n")
+    return ["validate", env.yaml({"models": [{"name": "mine", "factory": f"{module}:build"}]})]
+
+
+def _compare_into_sys(env: Env) -> list[str]:
+    first, second = env.root / "reports" / "a", env.root / "reports" / "b"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        _write_minimal_report(folder)
+    return ["compare", str(first), str(second), "--output-dir", "/sys/kernel/rbfm-compare"]
 
 
 def _changes(changes: dict[str, Any], command: str = "run", *extra: str) -> Callable[[Env], list[str]]:
@@ -314,6 +385,38 @@ CASES = [
     Case("report with an empty accuracy", _report_on("accuracy", ""), 1, "has no accuracy but is not marked invalid"),
     Case("report of the current folder", _report_of_cwd, 2, "holds the current folder"),
     Case("report of a plain folder", lambda env: ["report", str(env.root)], 1, "results.csv: missing"),
+    Case("report with accuracy 7.5", _results_with(lambda r: r.__setitem__("accuracy", 7.5)), 1, "outside 0..1"),
+    Case("report with severity -7", _results_with(lambda r: r.__setitem__("severity", -7)), 1, "negative severity"),
+    Case("report with no images", _results_with(lambda r: r.__setitem__("n_images", 0)), 1, "counts no images"),
+    Case(
+        "report with a repeated cell",
+        _results_with(lambda r: r.__setitem__("perturbation", "clean") or r.__setitem__("severity", 0)),
+        1,
+        "repeats a (model, seed, perturbation, severity) cell",
+    ),
+    Case("compare into /sys", _compare_into_sys, 2, "not writable"),
+    Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
+    Case("threads 100000", _changes({"threads": 100000}, "validate"), 2, "threads: Input should be less than"),
+    Case("bench batch size 10**10", _changes({"throughput": {"batch_sizes": [10**10]}}, "bench"), 2, "batch sizes"),
+    Case(
+        "registered model with kwargs it rejects",
+        _changes({"models": [{"name": "baseline_cnn", "kwargs": {"width": 0}}]}, "validate"),
+        2,
+        "model 'baseline_cnn': a forward pass on a (2, 1, 28, 28) batch raised RuntimeError",
+    ),
+    Case("factory model with nothing to train", _factory("frozen", "validate"), 2, "no trainable parameters"),
+    Case("model name of 300 characters", _changes({"models": [{"name": "m" * 300}]}, "validate"), 2, "at most 100"),
+    Case("model name with a '|'", _changes({"models": [{"name": "a|b"}]}, "validate"), 2, "models[0].name"),
+    Case("sparse tensor in a checkpoint", _sparse_checkpoint, 2, "sparse_coo tensor"),
+    Case("checkpoint that is a folder", _checkpoint_is_a_folder, 2, "is not a regular file"),
+    Case("empty test set", _empty_test_set, 1, "no images"),
+    Case("factory calling sys.exit on import", _factory_exiting_on_import, 2, "raised SystemExit: no GPU, bye"),
+    Case(
+        "preview without an albumentations backend",
+        lambda env: ["preview", "shot_noise", "--backend", "albumentations", "--output-dir", str(env.root / "p")],
+        2,
+        "no albumentations backend",
+    ),
     # code from YAML
     Case(
         "factory os:system",
@@ -328,7 +431,33 @@ CASES = [
         "standard library",
     ),
     Case("YAML alias bomb", _alias_bomb, 2, "aliases expand to more than"),
+    Case(
+        "factory yaml:unsafe_load",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "m",
+                        "factory": "yaml:unsafe_load",
+                        "kwargs": {"stream": "!!python/object/apply:os.system ['touch pwned']"},
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "builds no models",
+    ),
+    Case(
+        "factory torch:load",
+        _changes({"models": [{"name": "m", "factory": "torch:load"}]}, "validate"),
+        2,
+        "builds no models",
+    ),
     # names
+    Case("ls with a pattern nothing matches", lambda env: ["ls", "zzz*"], 2, "nothing matches 'zzz*'"),
+    Case("ls with two kinds", lambda env: ["ls", "models", "perturbations"], 2, "at most one kind"),
+    Case("preview with a negative seed", lambda env: ["preview", "rotation", "--seed", "-1"], 2, "--seed"),
     Case("unknown model name", _changes({"models": ["baseline_cnnn"]}), 2, "exp.yaml: models[0].name: unknown model"),
     Case(
         "unknown perturbation name",
@@ -440,6 +569,17 @@ def test_relative_paths_in_a_yaml_are_taken_from_its_folder(env: Env, monkeypatc
     assert home.output_dir == Path.home() / "rbfm-reports"
 
 
+def test_a_relative_path_climbs_from_where_a_symlinked_folder_points(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_fmnist.config import load_config
+
+    real = env.root / "deep" / "sub"
+    real.mkdir(parents=True)
+    (env.root / "link").symlink_to(real)
+    (real / "x.yaml").write_text(yaml.safe_dump({**env.experiment, "output_dir": "../out"}))
+    config = load_config(Path("link") / "x.yaml")
+    assert config.output_dir.resolve() == (env.root / "deep" / "out").resolve()
+
+
 def test_cache_dir_flag_yaml_key_and_environment_variable_name_one_layout(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -450,12 +590,20 @@ def test_cache_dir_flag_yaml_key_and_environment_variable_name_one_layout(
     assert checkpoint_dir(None) == checkpoint_dir(root) == root / "checkpoints"
 
 
-@pytest.mark.parametrize("argv", [["ls", "*cnn*"], ["ls", "models", "*cnn*"], ["ls", "*cnn*", "--markdown"]])
-def test_ls_takes_a_pattern_in_any_position(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "shown", "hidden"),
+    [
+        (["ls", "*cnn*"], "baseline_cnn", "timm_resnet18"),
+        (["ls", "models", "*cnn*"], "baseline_cnn", "perturbations:"),
+        (["ls", "gamma_*", "--markdown"], "gamma_up", "rotation"),
+    ],
+)
+def test_ls_takes_a_pattern_in_any_position(
+    argv: list[str], shown: str, hidden: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
-    if "--markdown" not in argv:
-        assert "baseline_cnn" in out and "timm_resnet18" not in out
+    assert shown in out and hidden not in out
 
 
 @pytest.mark.parametrize(
@@ -468,6 +616,16 @@ def test_ls_takes_a_pattern_in_any_position(argv: list[str], capsys: pytest.Capt
         ({"precision": "float8"}, "precision"),
         ({"perturbations": "rotation"}, "perturbations"),
         ({"model": "resnet"}, "model"),
+        ({"perturbations": []}, "perturbations"),
+        ({"perturbations": None}, "perturbations"),
+        ({"perturbations": 5}, "perturbations"),
+        ({"severities": [0]}, "severities"),
+        ({"severities": 3}, "severities"),
+        ({"device": "gpu"}, "device"),
+        ({"device": None}, "device"),
+        ({"precision": ["float32"]}, "precision"),
+        ({"name": None}, "name"),
+        ({"data_dir": 5}, "data_dir"),
     ],
 )
 def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: str) -> None:
@@ -490,9 +648,10 @@ def test_the_python_api_leaves_threads_and_denormals_as_it_found_them() -> None:
     torch.set_flush_denormal(False)
     try:
         rows = evaluate_module(
-            create_model("baseline_cnn_tiny"), perturbations=["rotation"], severities=[1], device="cpu", test_images=50
-        )
-        assert len(rows) == 2
+            create_model("baseline_cnn_tiny"), perturbations=iter(["rotation"]), severities=[1], device="cpu",
+            test_images=50,
+        )  # fmt: skip
+        assert list(rows["perturbation"]) == ["clean", "rotation"], "an iterator of names is read once, whole"
         assert torch.get_num_threads() == 1 and not denormals_flushed()
     finally:
         torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_fmnist.errors import HarnessError
+from robustbench_fmnist.throughput import THROUGHPUT_COLUMNS
 
 RESULT_COLUMNS = [
     "model",
@@ -37,8 +38,6 @@ RESULT_COLUMNS = [
 ]
 # columns a report of an earlier version may lack, with the value they had then
 OPTIONAL_RESULT_COLUMNS = {"nonfinite_images": 0}
-# columns that must hold numbers; an invalid cell (nonfinite_images > 0) has NaN metrics
-_NUMERIC_RESULT_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("model", "perturbation", "backend")]
 _REQUIRED_RESULT_VALUES = ["seed", "severity", "n_images", "nonfinite_images"]
 CELL_KEY = ["model", "seed", "perturbation", "severity"]
 PER_CLASS_COLUMNS = [*CELL_KEY, "class", "n_images", "n_correct", "accuracy"]
@@ -119,64 +118,86 @@ def read_data(folder: str | Path) -> ReportData:
     folder = Path(folder)
     if not folder.is_dir():
         raise HarnessError(f"{folder}: no such report folder (run an experiment first; reports go to reports/<name>)")
-    tables: dict[str, pd.DataFrame] = {}
-    for kind, (filename, columns) in DATA_FILES.items():
-        path = folder / filename
-        try:
-            table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        except FileNotFoundError:
-            raise HarnessError(f"{path}: missing; the report folder is incomplete, re-run its experiment") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise HarnessError(f"{path}: not a readable CSV ({exc}); re-run its experiment") from None
-        if kind == "results":
-            table = table.assign(**{c: v for c, v in OPTIONAL_RESULT_COLUMNS.items() if c not in table.columns})
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
-        tables[kind] = table[columns]
-    if tables["results"].empty or not (tables["results"]["perturbation"] == "clean").any():
-        raise HarnessError(f"{folder / 'results.csv'}: no rows, or no clean row; re-run the experiment")
-    _check_results(folder / "results.csv", tables["results"])
-    try:
-        run = json.loads((folder / "run.json").read_text())
-    except FileNotFoundError:
-        raise HarnessError(f"{folder / 'run.json'}: missing; re-run the experiment") from None
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{folder / 'run.json'}: not valid JSON ({exc}); re-run the experiment") from None
-    missing = [key for key in ("config", "environment", "perturbations", "models") if key not in run]
-    if missing:
-        raise HarnessError(f"{folder / 'run.json'}: keys {missing} missing; re-run the experiment")
-    throughput = (
-        pd.read_csv(folder / THROUGHPUT_FILE, keep_default_na=False, na_values=[""])
-        if (folder / THROUGHPUT_FILE).exists()
-        else None
-    )
+    tables = {kind: _read_table(folder / filename, columns, kind) for kind, (filename, columns) in DATA_FILES.items()}
+    run = _read_run(folder / "run.json")
+    _check_results(folder / "results.csv", tables["results"], run)
+    throughput = None
+    if (folder / THROUGHPUT_FILE).exists():
+        throughput = _read_table(folder / THROUGHPUT_FILE, THROUGHPUT_COLUMNS, "throughput")
     return ReportData(**tables, run=run, examples=_read_examples(folder / EXAMPLES_FILE), throughput=throughput)
 
 
-def _check_results(path: Path, results: pd.DataFrame) -> None:
-    """Raise HarnessError naming the first column of results.csv that does not hold what it should."""
-    for column in _NUMERIC_RESULT_COLUMNS:
-        if not pd.api.types.is_numeric_dtype(results[column]):
-            bad = pd.to_numeric(results[column], errors="coerce").isna() & results[column].notna()
-            row = int(bad.idxmax()) + 2  # 1-based, after the header line
-            raise HarnessError(
-                f"{path}: column {column!r} holds {results[column][bad].iloc[0]!r} on line {row}, not a number; "
-                "re-run the experiment"
-            )
+# what every other column of each file must hold: numbers (NaN allowed where a metric is undefined)
+_TEXT_COLUMNS = {"model", "perturbation", "backend", "class", "true", "predicted"}
+_THROUGHPUT_TEXT = {"kind", "model", "device", "dtype", "status", "reason", "channels_last", "compiled"}
+
+
+def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: missing; the report folder is incomplete, re-run its experiment") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise HarnessError(f"{path}: not a readable CSV ({type(exc).__name__}); re-run its experiment") from None
+    if kind == "results":
+        table = table.assign(**{c: v for c, v in OPTIONAL_RESULT_COLUMNS.items() if c not in table.columns})
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
+    text = _THROUGHPUT_TEXT if kind == "throughput" else _TEXT_COLUMNS
+    for column in (c for c in columns if c not in text):
+        if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
+            bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()
+            if bad.any():
+                raise HarnessError(
+                    f"{path}: column {column!r} holds {str(table[column][bad].iloc[0])[:40]!r} on line "
+                    f"{int(bad.idxmax()) + 2}, not a number; re-run the experiment"
+                )
+    return table[columns] if kind != "throughput" else table
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: missing; re-run the experiment") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise HarnessError(f"{path}: not valid JSON ({type(exc).__name__}); re-run the experiment") from None
+    shapes = {"config": dict, "environment": dict, "perturbations": list, "models": list}
+    if not isinstance(run, dict):
+        raise HarnessError(f"{path}: holds a {type(run).__name__}, not the run record; re-run the experiment")
+    wrong = [key for key, kind in shapes.items() if not isinstance(run.get(key), kind)]
+    if wrong:
+        raise HarnessError(f"{path}: keys {wrong} missing or of the wrong type; re-run the experiment")
+    if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in run["perturbations"]):
+        raise HarnessError(f"{path}: a perturbation record has no name; re-run the experiment")
+    return run
+
+
+def _check_results(path: Path, results: pd.DataFrame, run: dict[str, Any]) -> None:
+    """Raise HarnessError naming the first line of results.csv that does not hold what it should."""
+
+    def fail(mask: pd.Series, problem: str) -> None:
+        if mask.any():
+            raise HarnessError(f"{path}: line {int(mask.idxmax()) + 2} {problem}; re-run the experiment")
+
+    if results.empty or not (results["perturbation"] == "clean").any():
+        raise HarnessError(f"{path}: no rows, or no clean row; re-run the experiment")
     for column in _REQUIRED_RESULT_VALUES:
-        empty = results[column].isna()
-        if empty.any():
-            raise HarnessError(
-                f"{path}: column {column!r} is empty or nan on line {int(empty.idxmax()) + 2}; re-run the experiment"
-            )
+        fail(results[column].isna(), f"has no {column}")
     valid = results["nonfinite_images"] == 0
-    unscored = valid & results[["n_correct", "accuracy"]].isna().any(axis=1)
-    if unscored.any():
-        raise HarnessError(
-            f"{path}: line {int(unscored.idxmax()) + 2} has no accuracy but is not marked invalid "
-            "(nonfinite_images 0); re-run the experiment"
-        )
+    fail(valid & results[["n_correct", "accuracy"]].isna().any(axis=1), "has no accuracy but is not marked invalid")
+    fail(results["n_images"] < 1, "counts no images")
+    fail((results["n_correct"] < 0) | (results["n_correct"] > results["n_images"]), "has n_correct outside 0..n_images")
+    fail(results["severity"] < 0, "has a negative severity")
+    shares = [c for c in _PROPORTIONS if c in results]
+    fail(((results[shares] < 0) | (results[shares] > 1)).any(axis=1), f"has a share ({', '.join(shares)}) outside 0..1")
+    fail(results.duplicated(CELL_KEY), "repeats a (model, seed, perturbation, severity) cell")
+    known = {"clean"} | {p["name"] for p in run["perturbations"]}
+    fail(~results["perturbation"].isin(known), "names a perturbation that run.json does not list")
+
+
+_PROPORTIONS = ["accuracy", "error", "accuracy_low", "accuracy_high", "flip_rate", "flip_rate_step", "ece"]
 
 
 def _read_examples(path: Path) -> Examples | None:
@@ -184,7 +205,7 @@ def _read_examples(path: Path) -> Examples | None:
         return None
     try:
         with np.load(path) as saved:
-            return Examples(
+            examples = Examples(
                 images=saved["images"],
                 labels=saved["labels"],
                 row_names=[str(n) for n in saved["row_names"]],
@@ -193,3 +214,12 @@ def _read_examples(path: Path) -> Examples | None:
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise HarnessError(f"{path}: unreadable ({exc}); re-run the experiment or delete the file") from None
+    rows, columns = len(examples.row_names), len(examples.labels)
+    shapes_fit = (
+        examples.images.ndim == 4
+        and examples.images.shape[:2] == (rows, columns)
+        and examples.predictions.shape == (len(examples.models), rows, columns)
+    )
+    if not shapes_fit:
+        raise HarnessError(f"{path}: its arrays do not fit together; re-run the experiment or delete the file")
+    return examples

@@ -128,7 +128,8 @@ def example_grid(
 ) -> bytes:
     """Rows: clean and each perturbation's most severe cell; columns: one test image per class.
 
-    Each tile is titled with the model's prediction; wrong ones are framed and titled in red.
+    Each tile is titled with the model's prediction; wrong ones, and images whose logits were
+    not finite ("no prediction"), are framed and titled in red.
     """
     rows, columns = images.shape[:2]
     with plt.rc_context({**_STYLE, "axes.grid": False}):
@@ -139,7 +140,9 @@ def example_grid(
             axis.imshow(images[r, c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_title(class_names[predicted], fontsize=6, color="red" if wrong else "black")
+            # a class index past the names is the evaluator's NO_PREDICTION: the logits were NaN or inf
+            title = class_names[predicted] if predicted < len(class_names) else "no prediction"
+            axis.set_title(title, fontsize=6, color="red" if wrong else "black")
             for spine in axis.spines.values():
                 spine.set_color("red" if wrong else "lightgrey")
                 spine.set_linewidth(2.0 if wrong else 0.5)

@@ -56,9 +56,8 @@ def preview_grid(
     return canvas
 
 
-def write_preview(name: str, images: torch.Tensor, indices: list[int], path: Path, **kwargs: object) -> Path:
-    """Write one perturbation's grid as a PNG, atomically."""
-    grid = preview_grid(name, images, indices, **kwargs)
+def write_preview(grid: Image.Image, path: Path) -> Path:
+    """Write a preview grid as a PNG, atomically."""
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return path
