@@ -343,3 +343,20 @@ def test_kernels_reject_impossible_parameters(images: torch.Tensor) -> None:
 def test_indices_must_match_the_batch(images: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="indices must have shape"):
         apply_perturbation("rotation", images, 1, indices=torch.arange(3))
+
+
+def test_the_hash_over_cache_sized_slices_is_lowbias32_word_by_word() -> None:
+    from robustbench_fmnist.perturbations.random import _HASH_SLICE, lowbias32_
+
+    def reference(word: int) -> int:  # C. Wellons' lowbias32, on Python integers
+        word ^= word >> 16
+        word = (word * 0x7FEB352D) & 0xFFFFFFFF
+        word ^= word >> 15
+        word = (word * 0x846CA68B) & 0xFFFFFFFF
+        return word ^ (word >> 16)
+
+    count = 2 * _HASH_SLICE + 777  # two full slices and a short one
+    words = torch.arange(count, dtype=torch.int64).mul_(2654435761).remainder_(1 << 32)
+    mixed = lowbias32_(words.sub(torch.where(words >= 1 << 31, 1 << 32, 0)).to(torch.int32))
+    for position in (0, 1, _HASH_SLICE - 1, _HASH_SLICE, 2 * _HASH_SLICE + 776):
+        assert int(mixed[position]) & 0xFFFFFFFF == reference(int(words[position]))
