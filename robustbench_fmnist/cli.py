@@ -225,7 +225,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import MAX_SEED
     from robustbench_fmnist.data import load_fashion_mnist
     from robustbench_fmnist.errors import ConfigError, UnknownNameError
-    from robustbench_fmnist.files import check_replaceable, check_writable_folder, mark_folder
+    from robustbench_fmnist.files import MARKER, check_replaceable, check_writable_folder, mark_folder
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.report.preview import preview_grid, sample_per_class, write_preview
 
@@ -252,8 +252,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
             grid = preview_grid(name, images, indices, seed=args.seed, backend=args.backend)
         except ValueError as exc:
             raise UnknownNameError(str(exc)) from None
-        output.mkdir(parents=True, exist_ok=True)
-        mark_folder(output, PREVIEW)
+        if not (output / MARKER).exists():  # marked on its first file, so a refused preview leaves nothing
+            output.mkdir(parents=True, exist_ok=True)
+            mark_folder(output, PREVIEW)
         path = write_preview(grid, output / f"{name}.png")
         print(f"wrote {path}")
     return 0

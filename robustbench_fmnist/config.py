@@ -30,6 +30,7 @@ MAX_YAML_NODES = 100_000  # after alias expansion: a few hundred bytes of nested
 MAX_SHOWN = 80  # characters of a user's value quoted in an error message
 # keys whose relative paths are taken from the YAML file's folder, not the working directory
 PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",))
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # matched whole
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -216,7 +217,7 @@ class ExperimentConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 

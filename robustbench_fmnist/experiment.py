@@ -6,7 +6,6 @@ import importlib.metadata
 import itertools
 import logging
 import platform
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ from robustbench_fmnist.checkpoints import (
     load_user_checkpoint,
     save_checkpoint,
 )
-from robustbench_fmnist.config import MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
+from robustbench_fmnist.config import DEVICE_PATTERN, MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
 from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
 from robustbench_fmnist.evaluation import (
@@ -491,7 +490,7 @@ def _check_api_arguments(
         or not all(integer(s, 0, MAX_SEVERITY) for s in severities)
     ):
         raise ConfigError(f"severities: expected None or a list of levels 0..{MAX_SEVERITY}, got {severities!r}")
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
         raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if not integer(seed, 0, MAX_SEED):
         raise ConfigError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
