@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXPERIMENT ?= experiments/lighting.yaml
+EXPERIMENT ?= experiments/quickstart.yaml
+LOCK := constraints.txt
 
-.PHONY: run test bench bench-baseline lint format data browser setup clean
+.PHONY: run test bench bench-baseline lint format data browser setup lock clean
 
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
@@ -37,11 +38,21 @@ format: setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the exact versions of the reference environment (constraints.txt); pyproject.toml keeps open ranges
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev]'
 	touch $@
+
+# refresh the lock: resolve pyproject's open ranges in a fresh venv and freeze what pip chose
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^robustbench'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 data:
 	@bash scripts/install-data.sh
@@ -50,4 +61,4 @@ browser:
 	@bash scripts/install-browser.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv .pytest_cache .ruff_cache

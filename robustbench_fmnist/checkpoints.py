@@ -1,10 +1,15 @@
-"""Checkpoint cache: trained weights keyed by model, recipe, data and seed."""
+"""Checkpoint cache: trained weights keyed by everything that changes them, and their identity."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import platform
+import sys
+import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +24,12 @@ from robustbench_fmnist.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-# bump when the meaning of a cached checkpoint changes (training code, model definitions)
-CACHE_FORMAT = 1
+# bump when the meaning of a cached checkpoint changes in a way the source hashes below miss
+CACHE_FORMAT = 2
+_PACKAGE = Path(__file__).resolve().parent
+# the code whose numerics decide trained weights: the training loop (augmentation included) and
+# every registered model's definition; a factory's own module is added per model
+_TRAINING_SOURCES = (_PACKAGE / "training.py", *sorted((_PACKAGE / "models").glob("*.py")))
 
 
 @dataclass(frozen=True)
@@ -33,9 +42,51 @@ class CacheKey:
         return f"{self.model}-{self.digest[:16]}.pt"
 
 
+def minor_version(version: str) -> str:
+    """'2.14.1+cpu' -> '2.14': releases within one minor version train to the same weights."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def code_digest(builder: Callable[..., nn.Module]) -> str:
+    """SHA-256 of the training code, the model definitions and the source file `builder` lives in.
+
+    Any edit there (a factory's too) gives a new key, so weights trained by older code are never
+    taken for the new code's. Where the builder's module uses timm, timm's minor version counts too.
+    """
+    digest = hashlib.sha256()
+    sources = list(_TRAINING_SOURCES)
+    try:
+        own = inspect.getsourcefile(builder)
+    except TypeError:  # a builtin or C-extension callable has no source file
+        own = None
+    if own is not None and Path(own).resolve() not in sources:
+        sources.append(Path(own).resolve())
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    module = sys.modules.get(getattr(builder, "__module__", "") or "")
+    uses = {v.__name__.partition(".")[0] for v in vars(module).values() if isinstance(v, types.ModuleType)}
+    if "timm" in uses:
+        import timm
+
+        digest.update(f"timm {minor_version(timm.__version__)}".encode())
+    return digest.hexdigest()
+
+
 def cache_key(
-    model_name: str, model_kwargs: dict[str, Any], recipe: TrainRecipe, data_checksum: str, seed: int
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    recipe: TrainRecipe,
+    data_checksum: str,
+    seed: int,
+    *,
+    code: str,
+    device_type: str,
 ) -> CacheKey:
+    """The key of one trained checkpoint: model, builder arguments, recipe, data, seed, code, torch and device.
+
+    `code` is `code_digest(builder)`. torch's minor version and the device type are part of it
+    because both change the floating-point path training takes, and so the weights.
+    """
     identity = {
         "format": CACHE_FORMAT,
         "model": model_name,
@@ -43,9 +94,38 @@ def cache_key(
         "recipe": recipe.model_dump(mode="json"),
         "data": data_checksum,
         "seed": seed,
+        "code": code,
+        "torch": minor_version(torch.__version__),
+        "device_type": device_type,
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return CacheKey(model_name, hashlib.sha256(text.encode()).hexdigest())
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over the state_dict (names, dtypes, shapes, bytes): equal only for identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def training_environment(device: torch.device) -> dict[str, Any]:
+    """Where and how weights are trained: what run.json records beside their SHA-256."""
+    from robustbench_fmnist import __version__
+
+    return {
+        "torch": str(torch.__version__),  # a TorchVersion would not load back with weights_only
+        "device_type": device.type,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "threads": torch.get_num_threads(),
+        "harness": __version__,
+    }
 
 
 def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:

@@ -29,7 +29,7 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # after alias expansion: a few hundred bytes of nested aliases can expand to billions
 MAX_SHOWN = 80  # characters of a user's value quoted in an error message
 # keys whose relative paths are taken from the YAML file's folder, not the working directory
-PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",))
+PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",), ("noise_from",))
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # matched whole
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -213,6 +213,9 @@ class ExperimentConfig(_Strict):
     throughput: ThroughputConfig = Field(default_factory=ThroughputConfig)
     output_dir: Path = Path("reports")
     cache_dir: Path | None = Field(None, description="checkpoint cache; default ~/.cache/robustbench_fmnist")
+    noise_from: Path | None = Field(
+        None, description="a multi-seed report of the same recipes: each cell is set against its seed spread"
+    )
 
     @field_validator("device")
     @classmethod

@@ -21,9 +21,12 @@ from torch import nn
 from robustbench_fmnist.checkpoints import (
     cache_key,
     checkpoint_dir,
+    code_digest,
     load_cached,
     load_user_checkpoint,
     save_checkpoint,
+    training_environment,
+    weights_sha256,
 )
 from robustbench_fmnist.config import DEVICE_PATTERN, MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
 from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
@@ -37,12 +40,14 @@ from robustbench_fmnist.evaluation import (
     sweep_cells,
 )
 from robustbench_fmnist.files import hold_folder
+from robustbench_fmnist.lock import lock_status
 from robustbench_fmnist.metrics import ScoredCells, score_cells
 from robustbench_fmnist.models import count_macs, count_parameters
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.preflight import CheckedExperiment, preflight
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report import Examples, ReportData, frame, write_report
+from robustbench_fmnist.report.bundle import outcomes_from
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, import_factory, resolve
 from robustbench_fmnist.runtime import cpu_settings, resolve_device, seed_everything, thread_info
@@ -83,20 +88,47 @@ def prepare_model(
     }
     if resolved.recipe is None:
         load_user_checkpoint(resolved.spec.checkpoint, model)
-        info.update(weights="checkpoint", checkpoint=str(resolved.spec.checkpoint))
+        checkpoint = str(resolved.spec.checkpoint)
+        info.update(weights="checkpoint", checkpoint=checkpoint, weights_sha256=weights_sha256(model))
         return model, info
-    key = cache_key(resolved.spec.factory or resolved.name, resolved.spec.kwargs, resolved.recipe, data.checksum, seed)
+    key = cache_key(
+        resolved.spec.factory or resolved.name,
+        resolved.spec.kwargs,
+        resolved.recipe,
+        data.checksum,
+        seed,
+        code=code_digest(resolved.builder),
+        device_type=device.type,
+    )
     path = checkpoint_dir(cache_dir) / key.filename
     info.update(recipe=resolved.recipe.model_dump(mode="json"), checkpoint=str(path), cache_key=key.digest)
     cached = None if retrain else load_cached(path, model)
     if cached is not None:
         log.info("%s: using cached weights %s", resolved.name, path)
-        info.update(weights="cached", train_seconds=cached.get("train_seconds"), training=cached.get("training"))
+        info.update(
+            weights="cached",
+            train_seconds=cached.get("train_seconds"),
+            training=cached.get("training"),
+            trained_with=cached.get("trained_with"),
+            weights_sha256=weights_sha256(model),
+        )
         return model, info
+    trained_with = {**training_environment(device), "harness_commit": git_commit()}
     summary = train_model(model, data.train, resolved.recipe, seed=seed, device=device, name=resolved.name)
-    metadata = {"train_seconds": summary.seconds, "training": summary.to_dict(), "cache_key": key.digest}
+    metadata = {
+        "train_seconds": summary.seconds,
+        "training": summary.to_dict(),
+        "cache_key": key.digest,
+        "trained_with": trained_with,
+    }
     save_checkpoint(path, model, metadata)
-    info.update(weights="trained", train_seconds=summary.seconds, training=summary.to_dict())
+    info.update(
+        weights="trained",
+        train_seconds=summary.seconds,
+        training=summary.to_dict(),
+        trained_with=trained_with,
+        weights_sha256=weights_sha256(model),
+    )
     return model, info
 
 
@@ -168,6 +200,7 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         run=run,
         examples=collect_examples(cells, data.test.images[:count], labels, example_outputs, config.run_seeds[0]),
         throughput=throughput,
+        outcomes=outcomes_from(scored.outcomes),
     )
     write_report(checked.folder, report)
     return checked.folder
@@ -345,6 +378,7 @@ def run_record(
             "platform": platform.platform(),
             "python": platform.python_version(),
             "versions": package_versions(),
+            "lock": lock_status(),
             "git_commit": git_commit(),
         },
         "data": {"source": str(data.source), "checksum": data.checksum, "verified": data.verified},

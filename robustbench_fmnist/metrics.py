@@ -149,9 +149,11 @@ class ScoredCells:
     per_class: list[dict[str, object]] = field(default_factory=list)  # per_class.csv
     confusion: list[dict[str, object]] = field(default_factory=list)  # confusion.csv (non-zero cells)
     calibration: list[dict[str, object]] = field(default_factory=list)  # calibration.csv
+    # outcomes.npz: ((model, seed, perturbation, severity), per-image correct), for paired tests
+    outcomes: list[tuple[tuple[str, int, str, int], torch.Tensor]] = field(default_factory=list)
 
     def extend(self, other: ScoredCells) -> None:
-        for name in ("results", "per_class", "confusion", "calibration"):
+        for name in ("results", "per_class", "confusion", "calibration", "outcomes"):
             getattr(self, name).extend(getattr(other, name))
 
 
@@ -178,6 +180,8 @@ def score_cells(
         out = outputs[cell]
         key = {"model": result.model, "seed": seed, "perturbation": cell.perturbation, "severity": cell.severity}
         row = {**key, **{k: v for k, v in result.to_row().items() if k not in key}}
+        # NO_PREDICTION never equals a label, so an image without a prediction counts as not correct
+        scored.outcomes.append((tuple(key.values()), out.predictions.long() == labels.long()))
         if not result.valid:
             # NaN logits have no class: nothing about this cell is scored (REFERENCE: never an accuracy)
             row.update({column: math.nan for column in UNSCORED})

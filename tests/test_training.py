@@ -60,15 +60,21 @@ def test_flip_crop_moves_content_but_keeps_it() -> None:
 
 
 def test_train_images_limits_the_training_set(synthetic_dir: Path) -> None:
+    from robustbench_fmnist.data import Split
+
     data = load_fashion_mnist(synthetic_dir, verify=False)
-    summary = train_model(
-        create_model("baseline_cnn_tiny"),
-        data.train,
-        RECIPE.model_copy(update={"epochs": 1, "train_images": 64}),
-        seed=0,
-        device=CPU,
-    )
-    assert summary.images_per_second > 0 and len(summary.history) == 1
+    recipe = RECIPE.model_copy(update={"epochs": 1})
+    weights = []
+    for split, train_images in ((data.train, 64), (Split(data.train.images[:64], data.train.labels[:64]), None)):
+        torch.manual_seed(0)
+        model = create_model("baseline_cnn_tiny")
+        train_model(model, split, recipe.model_copy(update={"train_images": train_images}), seed=0, device=CPU)
+        weights.append(model.state_dict())
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items()), "the first 64 images, and only those"
+    torch.manual_seed(0)
+    everything = create_model("baseline_cnn_tiny")
+    train_model(everything, data.train, recipe, seed=0, device=CPU)
+    assert not all(torch.equal(v, weights[0][k]) for k, v in everything.state_dict().items())
 
 
 # --- the checkpoint cache ---
@@ -79,17 +85,70 @@ def _resolved(name: str = "baseline_cnn_tiny", **recipe: object) -> ResolvedMode
     return ResolvedModel(ModelSpec(name=name), entry.builder, entry.recipe.model_copy(update=recipe))
 
 
-def test_cache_key_depends_on_model_recipe_data_and_seed() -> None:
-    base = cache_key("m", {}, TrainRecipe(), "data", 0)
-    assert base == cache_key("m", {}, TrainRecipe(), "data", 0)
+def _key(*args: object, code: str = "code", device_type: str = "cpu") -> str:
+    defaults = ["m", {}, TrainRecipe(), "data", 0]
+    defaults[: len(args)] = args
+    return cache_key(*defaults, code=code, device_type=device_type).digest  # type: ignore[arg-type]
+
+
+def test_cache_key_depends_on_everything_that_changes_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _key()
+    assert base == _key()
     others = [
-        cache_key("n", {}, TrainRecipe(), "data", 0),
-        cache_key("m", {"width": 8}, TrainRecipe(), "data", 0),
-        cache_key("m", {}, TrainRecipe(epochs=6), "data", 0),
-        cache_key("m", {}, TrainRecipe(), "other data", 0),
-        cache_key("m", {}, TrainRecipe(), "data", 1),
+        _key("n"),
+        _key("m", {"width": 8}),
+        _key("m", {}, TrainRecipe(epochs=6)),
+        _key("m", {}, TrainRecipe(), "other data"),
+        _key("m", {}, TrainRecipe(), "data", 1),
+        _key(code="edited code"),
+        _key(device_type="cuda"),
     ]
-    assert len({k.digest for k in [base, *others]}) == 6
+    monkeypatch.setattr(torch, "__version__", "9.1.0")
+    others.append(_key())
+    assert len({base, *others}) == 1 + len(others)
+    monkeypatch.setattr(torch, "__version__", "9.1.3+cpu")
+    assert _key() == others[-1], "a patch release of torch keeps the key"
+
+
+def test_a_factory_s_source_is_part_of_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from robustbench_fmnist.checkpoints import code_digest
+
+    module = tmp_path / "my_factory_module.py"
+    source = (
+        "from robustbench_fmnist.models import create_model\n\ndef build():\n    return create_model('deep_cnn_tiny')\n"
+    )
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_digest(importlib.import_module("my_factory_module").build)
+    module.write_text(module.read_text() + "# an edit\n")
+    del sys.modules["my_factory_module"]
+    second = code_digest(importlib.import_module("my_factory_module").build)
+    assert first != second
+    registered = code_digest(MODELS.get("baseline_cnn").builder)
+    assert registered == code_digest(MODELS.get("deep_cnn").builder), "registered models share the package's code"
+    assert registered not in (first, second)
+
+
+def test_weights_have_an_identity_and_a_training_record(synthetic_dir: Path, tmp_path: Path) -> None:
+    from robustbench_fmnist.checkpoints import weights_sha256
+
+    data = load_fashion_mnist(synthetic_dir, verify=False)
+    model, info = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert info["weights_sha256"] == weights_sha256(model) and len(info["weights_sha256"]) == 64
+    trained_with = info["trained_with"]
+    assert trained_with["torch"] == torch.__version__ and trained_with["device_type"] == "cpu"
+    assert {"cpu_capability", "threads", "harness", "harness_commit"} <= set(trained_with)
+    _, cached = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert cached["weights"] == "cached"
+    assert cached["weights_sha256"] == info["weights_sha256"] and cached["trained_with"] == trained_with
+    _, other_seed = prepare_model(_resolved(), data, seed=1, device=CPU, cache_dir=tmp_path, retrain=False)
+    assert other_seed["weights_sha256"] != info["weights_sha256"]
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-7
+    assert weights_sha256(model) != info["weights_sha256"], "one changed weight changes the hash"
 
 
 def test_second_run_reuses_the_cache_and_retrain_forces_training(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -144,7 +203,13 @@ def test_very_short_runs_train_with_every_schedule(synthetic_dir: Path, steps: i
     data = load_fashion_mnist(synthetic_dir, verify=False)
     for schedule in ("onecycle", "cosine", "constant"):
         recipe = TrainRecipe(epochs=1, batch_size=32, train_images=32 * steps, schedule=schedule)
-        train_model(create_model("baseline_cnn_tiny"), data.train, recipe, seed=0, device=CPU)
+        torch.manual_seed(0)
+        model = create_model("baseline_cnn_tiny")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        summary = train_model(model, data.train, recipe, seed=0, device=CPU)
+        assert len(summary.history) == 1 and torch.isfinite(torch.tensor(summary.history[0].loss))
+        changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+        assert changed, f"{schedule} with {steps} steps left every weight as it was"
 
 
 # --- only good weights enter the cache ---
@@ -154,7 +219,9 @@ def _cached_path(data: object, tmp_path: Path, name: str = "baseline_cnn_tiny") 
     from robustbench_fmnist.checkpoints import checkpoint_dir
 
     resolved = _resolved(name)
-    key = cache_key(name, {}, resolved.recipe, data.checksum, 0)  # type: ignore[attr-defined]
+    from robustbench_fmnist.checkpoints import code_digest
+
+    key = cache_key(name, {}, resolved.recipe, data.checksum, 0, code=code_digest(resolved.builder), device_type="cpu")  # type: ignore[attr-defined]
     return checkpoint_dir(tmp_path) / key.filename
 
 

@@ -50,6 +50,7 @@ DATA_FILES = {
     "calibration": ("calibration.csv", CALIBRATION_COLUMNS),
 }
 EXAMPLES_FILE = "examples.npz"
+OUTCOMES_FILE = "outcomes.npz"  # per-image correct/wrong of every cell (optional: older reports lack it)
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
@@ -65,6 +66,25 @@ class Examples:
 
 
 @dataclass
+class Outcomes:
+    """Which test images each (model, seed, perturbation, severity) cell got right: what paired tests need."""
+
+    keys: list[tuple[str, int, str, int]]
+    correct: np.ndarray  # (cells, images) bool
+
+    def lookup(self) -> dict[tuple[str, int, str, int], np.ndarray]:
+        """{cell key: its (images,) bool row}."""
+        return dict(zip(self.keys, self.correct, strict=True))
+
+
+def outcomes_from(pairs: list[tuple[tuple[str, int, str, int], Any]]) -> Outcomes | None:
+    """Outcomes from (key, per-image correct) pairs, as `score_cells` collects them; None if there are none."""
+    if not pairs:
+        return None
+    return Outcomes([key for key, _ in pairs], np.stack([np.asarray(correct, dtype=bool) for _, correct in pairs]))
+
+
+@dataclass
 class ReportData:
     """The tidy rows of a report, as read back from (or about to be written to) its folder."""
 
@@ -75,6 +95,7 @@ class ReportData:
     run: dict[str, Any]
     examples: Examples | None = None
     throughput: pd.DataFrame | None = None
+    outcomes: Outcomes | None = None
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -100,6 +121,14 @@ def write_data(folder: Path, data: ReportData) -> None:
             models=np.array(ex.models),
             predictions=ex.predictions,
         )
+    if data.outcomes is not None:
+        keys = ["|".join(map(str, key)) for key in data.outcomes.keys]  # names never hold '|' (config.py)
+        np.savez_compressed(
+            folder / OUTCOMES_FILE,
+            keys=np.array(keys),
+            images=np.array(data.outcomes.correct.shape[1]),
+            correct=np.packbits(data.outcomes.correct, axis=1),
+        )
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -124,7 +153,13 @@ def read_data(folder: str | Path) -> ReportData:
     throughput = None
     if (folder / THROUGHPUT_FILE).exists():
         throughput = _read_table(folder / THROUGHPUT_FILE, THROUGHPUT_COLUMNS, "throughput")
-    return ReportData(**tables, run=run, examples=_read_examples(folder / EXAMPLES_FILE), throughput=throughput)
+    return ReportData(
+        **tables,
+        run=run,
+        examples=_read_examples(folder / EXAMPLES_FILE),
+        throughput=throughput,
+        outcomes=_read_outcomes(folder / OUTCOMES_FILE, tables["results"]),
+    )
 
 
 # what every other column of each file must hold: numbers (NaN allowed where a metric is undefined)
@@ -223,3 +258,22 @@ def _read_examples(path: Path) -> Examples | None:
     if not shapes_fit:
         raise HarnessError(f"{path}: its arrays do not fit together; re-run the experiment or delete the file")
     return examples
+
+
+def _read_outcomes(path: Path, results: pd.DataFrame) -> Outcomes | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            images = int(saved["images"])
+            correct = np.unpackbits(saved["correct"], axis=1, count=images).astype(bool)
+            keys = []
+            for text in saved["keys"]:
+                model, seed, perturbation, severity = str(text).split("|")
+                keys.append((model, int(seed), perturbation, int(severity)))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise HarnessError(f"{path}: unreadable ({exc}); re-run the experiment or delete the file") from None
+    expected = results.set_index(CELL_KEY)["n_images"].to_dict()
+    if len(keys) != len(correct) or any(expected.get(key) != images for key in keys):
+        raise HarnessError(f"{path}: its cells do not match results.csv; re-run the experiment or delete the file")
+    return Outcomes(keys, correct)
