@@ -1,4 +1,4 @@
-"""Command line: run | validate | ls | preview | report | compare | bench.
+"""Command line: run | validate | ls | preview | report | compare | reproduce | bench.
 
 User errors print one line and exit non-zero.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_fmnist import __version__
-from robustbench_fmnist.errors import HarnessError
+from robustbench_fmnist.errors import ConfigError, HarnessError
 
 log = logging.getLogger("robustbench_fmnist")
 
@@ -77,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("first", type=Path, help="report folder A")
     compare.add_argument("second", type=Path, help="report folder B")
     compare.add_argument("--output-dir", type=Path, help="default reports/compare/<A>-vs-<B>/")
+    compare.add_argument(
+        "--noise-from", type=Path, help="a multi-seed report of the same recipes, for sides with fewer than 2 seeds"
+    )
+    compare.add_argument("--model-a", help="compare this model of A ...")
+    compare.add_argument("--model-b", help="... with this model of B (default: the same name as --model-a)")
+
+    reproduce = commands.add_parser(
+        "reproduce", help="re-run a report's experiment here and check each cell against its seed spread"
+    )
+    reproduce.add_argument("folder", type=Path, help="a multi-seed report folder, e.g. reports/lighting")
+    reproduce.add_argument("--seeds", type=int, nargs="+", help="train these seeds (default: the report's own)")
+    reproduce.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    reproduce.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
+    reproduce.add_argument("--download", action="store_true", default=None, help="download the data if not found")
+    reproduce.add_argument("--output-dir", type=Path, help="parent folder of <name>-reproduced/ (default reports/)")
+    reproduce.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
+    reproduce.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
     return parser
 
 
@@ -164,24 +181,88 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from robustbench_fmnist.files import absolute, check_writable_folder, replace_folder
+    from robustbench_fmnist.preflight import read_noise_report
     from robustbench_fmnist.report import read_data
     from robustbench_fmnist.report.compare import compare_markdown, compare_runs
 
     first, second = read_data(args.first), read_data(args.second)
+    noise = read_noise_report(args.noise_from, key="--noise-from") if args.noise_from else None
     name_a, name_b = absolute(args.first).name, absolute(args.second).name
-    table = compare_runs(first, second)
+    for flag, name, data in (("--model-a", args.model_a, first), ("--model-b", args.model_b, second)):
+        if name is not None and name not in set(data.results["model"]):
+            models = ", ".join(dict.fromkeys(data.results["model"]))
+            raise ConfigError(f"{flag}: {name!r} is not a model of that report ({models})")
+    if args.model_b is not None and args.model_a is None:
+        raise ConfigError("--model-b needs --model-a: name the model of A to set against it")
+    comparison = compare_runs(first, second, noise=noise, model_a=args.model_a, model_b=args.model_b)
+    if comparison.table.empty:
+        raise ConfigError(f"{name_a} and {name_b} share no cell (model, perturbation, severity); nothing to compare")
     keys = ["model", "perturbation", "severity"]
     a_cells = set(map(tuple, first.results[keys].drop_duplicates().to_numpy().tolist()))
     b_cells = set(map(tuple, second.results[keys].drop_duplicates().to_numpy().tolist()))
-    text = compare_markdown(table, name_a, name_b, len(a_cells - b_cells), len(b_cells - a_cells))
+    if args.model_a is not None:
+        a_cells = {c for c in a_cells if c[0] == args.model_a}
+        b_cells = {(args.model_a, *c[1:]) for c in b_cells if c[0] == (args.model_b or args.model_a)}
+    text = compare_markdown(comparison, name_a, name_b, len(a_cells - b_cells), len(b_cells - a_cells))
     output = args.output_dir or Path("reports") / "compare" / f"{name_a}-vs-{name_b}"
     check_writable_folder(output, "--output-dir")
     with replace_folder(output, "compare") as staging:
         (staging / "compare.md").write_text(text, encoding="utf-8")
-        table.to_csv(staging / "compare.csv", index=False, float_format="%.6g")
+        comparison.table.to_csv(staging / "compare.csv", index=False, float_format="%.6g")
     print(text, end="")
-    print(f"written to {output}/compare.md and compare.csv")
+    print(f"rule: {comparison.rule}; written to {output}/compare.md and compare.csv")
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.config import MAX_SEED, config_from_record
+    from robustbench_fmnist.experiment import run_experiment
+    from robustbench_fmnist.files import absolute
+    from robustbench_fmnist.preflight import read_noise_report
+    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
+
+    reference = read_noise_report(args.folder, key="reproduce")
+    if args.seeds is not None and not all(0 <= s <= MAX_SEED for s in args.seeds):
+        raise ConfigError(f"--seeds: must lie in 0..2**63-1, got {args.seeds}")
+    name = f"{reference.run['config']['name']}-reproduced"
+    overrides = {
+        "name": name,
+        "noise_from": str(absolute(args.folder)),
+        "device": args.device,
+        "data.dir": str(args.data_dir) if args.data_dir else None,
+        "data.download": args.download,
+        "seeds": list(args.seeds) if args.seeds else None,
+        "output_dir": str(args.output_dir) if args.output_dir else None,
+        "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+    }
+    config = config_from_record(
+        reference.run["config"], {k: v for k, v in overrides.items() if v is not None}, f"{args.folder}/run.json"
+    )
+    folder = run_experiment(config, retrain=args.retrain)
+    again = read_data(folder)
+    table = agreement_table(again.results, again.reference)
+    verdict = agreement_verdict(table)
+    identical = _identical_weights(reference.run["models"], again.run["models"])
+    print(f"{args.folder} reproduced in {folder}/ ({len(config.run_seeds)} seed(s) per model); weights: {identical}")
+    for r in table.to_dict("records"):
+        low, high = r["reference_accuracy"] - r["half_width"], r["reference_accuracy"] + r["half_width"]
+        print(
+            f"  {'ok ' if r['inside'] else 'OUT'} {r['model']:<16} {r['perturbation']:<18} s{r['severity']:<3}"
+            f" {100 * r['accuracy']:6.2f} %  reference {100 * r['reference_accuracy']:6.2f}"
+            f" ± {100 * r['reference_std']:.2f} (expected {100 * low:.2f}-{100 * high:.2f})"
+        )
+    print(verdict.summary)
+    return 0 if verdict.agrees else 3
+
+
+def _identical_weights(reference: list[dict[str, Any]], again: list[dict[str, Any]]) -> str:
+    theirs = {(m.get("name"), m.get("seed")): m.get("weights_sha256") for m in reference}
+    shared = [m for m in again if (m["name"], m["seed"]) in theirs]
+    if not shared:
+        return "no model and seed in common with the reference"
+    same = sum(1 for m in shared if m.get("weights_sha256") and m["weights_sha256"] == theirs[(m["name"], m["seed"])])
+    return f"{same} of {len(shared)} (model, seed) trainings bit-identical to the reference's"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -281,6 +362,7 @@ COMMANDS = {
     "report": cmd_report,
     "bench": cmd_bench,
     "compare": cmd_compare,
+    "reproduce": cmd_reproduce,
 }
 
 

@@ -338,6 +338,24 @@ def _check_unique_keys(mapping: yaml.MappingNode) -> None:
             seen.add(key.value)
 
 
+def config_from_record(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> ExperimentConfig:
+    """The configuration a report's run.json recorded, with what is machine-specific reset and `overrides` applied.
+
+    Data, cache and output folders and `noise_from` were paths on the machine that made the report:
+    they go back to their defaults unless `overrides` names them; throughput measurement is off.
+    """
+    raw = dict(raw)
+    raw["data"] = {**(raw.get("data") or {}), "dir": None}
+    raw.update(cache_dir=None, output_dir="reports", noise_from=None)
+    raw["throughput"] = {**(raw.get("throughput") or {}), "enabled": False}
+    names = [m.get("name") if isinstance(m, dict) else m for m in raw.get("models") or []]
+    if raw.get("reference_model") not in names:
+        raw.pop("reference_model", None)  # the default, recorded though unset: a set one must name a model
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, source=source)
+
+
 def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
     """Make the YAML's relative paths relative to `folder` (the YAML's own), in place."""
     places: list[tuple[dict[str, Any], str]] = []

@@ -47,6 +47,7 @@ from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.preflight import CheckedExperiment, preflight
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report import Examples, ReportData, frame, write_report
+from robustbench_fmnist.report.agreement import reference_cells
 from robustbench_fmnist.report.bundle import outcomes_from
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, import_factory, resolve
@@ -192,6 +193,17 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         timings["throughput"] = time.perf_counter() - stage
     timings["total"] = time.perf_counter() - started
     run = run_record(config, device, data, models_info, timings, applied)
+    reference = None
+    if checked.noise is not None:
+        reference, skipped = reference_cells(checked.noise, models_info)
+        env = checked.noise.run["environment"]
+        run["noise_from"] = {
+            "path": str(config.noise_from),
+            "name": checked.noise.run["config"].get("name"),
+            "git_commit": env.get("git_commit"),
+            "seeds": sorted(int(s) for s in checked.noise.results["seed"].unique()),
+            "skipped_models": skipped,
+        }
     report = ReportData(
         results=frame(scored.results, "results"),
         per_class=frame(scored.per_class, "per_class"),
@@ -201,6 +213,7 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         examples=collect_examples(cells, data.test.images[:count], labels, example_outputs, config.run_seeds[0]),
         throughput=throughput,
         outcomes=outcomes_from(scored.outcomes),
+        reference=reference,
     )
     write_report(checked.folder, report)
     return checked.folder

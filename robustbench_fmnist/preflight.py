@@ -16,10 +16,11 @@ import torch
 from robustbench_fmnist.checkpoints import checkpoint_dir, read_user_checkpoint
 from robustbench_fmnist.config import ExperimentConfig, shorten
 from robustbench_fmnist.data import IMAGE_SIZE
-from robustbench_fmnist.errors import HarnessError, ModelError
+from robustbench_fmnist.errors import ConfigError, HarnessError, ModelError
 from robustbench_fmnist.evaluation import Cell
 from robustbench_fmnist.files import check_replaceable, check_writable_folder
 from robustbench_fmnist.models.output import check_logits
+from robustbench_fmnist.report.bundle import ReportData, read_data
 from robustbench_fmnist.report.writer import REPORT
 from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, resolve
 from robustbench_fmnist.runtime import resolve_device
@@ -36,6 +37,7 @@ class CheckedExperiment:
     cells: list[Cell]
     device: torch.device
     folder: Path  # the report folder: output_dir / name
+    noise: ReportData | None = None  # the `noise_from:` report, read and checked
 
 
 def preflight(config: ExperimentConfig) -> CheckedExperiment:
@@ -51,9 +53,26 @@ def preflight(config: ExperimentConfig) -> CheckedExperiment:
     check_replaceable(folder, REPORT)
     if any(m.recipe is not None for m in models):
         check_writable_folder(checkpoint_dir(config.cache_dir), "cache_dir")
+    noise = read_noise_report(config.noise_from, folder) if config.noise_from else None
     for model in models:
         probe_model(model)
-    return CheckedExperiment(config, models, cells, device, folder)
+    return CheckedExperiment(config, models, cells, device, folder, noise)
+
+
+def read_noise_report(path: Path, folder: Path | None = None, key: str = "noise_from") -> ReportData:
+    """The multi-seed report whose seed spread a run or comparison is set against, checked."""
+    if folder is not None and Path(path).resolve() == folder.resolve():
+        raise ConfigError(f"{key}: {path} is this run's own report folder; name a report the run does not replace")
+    try:
+        report = read_data(path)
+    except HarnessError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    seeds = report.results["seed"].nunique()
+    if seeds < 2:
+        raise ConfigError(
+            f"{key}: {path} has {seeds} seed; its spread between trainings needs a report of at least 2 seeds"
+        )
+    return report
 
 
 def probe_model(resolved: ResolvedModel) -> None:

@@ -327,6 +327,35 @@ def _compare_into_sys(env: Env) -> list[str]:
     return ["compare", str(first), str(second), "--output-dir", "/sys/kernel/rbfm-compare"]
 
 
+def _one_seed_report(env: Env) -> Path:
+    folder = env.root / "reports" / "one-seed"
+    folder.mkdir(parents=True)
+    _write_minimal_report(folder)
+    return folder
+
+
+def _reproduce_one_seed(env: Env) -> list[str]:
+    return ["reproduce", str(_one_seed_report(env))]
+
+
+def _noise_from_one_seed(env: Env) -> list[str]:
+    return ["validate", env.yaml({"noise_from": str(_one_seed_report(env))})]
+
+
+def _noise_from_own_folder(env: Env) -> list[str]:
+    return ["validate", env.yaml({"noise_from": str(env.output / "tiny")})]
+
+
+def _compare_noise_one_seed(env: Env) -> list[str]:
+    folder = _one_seed_report(env)
+    return ["compare", str(folder), str(folder), "--noise-from", str(folder), "--output-dir", str(env.root / "c")]
+
+
+def _compare_unknown_model(env: Env) -> list[str]:
+    folder = _one_seed_report(env)
+    return ["compare", str(folder), str(folder), "--model-a", "nope", "--output-dir", str(env.root / "c")]
+
+
 def _changes(changes: dict[str, Any], command: str = "run", *extra: str) -> Callable[[Env], list[str]]:
     return lambda env: [command, env.yaml(changes), *extra]
 
@@ -395,6 +424,13 @@ CASES = [
         "repeats a (model, seed, perturbation, severity) cell",
     ),
     Case("compare into /sys", _compare_into_sys, 2, "not writable"),
+    # training noise: a one-seed report has no spread to set anything against
+    Case("reproduce a one-seed report", _reproduce_one_seed, 2, "needs a report of at least 2 seeds"),
+    Case("noise_from a one-seed report", _noise_from_one_seed, 2, "noise_from: "),
+    Case("noise_from a missing folder", _changes({"noise_from": "/nonexistent"}, "validate"), 2, "no such report"),
+    Case("noise_from the run's own folder", _noise_from_own_folder, 2, "this run's own report folder"),
+    Case("compare --noise-from a one-seed report", _compare_noise_one_seed, 2, "--noise-from: "),
+    Case("compare --model-a that A lacks", _compare_unknown_model, 2, "--model-a: 'nope' is not a model"),
     Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
     Case("threads 100000", _changes({"threads": 100000}, "validate"), 2, "threads: Input should be less than"),
     Case("bench batch size 10**10", _changes({"throughput": {"batch_sizes": [10**10]}}, "bench"), 2, "batch sizes"),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -144,7 +145,7 @@ def test_seeds_report_and_compare_from_the_command_line(
     assert len(per_class) == 32 * 10  # ten classes per cell
     assert {"ece", "nll", "flip_rate", "accuracy_low", "accuracy_high"} <= set(results.columns)
     md = (folder / "report.md").read_text()
-    assert "## Across seeds" in md and "| baseline_cnn_tiny | 100.00" not in md  # mCE is printed as 100.0
+    assert "over 2 trainings per model" in md and "| baseline_cnn_tiny | 100.00" not in md  # mCE: 100.0 ± 0.0
     assert "mCE" in md and "(figures/severity_lighting.png)" in md
     assert (folder / "report.html").exists() and (folder / "figures" / "examples_deep_cnn_tiny.png").exists()
     out = capsys.readouterr().out
@@ -160,8 +161,45 @@ def test_seeds_report_and_compare_from_the_command_line(
     assert main(["-q", "compare", str(folder), str(other / "tiny"), "--output-dir", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out
     assert "# Comparison: tiny (A) vs tiny (B)" in text and "16 cells in both runs" in text
+    assert "Rule: **none**" in text and "cannot be separated from training noise" in text
     compared = pd.read_csv(tmp_path / "cmp" / "compare.csv")
-    assert len(compared) == 16 and {"difference", "significant"} <= set(compared.columns)
+    assert len(compared) == 16 and {"difference", "significant", "p_value"} <= set(compared.columns)
+    assert compared["significant"].isna().all(), "one seed on a side and no noise report: nothing is called"
+    argv = ["-q", "compare", str(folder), str(other / "tiny"), "--noise-from", str(folder)]
+    assert main([*argv, "--output-dir", str(tmp_path / "cmp2")]) == 0
+    assert "Rule: **noise-from**" in capsys.readouterr().out
+    argv = ["-q", "compare", str(folder), str(folder), "--model-a", "baseline_cnn_tiny", "--model-b", "deep_cnn_tiny"]
+    assert main([*argv, "--output-dir", str(tmp_path / "cmp3")]) == 0
+    text = capsys.readouterr().out
+    assert "Rule: **seeds**" in text and "baseline_cnn_tiny vs deep_cnn_tiny" in text
+
+
+def test_reproduce_retrains_from_run_json_and_checks_each_cell(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = {**tiny_experiment, "seeds": [0, 1]}
+    assert main(["-q", "run", str(write_yaml(config))]) == 0
+    folder = Path(tiny_experiment["output_dir"]) / "tiny"
+    out = tmp_path / "again"
+    argv = ["-q", "reproduce", str(folder), "--output-dir", str(out), "--data-dir", tiny_experiment["data"]["dir"]]
+    assert main([*argv, "--cache-dir", str(tmp_path / "fresh-cache")]) == 0
+    text = capsys.readouterr().out
+    assert "4 of 4 (model, seed) trainings bit-identical" in text and "16 of 16 cells inside" in text
+    assert "this run agrees" in text
+    md = (out / "tiny-reproduced" / "report.md").read_text()
+    assert "## Against the reference" in md and "**no**" not in md
+    # the same weights on both sides: compare pairs the images
+    assert main(["-q", "compare", str(folder), str(out / "tiny-reproduced"), "--output-dir", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert "Rule: **paired**" in text and "0 differ beyond noise" in text
+
+    # a reference whose every cell sits far from what this recipe gives: reproduce says so, exit 3
+    results = pd.read_csv(folder / "results.csv")
+    results["accuracy"] = np.where(results["seed"] == 0, 0.999, 0.998)
+    results.to_csv(folder / "results.csv", index=False)
+    assert main([*argv, "--cache-dir", str(tmp_path / "fresh-cache")]) == 3
+    text = capsys.readouterr().out
+    assert "does not agree" in text and "OUT" in text
 
 
 @pytest.mark.parametrize(

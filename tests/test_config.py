@@ -48,6 +48,38 @@ def test_viewpoint_and_full_experiments_cover_the_rest_of_the_suite() -> None:
     assert sorted(p.name for p in full.perturbations) == PERTURBATIONS.names()
 
 
+def test_the_quickstart_is_the_lighting_experiment_with_one_seed_against_the_reference() -> None:
+    quickstart, lighting = (
+        load_config(EXPERIMENT_DIR / "quickstart.yaml"),
+        load_config(EXPERIMENT_DIR / "lighting.yaml"),
+    )
+    differ = {"name", "description", "seed", "seeds", "noise_from"}
+    assert quickstart.model_dump(exclude=differ) == lighting.model_dump(exclude=differ)
+    assert quickstart.run_seeds == (0,) and len(lighting.run_seeds) >= 5
+    assert quickstart.noise_from is not None and quickstart.noise_from.resolve() == REPORTS / "lighting"
+
+
+REPORTS = EXPERIMENT_DIR.parent / "reports"
+
+
+@pytest.mark.parametrize("name", ["lighting", "viewpoint"])
+def test_committed_references_are_their_experiment_with_five_seeds_in_the_locked_environment(name: str) -> None:
+    from robustbench_fmnist.report import read_data
+
+    reference = read_data(REPORTS / name)
+    experiment = load_config(EXPERIMENT_DIR / f"{name}.yaml")
+    recorded = reference.run["config"]
+    assert recorded["models"] == experiment.model_dump(mode="json")["models"]
+    assert recorded["perturbations"] == experiment.model_dump(mode="json")["perturbations"]
+    assert sorted(reference.results["seed"].unique()) == sorted(experiment.run_seeds) and len(experiment.run_seeds) >= 5
+    env = reference.run["environment"]
+    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    assert all(m["weights"] == "trained" or name == "viewpoint" for m in reference.run["models"]), "a clean cache"
+    assert all(len(m["weights_sha256"]) == 64 and m["trained_with"] for m in reference.run["models"])
+    if name == "lighting":
+        assert reference.throughput is not None and (reference.throughput["kind"] == "inference").any()
+
+
 def test_custom_values_under_the_perturbations_own_key(write_yaml: Callable[..., Path], tiny_experiment: dict) -> None:
     tiny_experiment["perturbations"] = [{"name": "rotation", "angles": [0, 10, 20]}]
     config = load_config(write_yaml(tiny_experiment))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -20,9 +19,10 @@ from robustbench_fmnist.report import writer as writer_module
 from robustbench_fmnist.report.compare import compare_runs
 from robustbench_fmnist.report.tables import (
     confusion_growth,
+    headline_spread,
     headline_table,
-    seed_spread,
     severity_table,
+    summary_spread,
     summary_table,
 )
 from tests.browser import chromium_binary, render_in_chromium
@@ -145,9 +145,45 @@ def test_headline_and_confusion_growth_by_hand() -> None:
 def test_several_seeds_average_and_spread() -> None:
     data = _data(seeds=(0, 1))
     cells = seed_mean(data.results).set_index(["model", "perturbation", "severity"])
-    assert cells.loc[("a", "contrast", 1), "n_images"] == 20 and cells.loc[("a", "contrast", 1), "seeds"] == 2
-    spread = seed_spread(data.results, "a").set_index("model")
-    assert spread.loc["a", "seeds"] == 2 and spread.loc["a", "clean_std"] == pytest.approx(0.0)
+    assert cells.loc[("a", "contrast", 1), "n_images"] == 10 and cells.loc[("a", "contrast", 1), "seeds"] == 2
+    spread = headline_spread(data.results, "a").set_index("model")
+    assert spread.loc["a", "seeds"] == 2 and spread.loc["a", "clean_accuracy_std"] == pytest.approx(0.0)
+    # identical seeds: no training spread, so the interval is the test-set term alone, 1.96 sqrt(0.09 / 10)
+    half = 1.959964 * math.sqrt(0.9 * 0.1 / 10)
+    assert spread.loc["a", "clean_accuracy_low"] == pytest.approx(0.9 - half, abs=1e-6)
+    assert spread.loc["a", "clean_accuracy_high"] == 1.0, "clipped to 100 %"
+    assert spread.loc["a", "mce_low"] == pytest.approx(1.0) == spread.loc["a", "mce_high"]
+
+
+def test_seed_spread_widens_every_interval_by_the_t_quantile() -> None:
+    """Two seeds of b that differ: the t quantile with 1 degree of freedom (12.706) sets each interval."""
+    scored = ScoredCells()
+    for seed, wrong in ((0, [[], [5], [5, 6, 7]]), (1, [[], [5, 6, 7], [5, 6, 7, 8, 9]])):
+        scored.extend(_scored("a", seed, [[0], [0, 5], [0, 1, 5, 6]]))
+        scored.extend(_scored("b", seed, wrong))
+    data = _data()
+    data.results = frame(scored.results, "results")
+    cell = seed_mean(data.results).set_index(["model", "perturbation", "severity"]).loc[("b", "contrast", 1)]
+    # b at s1: 0.9 and 0.7 -> mean 0.8, sd 0.1414; t(1) = 12.706
+    std = math.sqrt(0.02)
+    assert cell["accuracy"] == pytest.approx(0.8) and cell["accuracy_std"] == pytest.approx(std)
+    seed_term = 12.706205 * std / math.sqrt(2)
+    sampling = 1.959964 * math.sqrt(0.8 * 0.2 / 10)
+    assert cell["accuracy_high"] == pytest.approx(min(1.0, 0.8 + math.hypot(seed_term, sampling)), abs=1e-5)
+    assert cell["accuracy_low"] == pytest.approx(max(0.0, 0.8 - math.hypot(seed_term, sampling)), abs=1e-5)
+    assert cell["flip_rate_high"] - cell["flip_rate"] == pytest.approx(12.706205 * cell["flip_rate_std"] / math.sqrt(2))
+    summary = summary_spread(data.results, "a").set_index(["model", "perturbation"])
+    # b's mean accuracy over severities per seed: (0.9 + 0.7) / 2 = 0.8 and (0.7 + 0.5) / 2 = 0.6
+    assert summary.loc[("b", "contrast"), "mean_accuracy"] == pytest.approx(0.7)
+    assert summary.loc[("b", "contrast"), "mean_accuracy_std"] == pytest.approx(std)
+    assert summary.loc[("b", "contrast"), "ce_std"] > 0
+
+
+def test_a_one_seed_report_says_its_intervals_leave_training_noise_out(tmp_path: Path) -> None:
+    one = (write_report(tmp_path / "one", _data()) / "report.md").read_text()
+    assert "leaves training noise out" in one and "± " not in one.split("## Models")[0]
+    two = (write_report(tmp_path / "two", _data(seeds=(0, 1))) / "report.md").read_text()
+    assert "leaves training noise out" not in two and "t = 12.706" in two and "over 2 trainings per model" in two
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -194,7 +230,7 @@ def test_report_numbers_trace_to_the_csv_files(tmp_path: Path) -> None:
     assert f"| a | {100 * results.loc[('a', 0), 'accuracy']:.2f} | 80.00 (-10.00) [" in md
     assert "| b | contrast | 100.00 | 80.00 | -20.00 | 20.00 | 70.00 |" in md
     assert "s1 (x0.4)" in md and "s2 (x0.3)" in md
-    assert "| one → zero |" in md.replace("| a | one → zero |", "| one → zero |")
+    assert "| a | one → zero | 0.00 | 30.00 | +30.00 |" in md  # clean 0 of 5, shifted 1 and 2 of 5
     html = (folder / "report.html").read_text()
     assert html.count("<table>") == md.count("| :--- |") and 'src="data:image/png;base64,' in html
     assert "figures/" not in html.split("<body>")[1], "every figure is embedded"
@@ -253,18 +289,14 @@ def test_a_broken_report_folder_is_named_and_left_alone(tmp_path: Path, damage: 
     assert _digests(folder) == before
 
 
-def test_compare_gives_differences_and_whether_they_exceed_the_noise() -> None:
+def test_compare_of_single_trainings_calls_nothing_significant_without_a_noise_report() -> None:
     a = _data()
     b = _data(b_wrong=[[], [5, 6, 7, 8, 9], [5, 6, 7]])
-    table = compare_runs(a, b).set_index(["model", "perturbation", "severity"])
-    # b at s1: 9/10 in A, 5/10 in B -> -0.4 +- 1.96 sqrt(0.09/10 + 0.25/10) = +-0.361: beyond noise
+    comparison = compare_runs(a, b)
+    table = comparison.table.set_index(["model", "perturbation", "severity"])
     row = table.loc[("b", "contrast", 1)]
-    assert row["difference"] == pytest.approx(-0.4)
-    assert row["difference_high"] == pytest.approx(-0.4 + 1.959964 * math.sqrt(0.034), abs=1e-5)
-    assert bool(row["significant"])
-    assert (
-        not bool(table.loc[("a", "contrast", 1), "significant"]) and table.loc[("a", "contrast", 1), "difference"] == 0
-    )
+    assert comparison.rule == "none" and row["difference"] == pytest.approx(-0.4)
+    assert table["significant"].isna().all() and table["p_value"].isna().all()
 
 
 def test_read_data_names_a_missing_folder(tmp_path: Path) -> None:
@@ -275,7 +307,9 @@ def test_read_data_names_a_missing_folder(tmp_path: Path) -> None:
 def test_seed_mean_keeps_cell_order() -> None:
     cells = seed_mean(_data().results)
     assert list(cells["perturbation"][:3]) == [CLEAN, "contrast", "contrast"]
-    assert isinstance(cells, pd.DataFrame)
+    assert list(cells["severity"][:3]) == [0, 1, 2] and list(dict.fromkeys(cells["model"])) == ["a", "b"]
+    several = seed_mean(_data(seeds=(1, 0)).results)
+    assert list(zip(several["model"], several["severity"], strict=True)) == [(m, s) for m in "ab" for s in (0, 1, 2)]
 
 
 @pytest.mark.skipif(chromium_binary() is None, reason="no chromium (make test installs Debian's package)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,14 @@ def test_settings_are_applied_and_reported(restore_threads: None, monkeypatch: p
     assert torch.get_num_threads() == 1 and applied["threads"] == 1
     assert applied["flush_denormal"] is True
     assert torch.tensor([1e-40]).mul(1.0).item() == 0.0  # denormals flushed
-    assert applied["allocator_tuned"] in (True, False) and applied["usable_cpus"] >= 1
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert applied["allocator_tuned"] is glibc and applied["usable_cpus"] >= 1
+
+
+def test_without_glibc_the_allocator_is_reported_untuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "_allocator_tuned", False)
+    monkeypatch.setattr(runtime.ctypes.util, "find_library", lambda name: None)
+    assert runtime.tune_cpu_allocator() is False
 
 
 def test_default_threads_are_capped_at_the_usable_cpus(restore_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:

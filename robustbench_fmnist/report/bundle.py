@@ -50,6 +50,8 @@ DATA_FILES = {
     "calibration": ("calibration.csv", CALIBRATION_COLUMNS),
 }
 EXAMPLES_FILE = "examples.npz"
+REFERENCE_FILE = "reference.csv"  # optional: the seed spread of a `noise_from:` reference, per cell
+REFERENCE_COLUMNS = ["model", "perturbation", "severity", "parameter", "seeds", "accuracy", "accuracy_std"]
 OUTCOMES_FILE = "outcomes.npz"  # per-image correct/wrong of every cell (optional: older reports lack it)
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
@@ -96,6 +98,7 @@ class ReportData:
     examples: Examples | None = None
     throughput: pd.DataFrame | None = None
     outcomes: Outcomes | None = None
+    reference: pd.DataFrame | None = None  # reference.csv
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -121,6 +124,8 @@ def write_data(folder: Path, data: ReportData) -> None:
             models=np.array(ex.models),
             predictions=ex.predictions,
         )
+    if data.reference is not None:
+        data.reference[REFERENCE_COLUMNS].to_csv(folder / REFERENCE_FILE, index=False, float_format="%.6g")
     if data.outcomes is not None:
         keys = ["|".join(map(str, key)) for key in data.outcomes.keys]  # names never hold '|' (config.py)
         np.savez_compressed(
@@ -153,12 +158,16 @@ def read_data(folder: str | Path) -> ReportData:
     throughput = None
     if (folder / THROUGHPUT_FILE).exists():
         throughput = _read_table(folder / THROUGHPUT_FILE, THROUGHPUT_COLUMNS, "throughput")
+    reference = None
+    if (folder / REFERENCE_FILE).exists():
+        reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
     return ReportData(
         **tables,
         run=run,
         examples=_read_examples(folder / EXAMPLES_FILE),
         throughput=throughput,
         outcomes=_read_outcomes(folder / OUTCOMES_FILE, tables["results"]),
+        reference=reference,
     )
 
 

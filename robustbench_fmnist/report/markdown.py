@@ -8,18 +8,21 @@ from typing import Any
 import pandas as pd
 
 from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
 from robustbench_fmnist.report.bundle import ReportData
 from robustbench_fmnist.report.tables import (
     class_table,
     confusion_growth,
     format_parameter,
+    headline_spread,
     headline_table,
     parameter_labels,
     seed_mean,
-    seed_spread,
     severity_table,
+    summary_spread,
     summary_table,
 )
+from robustbench_fmnist.statistics import t_quantile
 
 
 def pct(value: float) -> str:
@@ -40,6 +43,14 @@ def plain(value: float, digits: int = 3) -> str:
 
 def interval(low: float, high: float) -> str:
     return "n/a" if pd.isna(low) else f"{100 * low:.1f}–{100 * high:.1f}"
+
+
+def spread(row: dict[str, Any], metric: str, show: Any = pct, with_interval: bool = True) -> str:
+    """`mean ± sd (low–high)` of a metric summarised across seeds (`show` formats each number)."""
+    text = f"{show(row[metric])} ± {show(row[f'{metric}_std'])}"
+    if with_interval:
+        text += f" ({show(row[f'{metric}_low'])}–{show(row[f'{metric}_high'])})"
+    return text
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
@@ -64,19 +75,21 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     out += [
         f"Fashion-MNIST test set ({int(data.results['n_images'].iloc[0]):,} images), "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, device {env['device']}, "
-        f"evaluation in {cfg['evaluation']['precision']}. Accuracies in %, with 95 % Wilson intervals over the "
-        f"test images{' pooled over seeds' if len(seeds) > 1 else ''}; drops in percentage points from the "
+        f"evaluation in {cfg['evaluation']['precision']}. Accuracies in %; drops in percentage points from the "
         f"model's own clean accuracy. Made by robustbench_fmnist {env['versions']['robustbench_fmnist']} at "
         f"commit {env['git_commit']}; every number below is computed from `results.csv`, `per_class.csv`, "
         f"`confusion.csv` and `calibration.csv` beside this file, the configuration is in `run.json`.",
         "",
+        _noise_note(len(seeds)),
+        "",
     ]
     out += _invalid_cells(data.results)
-    out += _headline(cells, reference)
-    if len(seeds) > 1:
-        out += _seeds(data.results, reference)
+    out += _lock_warning(env)
+    out += _headline(data.results, cells, reference)
+    if data.reference is not None:
+        out += _against_reference(data)
     out += _models(cells, run["models"])
-    out += _summary(cells, reference)
+    out += _summary(data.results, cells, reference)
     out += ["## Figures", ""]
     out += [f"![{title}]({path})\n" for title, path in figures.items()]
     out += _per_class(data)
@@ -107,33 +120,81 @@ def _invalid_cells(results: pd.DataFrame) -> list[str]:
     ]
 
 
-def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:
-    table = headline_table(cells, reference)
-    seeds_note = (
-        " With several seeds, every number here is from the seed-mean cells (so mCE is the CE of mean "
-        "errors); Across seeds gives each seed's own values as mean ± spread."
-        if int(cells["seeds"].max()) > 1
-        else ""
+def _noise_note(seeds: int) -> str:
+    if seeds == 1:
+        return (
+            "**One training per model: every interval here is over the test images only and leaves training "
+            "noise out.** A second training of the same recipe moves shifted accuracies by several points even "
+            "where clean accuracy moves by a few tenths; train several seeds (`seeds: [0, 1, 2, 3, 4]`), or set "
+            "the run against a multi-seed report of the same recipe (`noise_from:`), before reading a difference."
+        )
+    t = float(t_quantile(seeds - 1))
+    return (
+        f"Every number is over {seeds} trainings per model: `a ± s (low–high)` is the mean over seeds, the "
+        f"standard deviation between them and a 95 % interval. For accuracies the interval is "
+        f"mean ± sqrt((t·s/√{seeds})² + (1.96·√(p(1-p)/n))²) with t = {t:.3f} (Student, {seeds - 1} degrees of "
+        f"freedom): the spread between trainings plus the sampling of the n test images, which all seeds share. "
+        f"For every other metric it is the t-interval on the seed values, mean ± t·s/√{seeds}."
     )
+
+
+def _lock_warning(env: dict[str, Any]) -> list[str]:
+    lock = env.get("lock") or {}
+    if lock.get("matches") is not False:
+        return []
+    listed = ", ".join(f"{d['package']} {d['installed']} (locked {d['locked']})" for d in lock["differences"][:8])
+    more = len(lock["differences"]) - 8
+    return [
+        f"**Not the locked environment** ({lock.get('file')}): {listed}{f' and {more} more' if more > 0 else ''}. "
+        "Weights trained here can differ from the reference's.",
+        "",
+    ]
+
+
+def _headline(results: pd.DataFrame, cells: pd.DataFrame, reference: str | None) -> list[str]:
+    several = int(cells["seeds"].max()) > 1
     note = (
         f"mCE and relative mCE (Hendrycks & Dietterich 2019) are normalised by `{reference}`, so it scores 100."
         if reference and reference in set(cells["model"])
         else "mCE needs a reference model in the experiment (`reference_model`); none is, so it is n/a."
     )
-    rows = [
-        [
-            r["model"],
-            f"{pct(r['clean_accuracy'])} ({interval(r['clean_low'], r['clean_high'])})",
-            pct(r["shifted_accuracy"]),
-            ratio(r["mce"]),
-            ratio(r["relative_mce"]),
-            pct(r["flip_rate"]),
-            f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
-            f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
-            f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
+    if several:
+        table = headline_spread(results, reference)
+        rows = [
+            [
+                r["model"],
+                spread(r, "clean_accuracy"),
+                spread(r, "shifted_accuracy"),
+                spread(r, "mce", ratio),
+                spread(r, "relative_mce", ratio),
+                spread(r, "flip_rate"),
+                f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
+                f"{spread(r, 'clean_ece', with_interval=False)} → {spread(r, 'shifted_ece')}",
+                f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])} ± {plain(r['shifted_nll_std'])}",
+            ]
+            for r in table.to_dict("records")
         ]
-        for r in table.to_dict("records")
-    ]
+        seeds_note = (
+            " Each seed's headline is computed from its own cells (so mCE is each seed's mCE), then summarised "
+            "across seeds."
+        )
+    else:
+        table = headline_table(cells, reference)
+        rows = [
+            [
+                r["model"],
+                f"{pct(r['clean_accuracy'])} ({interval(r['clean_low'], r['clean_high'])})",
+                pct(r["shifted_accuracy"]),
+                ratio(r["mce"]),
+                ratio(r["relative_mce"]),
+                pct(r["flip_rate"]),
+                f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
+                f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
+                f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
+            ]
+            for r in table.to_dict("records")
+        ]
+        seeds_note = " The clean interval is the Wilson interval over the test images."
     headers = [
         "model",
         "clean (95 % CI)",
@@ -157,24 +218,39 @@ def _headline(cells: pd.DataFrame, reference: str | None) -> list[str]:
     ]
 
 
-def _seeds(results: pd.DataFrame, reference: str | None) -> list[str]:
-    spread = seed_spread(results, reference)
+def _against_reference(data: ReportData) -> list[str]:
+    """Each cell of this run set against the seed spread of a multi-seed reference of the same recipes."""
+    source = data.run.get("noise_from") or {}
+    table = agreement_table(data.results, data.reference)
+    verdict = agreement_verdict(table)
     rows = [
         [
             r["model"],
-            int(r["seeds"]),
-            f"{pct(r['clean_mean'])} ± {pct(r['clean_std'])}",
-            f"{pct(r['shifted_mean'])} ± {pct(r['shifted_std'])}",
-            f"{ratio(r['mce_mean'])} ± {ratio(r['mce_std'])}",
+            r["perturbation"],
+            r["severity"],
+            pct(r["accuracy"]),
+            f"{pct(r['reference_accuracy'])} ± {pct(r['reference_std'])}",
+            f"{pct(r['reference_accuracy'] - r['half_width'])}–{pct(r['reference_accuracy'] + r['half_width'])}",
+            points(r["accuracy"] - r["reference_accuracy"]),
+            "yes" if r["inside"] else "**no**",
         ]
-        for r in spread.to_dict("records")
+        for r in table.to_dict("records")
     ]
+    skipped = source.get("skipped_models") or []
     return [
-        "## Across seeds",
+        "## Against the reference",
         "",
-        "Each seed trains its own models and draws its own perturbations: mean ± standard deviation over seeds.",
+        f"Each cell set against `{source.get('name', 'the reference')}` ({source.get('path', '')}, "
+        f"{len(source.get('seeds', []))} seeds, commit {source.get('git_commit', '?')}): the reference's mean ± "
+        "standard deviation over its seeds, and the range the mean of this run's seeds falls in with 95 % "
+        "probability when both are trainings of the same recipe (a t prediction interval; both use the same "
+        f"test images). {verdict.summary}",
         "",
-        markdown_table(["model", "seeds", "clean", "shifted mean", "mCE"], rows),
+        *([f"Not compared (their recipe differs from the reference's): {', '.join(skipped)}.", ""] if skipped else []),
+        markdown_table(
+            ["model", "perturbation", "severity", "this run", "reference", "expected range", "difference", "inside"],
+            rows,
+        ),
         "",
     ]
 
@@ -200,22 +276,29 @@ def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
     return ["## Models", "", markdown_table(headers, rows), ""]
 
 
-def _summary(cells: pd.DataFrame, reference: str | None) -> list[str]:
-    table = summary_table(cells, reference)
+def _summary(results: pd.DataFrame, cells: pd.DataFrame, reference: str | None) -> list[str]:
+    seeds = int(cells["seeds"].max())
+    several = seeds > 1
+    table = summary_spread(results, reference) if several else summary_table(cells, reference)
+
+    def show(r: dict[str, Any], metric: str, fmt: Any = pct) -> str:
+        value = fmt(-r[metric]) if metric == "mean_drop" else fmt(r[metric])
+        return f"{value} ± {(pct if metric == 'mean_drop' else fmt)(r[f'{metric}_std'])}" if several else value
+
     rows = [
         [
             r["model"],
             r["perturbation"],
-            pct(r["clean_accuracy"]),
-            pct(r["mean_accuracy"]),
-            points(-r["mean_drop"]),
-            pct(r["mean_relative_drop"]),
-            pct(r["worst_accuracy"]),
-            pct(r["auc"]),
-            ratio(r["ce"]),
-            ratio(r["relative_ce"]),
-            pct(r["flip_rate"]),
-            pct(r["ece"]),
+            show(r, "clean_accuracy"),
+            show(r, "mean_accuracy"),
+            show(r, "mean_drop", points),
+            show(r, "mean_relative_drop"),
+            show(r, "worst_accuracy"),
+            show(r, "auc"),
+            show(r, "ce", ratio),
+            show(r, "relative_ce", ratio),
+            show(r, "flip_rate"),
+            show(r, "ece"),
         ]
         for r in table.to_dict("records")
     ]
@@ -233,12 +316,18 @@ def _summary(cells: pd.DataFrame, reference: str | None) -> list[str]:
         "flip rate",
         "ECE",
     ]
+    spread_note = (
+        f" Each value is computed per seed, then given as mean ± standard deviation over the {seeds} seeds; its "
+        f"95 % interval is mean ± {float(t_quantile(seeds - 1)):.3f}·sd/√{seeds}."
+        if several
+        else ""
+    )
     return [
         "## Summary",
         "",
         "Per perturbation, over its severities: mean and worst accuracy, area under the accuracy-severity curve "
         "(clean at 0, normalised to 100), corruption error CE and relative CE (100 = the reference model), mean "
-        "flip rate against the clean predictions and mean ECE.",
+        f"flip rate against the clean predictions and mean ECE.{spread_note}",
         "",
         markdown_table(headers, rows),
         "",
@@ -374,6 +463,16 @@ def _throughput(throughput: pd.DataFrame) -> list[str]:
     return out
 
 
+def _lock_row(lock: dict[str, Any] | None) -> str:
+    if not lock:
+        return "not recorded"
+    if lock.get("matches") is None:
+        return str(lock.get("note", "no lock file"))
+    if lock["matches"]:
+        return f"{lock['file']}: every installed package at its locked version"
+    return f"{lock['file']}: {len(lock['differences'])} packages differ (see the warning at the top)"
+
+
 def _environment(run: dict[str, Any]) -> list[str]:
     env = run["environment"]
     threads = env.get("threads", {})
@@ -385,6 +484,7 @@ def _environment(run: dict[str, Any]) -> list[str]:
         ["threads", ", ".join(f"{k} {v}" for k, v in threads.items()) or "n/a"],
         ["platform", f"{env.get('platform', 'n/a')}, Python {env.get('python', 'n/a')}"],
         ["packages", versions or "n/a"],
+        ["lock", _lock_row(env.get("lock"))],
         ["allocator tuned", str(env.get("allocator_tuned", "n/a"))],
         *([["denormals flushed", str(env["cpu_settings"]["flush_denormal"])]] if "cpu_settings" in env else []),
         ["data", f"{data.get('source', 'n/a')} (sha256 {str(data.get('checksum', 'n/a'))[:16]}…)"],
@@ -394,8 +494,13 @@ def _environment(run: dict[str, Any]) -> list[str]:
     return ["## Environment", "", markdown_table(["setting", "value"], rows, align="ll"), ""]
 
 
+def _sd(value: float | None) -> str:
+    return "" if value is None or pd.isna(value) else f" ± {pct(value)}"
+
+
 def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) -> list[str]:
     name = pert["name"]
+    several = int(cells["seeds"].max()) > 1
     table = severity_table(cells, name)
     labels = parameter_labels(cells, name)
     severities = sorted(int(c[1:]) for c in table.columns if c.startswith("s") and c[1:].isdigit())
@@ -407,7 +512,8 @@ def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) 
     rows = []
     for r in table.to_dict("records"):
         values = [
-            f"{pct(r[f's{s}'])} ({points(r[f's{s}'] - r['clean'])}) [{interval(r[f's{s}_low'], r[f's{s}_high'])}]"
+            f"{pct(r[f's{s}'])}{_sd(r.get(f's{s}_std'))} ({points(r[f's{s}'] - r['clean'])}) "
+            f"[{interval(r[f's{s}_low'], r[f's{s}_high'])}]"
             for s in severities
         ]
         rows.append(
@@ -425,7 +531,8 @@ def _perturbation_section(cells: pd.DataFrame, pert: dict[str, Any], unit: str) 
     return [
         f"## {name}",
         "",
-        f"{pert['description']} Parameter: {unit}. Cells: accuracy (change from clean) [95 % interval]. "
+        f"{pert['description']} Parameter: {unit}. Cells: accuracy{' ± sd over seeds' if several else ''} "
+        "(change from clean) [95 % interval]. "
         "Flip rate: predictions that differ from the clean ones; step flip rate: from the previous severity's.",
         "",
         markdown_table(headers, rows),

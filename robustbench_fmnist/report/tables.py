@@ -1,7 +1,9 @@
 """Tidy rows (the report's CSV files) -> the tables a report shows. One function per table, no I/O.
 
 With several seeds, each (model, perturbation, severity) cell is first averaged over the seeds
-(`seed_mean`); every other table works on those means, and `seed_spread` shows the spread.
+(`seed_mean`, which also gives each metric's spread and interval); the per-perturbation and
+per-model tables are computed per seed and then summarised across seeds (`summary_spread`,
+`headline_spread`), so every number carries the spread between trainings (statistics.py).
 """
 
 from __future__ import annotations
@@ -11,39 +13,43 @@ import pandas as pd
 
 from robustbench_fmnist.evaluation import CLEAN
 from robustbench_fmnist.metrics import area_under_curve, corruption_errors, mean_corruption_errors
+from robustbench_fmnist.statistics import accuracy_half_width, across_seeds, seed_half_width
 
 CELL = ["model", "perturbation", "severity"]
 _MEANS = ["accuracy", "flip_rate", "flip_rate_step", "ece", "mean_confidence", "nll"]
-
-
-# two-sided 95 % Student t quantiles by degrees of freedom (seeds - 1)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+DERIVED = _MEANS[1:]  # per-cell metrics other than accuracy: t-interval over seeds only
 
 
 def seed_mean(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: metrics averaged over seeds, the accuracy's spread and a 95 % interval.
+    """One row per cell: metrics averaged over seeds, each with its spread and a 95 % interval.
 
-    One seed: the Wilson interval over the test images. Several: the mean of the seeds' Wilson
-    intervals, widened to the t-interval of the mean across seeds where that is wider, since
-    independently trained models differ by more than the test-set sampling alone.
+    One seed: the accuracy's Wilson interval over the test images, nothing for the other metrics.
+    Several: the accuracy interval adds the t-interval over seeds and the test-set term, every
+    other metric gets the t-interval over seeds (statistics.py). `n_images` is per seed.
     """
     grouped = results.groupby(CELL, sort=False)
     table = grouped.agg(
         parameter=("parameter", "first"),
         seeds=("seed", "nunique"),
-        n_images=("n_images", "sum"),
+        n_images=("n_images", "mean"),
         n_correct=("n_correct", "sum"),
-        accuracy_std=("accuracy", "std"),
-        low=("accuracy_low", "mean"),
-        high=("accuracy_high", "mean"),
+        wilson_low=("accuracy_low", "mean"),
+        wilson_high=("accuracy_high", "mean"),
         **{column: (column, "mean") for column in _MEANS},
     ).reset_index()
-    quantile = table["seeds"].map(lambda k: _T95.get(k - 1, 1.96)).astype(float)
-    half = (quantile * table["accuracy_std"] / np.sqrt(table["seeds"])).fillna(0.0)
-    table["accuracy_low"] = np.minimum(table["low"], table["accuracy"] - half).clip(lower=0.0)
-    table["accuracy_high"] = np.maximum(table["high"], table["accuracy"] + half).clip(upper=1.0)
+    spread = grouped[_MEANS].std().reset_index(drop=True)
+    several = table["seeds"] >= 2
+    half = accuracy_half_width(table["accuracy"], spread["accuracy"], table["seeds"], table["n_images"])
+    table["accuracy_std"] = spread["accuracy"].where(several)
+    table["accuracy_low"] = (table["accuracy"] - half).clip(lower=0.0).where(several, table["wilson_low"])
+    table["accuracy_high"] = (table["accuracy"] + half).clip(upper=1.0).where(several, table["wilson_high"])
+    for column in DERIVED:
+        half = seed_half_width(spread[column], table["seeds"])
+        table[f"{column}_std"] = spread[column].where(several)
+        table[f"{column}_low"] = table[column] - half
+        table[f"{column}_high"] = table[column] + half
     table["error"] = 1.0 - table["accuracy"]
-    return table.drop(columns=["low", "high"])
+    return table.drop(columns=["wilson_low", "wilson_high"])
 
 
 def with_drops(cells: pd.DataFrame) -> pd.DataFrame:
@@ -120,22 +126,62 @@ def headline_table(cells: pd.DataFrame, reference: str | None = None) -> pd.Data
     return table.reset_index()
 
 
-def seed_spread(results: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
-    """Per model: mean and standard deviation over seeds of clean accuracy, shifted accuracy and mCE."""
-    per_seed = [
-        headline_table(seed_mean(group), reference).assign(seed=seed) for seed, group in results.groupby("seed")
-    ]
-    frame = pd.concat(per_seed, ignore_index=True)
-    grouped = frame.groupby("model", sort=False)
-    return grouped.agg(
-        seeds=("seed", "nunique"),
-        clean_mean=("clean_accuracy", "mean"),
-        clean_std=("clean_accuracy", "std"),
-        shifted_mean=("shifted_accuracy", "mean"),
-        shifted_std=("shifted_accuracy", "std"),
-        mce_mean=("mce", "mean"),
-        mce_std=("mce", "std"),
-    ).reset_index()
+HEADLINE_METRICS = [
+    "clean_accuracy",
+    "shifted_accuracy",
+    "mce",
+    "relative_mce",
+    "flip_rate",
+    "clean_confidence",
+    "shifted_confidence",
+    "clean_ece",
+    "shifted_ece",
+    "clean_nll",
+    "shifted_nll",
+]
+SUMMARY_METRICS = [
+    "clean_accuracy",
+    "mean_accuracy",
+    "mean_drop",
+    "mean_relative_drop",
+    "worst_accuracy",
+    "auc",
+    "ce",
+    "relative_ce",
+    "flip_rate",
+    "ece",
+]
+# shares of the test images: their intervals also carry the test-set sampling term
+_ACCURACIES = {"clean_accuracy", "shifted_accuracy", "mean_accuracy", "worst_accuracy"}
+
+
+def _per_seed(results: pd.DataFrame, table: object, reference: str | None) -> pd.DataFrame:
+    frames = [table(seed_mean(group), reference).assign(seed=seed) for seed, group in results.groupby("seed")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _with_sampling_term(table: pd.DataFrame, images: float) -> pd.DataFrame:
+    """Widen the accuracy intervals of a spread table by the shared test-set term (statistics.py)."""
+    for m in _ACCURACIES & {c for c in table.columns if f"{c}_std" in table.columns}:
+        half = accuracy_half_width(table[m], table[f"{m}_std"], table["seeds"], pd.Series(images, index=table.index))
+        several = table["seeds"] >= 2
+        table[f"{m}_low"] = (table[m] - half).clip(lower=0.0).where(several)
+        table[f"{m}_high"] = (table[m] + half).clip(upper=1.0).where(several)
+    return table
+
+
+def headline_spread(results: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Per model: each headline metric computed per seed, then its mean, spread and 95 % interval over seeds."""
+    per_seed = _per_seed(results, headline_table, reference)
+    table = across_seeds(per_seed, ["model"], HEADLINE_METRICS)
+    return _with_sampling_term(table, float(results["n_images"].iloc[0]))
+
+
+def summary_spread(results: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Per model x perturbation: each summary metric per seed, then mean, spread and 95 % interval over seeds."""
+    per_seed = _per_seed(results, summary_table, reference)
+    table = across_seeds(per_seed, ["model", "perturbation"], SUMMARY_METRICS)
+    return _with_sampling_term(table, float(results["n_images"].iloc[0]))
 
 
 def severity_table(cells: pd.DataFrame, perturbation: str) -> pd.DataFrame:
@@ -147,7 +193,12 @@ def severity_table(cells: pd.DataFrame, perturbation: str) -> pd.DataFrame:
     table["clean"] = rows[rows.perturbation == CLEAN].set_index("model")["accuracy"].reindex(models)
     for severity, group in shifted.groupby("severity", sort=True):
         indexed = group.set_index("model")
-        for column, source in (("", "accuracy"), ("_low", "accuracy_low"), ("_high", "accuracy_high")):
+        for column, source in (
+            ("", "accuracy"),
+            ("_low", "accuracy_low"),
+            ("_high", "accuracy_high"),
+            ("_std", "accuracy_std"),
+        ):
             table[f"s{severity}{column}"] = indexed[source].reindex(models)
     grouped = shifted.groupby("model", sort=False)
     table["mean"] = grouped["accuracy"].mean().reindex(models)
