@@ -149,6 +149,11 @@ def _print_headline(folder: Path) -> None:
             f"  shifted mean {100 * row.shifted_accuracy:6.2f} %"
             f"  mCE {mce:>5}  flip rate {100 * row.flip_rate:5.2f} %  ECE clean {100 * row.clean_ece:5.2f} %"
         )
+    if data.reference is not None:
+        from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
+
+        verdict = agreement_verdict(agreement_table(data.results, data.reference))
+        print(f"against {data.run['noise_from']['path']}: {verdict.summary} (section 'Against the reference')")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

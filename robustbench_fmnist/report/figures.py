@@ -66,7 +66,9 @@ def severity_curves(cells: pd.DataFrame, perturbations: Sequence[dict], family: 
         for axis in list(axes.flat)[len(names) :]:
             axis.set_visible(False)
         axes.flat[0].legend(loc="lower left", fontsize=8)
-        figure.suptitle(f"{family}: accuracy by severity (bands: 95 % interval)")
+        seeds = int(cells["seeds"].max())
+        over = f"over {seeds} trainings and the test images" if seeds > 1 else "over the test images, one training"
+        figure.suptitle(f"{family}: accuracy by severity (bands: 95 % interval {over})")
         figure.tight_layout()
         return _png(figure)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -230,7 +231,8 @@ def _against_reference(data: ReportData) -> list[str]:
             r["severity"],
             pct(r["accuracy"]),
             f"{pct(r['reference_accuracy'])} ± {pct(r['reference_std'])}",
-            f"{pct(r['reference_accuracy'] - r['half_width'])}–{pct(r['reference_accuracy'] + r['half_width'])}",
+            f"{pct(max(0.0, r['reference_accuracy'] - r['half_width']))}–"
+            f"{pct(min(1.0, r['reference_accuracy'] + r['half_width']))}",
             points(r["accuracy"] - r["reference_accuracy"]),
             "yes" if r["inside"] else "**no**",
         ]
@@ -258,22 +260,28 @@ def _against_reference(data: ReportData) -> list[str]:
 def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
     clean = cells[cells.perturbation == CLEAN].set_index("model")["accuracy"]
     seen: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, list[float]] = {}
+    weights: dict[str, list[str]] = {}
     for m in models:
         seen.setdefault(m["name"], m)
+        weights.setdefault(m["name"], []).append(m["weights"])
+        if m.get("train_seconds") is not None:
+            seconds.setdefault(m["name"], []).append(m["train_seconds"])
     rows = [
         [
             m["name"],
             f"{m['parameters']:,}",
             f"{m['macs']:,}",
             pct(clean.get(m["name"], float("nan"))),
-            m["weights"],
-            "n/a" if m.get("train_seconds") is None else f"{m['train_seconds']:.1f}",
+            ", ".join(f"{n} {w}" if n > 1 else w for w, n in Counter(weights[m["name"]]).items()),
+            f"{sum(seconds[m['name']]) / len(seconds[m['name']]):.1f}" if m["name"] in seconds else "n/a",
             (m.get("recipe") or {}).get("augment", "n/a"),
         ]
         for m in seen.values()
     ]
     headers = ["model", "parameters", "MACs / image", "clean accuracy", "weights", "training time (s)", "augmentation"]
-    return ["## Models", "", markdown_table(headers, rows), ""]
+    note = "Training time: the mean over seeds of each training's seconds (a cached one keeps its own)."
+    return ["## Models", "", markdown_table(headers, rows), "", note, ""]
 
 
 def _summary(results: pd.DataFrame, cells: pd.DataFrame, reference: str | None) -> list[str]:

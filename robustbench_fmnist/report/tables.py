@@ -46,7 +46,7 @@ def seed_mean(results: pd.DataFrame) -> pd.DataFrame:
     for column in DERIVED:
         half = seed_half_width(spread[column], table["seeds"])
         table[f"{column}_std"] = spread[column].where(several)
-        table[f"{column}_low"] = table[column] - half
+        table[f"{column}_low"] = (table[column] - half).clip(lower=0.0)  # all of them are >= 0
         table[f"{column}_high"] = table[column] + half
     table["error"] = 1.0 - table["accuracy"]
     return table.drop(columns=["wilson_low", "wilson_high"])
@@ -160,8 +160,17 @@ def _per_seed(results: pd.DataFrame, table: object, reference: str | None) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
+# metrics that can be negative: a drop (accuracy can rise under a shift) and the relative CEs
+_SIGNED = {"mean_drop", "mean_relative_drop", "relative_ce", "relative_mce"}
+
+
 def _with_sampling_term(table: pd.DataFrame, images: float) -> pd.DataFrame:
-    """Widen the accuracy intervals of a spread table by the shared test-set term (statistics.py)."""
+    """Widen the accuracy intervals of a spread table by the shared test-set term (statistics.py).
+
+    Intervals of metrics that cannot be negative are cut at 0 (a t-interval knows no bounds).
+    """
+    for m in {c for c in table.columns if f"{c}_low" in table.columns} - _SIGNED:
+        table[f"{m}_low"] = table[f"{m}_low"].clip(lower=0.0)
     for m in _ACCURACIES & {c for c in table.columns if f"{c}_std" in table.columns}:
         half = accuracy_half_width(table[m], table[f"{m}_std"], table["seeds"], pd.Series(images, index=table.index))
         several = table["seeds"] >= 2
