@@ -15,6 +15,7 @@ Run alone with `pytest tests/benchmarks -s` to see the per-perturbation table.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -82,10 +83,14 @@ def test_torch_suite_is_20x_faster_than_albumentations(benchmark: object, test_i
     cells = _cells(SHARED)
     _torch_suite(test_images[:1000], cells)  # warm-up
     benchmark.pedantic(_torch_suite, args=(test_images, cells), rounds=3, iterations=1)
-    torch_seconds = benchmark.stats.stats.median
-    start = time.perf_counter()
-    _albumentations_suite(test_images, cells)
-    albumentations_seconds = time.perf_counter() - start
+    # the fastest run of each side: a shared VM only ever adds time, and the median of three torch
+    # rounds against one albumentations run moved the ratio between 19.7x and 22.2x on a quiet machine
+    torch_seconds = benchmark.stats.stats.min
+    albumentations_seconds = math.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        _albumentations_suite(test_images, cells)
+        albumentations_seconds = min(albumentations_seconds, time.perf_counter() - start)
     ratio = albumentations_seconds / torch_seconds
     benchmark.extra_info.update(
         cells=len(cells), torch_s=torch_seconds, albumentations_s=albumentations_seconds, speedup=ratio
