@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import zipfile
@@ -74,9 +75,14 @@ class Outcomes:
     keys: list[tuple[str, int, str, int]]
     correct: np.ndarray  # (cells, images) bool
 
-    def lookup(self) -> dict[tuple[str, int, str, int], np.ndarray]:
-        """{cell key: its (images,) bool row}."""
+    @functools.cached_property
+    def by_key(self) -> dict[tuple[str, int, str, int], np.ndarray]:
+        """{cell key: its (images,) bool row}, built once."""
         return dict(zip(self.keys, self.correct, strict=True))
+
+    @functools.cached_property
+    def seeds(self) -> list[int]:
+        return sorted({key[1] for key in self.keys})
 
 
 def outcomes_from(pairs: list[tuple[tuple[str, int, str, int], Any]]) -> Outcomes | None:

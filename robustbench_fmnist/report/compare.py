@@ -131,13 +131,12 @@ def compare_runs(
 
 def _paired(row: dict, first: ReportData, second: ReportData, noise: ReportData | None) -> tuple[float, float, float]:
     """Exact McNemar over the images of every seed both sides share."""
-    ours, theirs = first.outcomes.lookup(), second.outcomes.lookup()  # type: ignore[union-attr]
+    ours, theirs = first.outcomes.by_key, second.outcomes.by_key  # type: ignore[union-attr]
     a_only = b_only = pairs = 0
-    for (model, seed, perturbation, severity), correct_a in ours.items():
-        if (model, perturbation, severity) != (row["model"], row["perturbation"], row["severity"]):
-            continue
-        correct_b = theirs.get((row["model_b"], seed, perturbation, severity))
-        if correct_b is None or len(correct_b) != len(correct_a):
+    for seed in first.outcomes.seeds:  # type: ignore[union-attr]
+        correct_a = ours.get((row["model"], seed, row["perturbation"], row["severity"]))
+        correct_b = theirs.get((row["model_b"], seed, row["perturbation"], row["severity"]))
+        if correct_a is None or correct_b is None or len(correct_b) != len(correct_a):
             continue
         a_only += int((correct_a & ~correct_b).sum())
         b_only += int((correct_b & ~correct_a).sum())
