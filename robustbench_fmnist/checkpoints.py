@@ -29,7 +29,11 @@ CACHE_FORMAT = 2
 _PACKAGE = Path(__file__).resolve().parent
 # the code whose numerics decide trained weights: the training loop (augmentation included) and
 # every registered model's definition; a factory's own module is added per model
-_TRAINING_SOURCES = (_PACKAGE / "training.py", *sorted((_PACKAGE / "models").glob("*.py")))
+_TRAINING_SOURCES = (
+    _PACKAGE / "training.py",
+    _PACKAGE / "augmentation.py",
+    *sorted((_PACKAGE / "models").glob("*.py")),
+)
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check an experiment YAML without running it")
     _add_experiment_flags(validate)
 
-    ls = commands.add_parser("ls", help="list registered models and perturbations")
+    ls = commands.add_parser("ls", help="list registered models, perturbations, adaptations and augmentations")
     ls.add_argument(
-        "words", nargs="*", metavar="[KIND] [PATTERN]", help="models or perturbations, and/or a filter such as '*cnn*'"
+        "words",
+        nargs="*",
+        metavar="[KIND] [PATTERN]",
+        help="a kind (models, perturbations, adaptations, augmentations) and/or a filter such as '*cnn*'",
     )
     ls.add_argument("--markdown", action="store_true", help="print the perturbation severity table as Markdown")
 
@@ -270,37 +273,51 @@ def _identical_weights(reference: list[dict[str, Any]], again: list[dict[str, An
     return f"{same} of {len(shared)} (model, seed) trainings bit-identical to the reference's"
 
 
+LS_KINDS = ("models", "perturbations", "adaptations", "augmentations")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.adaptation import ADAPTATIONS
+    from robustbench_fmnist.augmentation import AUGMENTATIONS
     from robustbench_fmnist.errors import ConfigError
     from robustbench_fmnist.models import MODELS
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
 
     words = list(args.words)
-    kind = words.pop(0) if words and words[0] in ("models", "perturbations") else None
-    if len(words) > 1 or (words and words[0] in ("models", "perturbations")):
+    kind = words.pop(0) if words and words[0] in LS_KINDS else None
+    if len(words) > 1 or (words and words[0] in LS_KINDS):
         raise ConfigError(f"ls takes at most one kind and one pattern, got {' '.join(args.words)!r}; quote the pattern")
     pattern = words[0] if words else "*"
-    if args.markdown and kind == "models":
-        raise ConfigError("ls --markdown prints the perturbation severity table; drop 'models'")
-    # --markdown is the perturbation table; otherwise the kind asked for, or both
-    registries = {"models": MODELS, "perturbations": PERTURBATIONS}
+    if args.markdown and kind not in (None, "perturbations"):
+        raise ConfigError(f"ls --markdown prints the perturbation severity table; drop {kind!r}")
+    # --markdown is the perturbation table; otherwise the kind asked for, or all of them
+    registries = {"models": MODELS, "perturbations": PERTURBATIONS, "adaptations": ADAPTATIONS,
+                  "augmentations": AUGMENTATIONS}  # fmt: skip
     searched = [registries[kind or "perturbations"]] if kind or args.markdown else list(registries.values())
     if not any(registry.names(pattern) for registry in searched):
         raise ConfigError(f"ls: nothing matches {pattern!r}; patterns are shell-style, e.g. '*cnn*' or 'gamma_*'")
     if args.markdown:
         print(severity_markdown(pattern), end="")
         return 0
-    if kind in (None, "models"):
+    if kind == "models" or (kind is None and MODELS.names(pattern)):
         print("models:")
         for name in MODELS.names(pattern):
             entry = MODELS.get(name)
             tags = f" [{', '.join(entry.tags)}]" if entry.tags else ""
             print(f"  {name:<20} {entry.description}{tags}")
-    if kind in (None, "perturbations"):
+    if kind == "perturbations" or (kind is None and PERTURBATIONS.names(pattern)):
         print("perturbations: the parameter at severities 1..5 (severity 0 is clean; '-' beyond a probe's levels)")
         print(f"  {'name':<16} {'family':<9} " + " ".join(f"{'s' + str(s):>6}" for s in range(1, 6)) + "  unit")
         print(severity_text(pattern))
+    if kind in (None, "adaptations") and ADAPTATIONS.names(pattern):
+        print("adaptations (evaluation.adaptation):")
+        for name in ADAPTATIONS.names(pattern):
+            print(f"  {name:<16} {ADAPTATIONS.get(name).description}")
+    if kind in (None, "augmentations") and AUGMENTATIONS.names(pattern):
+        print("augmentations (train.robust_augment.method):")
+        for name in AUGMENTATIONS.names(pattern):
+            print(f"  {name:<16} {AUGMENTATIONS.get(name).description}")
     return 0
 
 

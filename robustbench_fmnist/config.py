@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,78 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class SuiteAugment(_Strict):
+    """The suite's own perturbations as training augmentation, drawn per image."""
+
+    method: Literal["suite"]
+    perturbations: tuple[str, ...] = Field(min_length=1, description="perturbation names to train on")
+    severities: tuple[int, int] = Field((1, 3), description="lowest and highest severity, drawn uniformly")
+    p: float = Field(0.5, ge=0, le=1, description="chance that an image is perturbed")
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_span(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high <= MAX_SEVERITY:
+            raise ValueError(
+                f"severities must be [low, high] with 1 <= low <= high <= {MAX_SEVERITY}, got {list(value)}"
+            )
+        return value
+
+    @field_validator("perturbations")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"perturbations repeat: {list(value)}")
+        return value
+
+
+AUGMIX_OPERATIONS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear", "translate")
+
+
+class AugMixAugment(_Strict):
+    """AugMix (Hendrycks et al. 2020): a convex mix of `width` random chains of operations, mixed with the image."""
+
+    method: Literal["augmix"]
+    severity: int = Field(3, ge=1, le=10, description="operation strength, AugMix's 1..10 scale")
+    width: int = Field(3, ge=1, le=8, description="chains mixed per image")
+    depth: int = Field(-1, ge=-1, le=5, description="operations per chain; -1 draws 1..3 per chain")
+    alpha: float = Field(1.0, gt=0, description="Dirichlet and Beta concentration of the mixing weights")
+    # AugMix drops the operations that overlap its test corruptions; here the geometric ones overlap
+    # the viewpoint shifts, so they are off unless named (and then their shifts count as seen)
+    operations: tuple[Literal[AUGMIX_OPERATIONS], ...] = Field(  # type: ignore[valid-type]
+        ("autocontrast", "equalize", "posterize", "solarize"), min_length=1
+    )
+    jsd: bool = Field(False, description="Jensen-Shannon consistency loss over the clean and two AugMix views")
+    jsd_weight: float = Field(12.0, ge=0, description="weight of the consistency loss (AugMix's lambda)")
+
+
+class PolicyAugment(_Strict):
+    """torchvision's TrivialAugmentWide or RandAugment, applied per image."""
+
+    method: Literal["trivialaugment", "randaugment"]
+    num_ops: int = Field(2, ge=1, le=10, description="RandAugment: operations per image")
+    magnitude: int = Field(9, ge=0, le=30, description="RandAugment: magnitude on its 0..30 scale")
+
+
+class NoiseAugment(_Strict):
+    """Gaussian-noise augmentation (Rusak et al. 2020): clip(x + sigma * z) on a share of the images."""
+
+    method: Literal["gaussian_noise"]
+    sigma: float = Field(0.1, gt=0, le=1, description="noise standard deviation, in intensity")
+    p: float = Field(0.5, ge=0, le=1, description="chance that an image is noised")
+
+
+RobustAugment = Annotated[
+    Union[SuiteAugment, AugMixAugment, PolicyAugment, NoiseAugment], Field(discriminator="method")  # noqa: UP007
+]
+
+
+def _method_shorthand(value: Any) -> Any:
+    # `robust_augment: trivialaugment` means `robust_augment: {method: trivialaugment}`
+    return {"method": value} if isinstance(value, str) else value
+
+
 class TrainRecipe(_Strict):
     """How a model is trained. Registered models carry their own tuned defaults."""
 
@@ -56,6 +128,13 @@ class TrainRecipe(_Strict):
     )
     channels_last: bool = True
     train_images: int | None = Field(None, ge=1, description="train on the first N images only")
+    robust_augment: RobustAugment | None = Field(
+        None, description="robust-training augmentation: suite, augmix, trivialaugment, randaugment, gaussian_noise"
+    )
+
+    _robust_shorthand = field_validator("robust_augment", mode="before")(
+        classmethod(lambda cls, v: _method_shorthand(v))
+    )
 
     def merged(self, overrides: TrainRecipe | None) -> TrainRecipe:
         """This recipe with the fields a YAML file set explicitly in `overrides`."""
@@ -69,6 +148,37 @@ def _name_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+Adaptation = Literal["none", "bn", "tent"]
+
+
+class BatchNormAdaptation(_Strict):
+    """`bn`: BatchNorm statistics re-estimated on unlabeled images of the cell (Schneider et al. 2020)."""
+
+    prior: float = Field(0.0, ge=0, description="N: weight of the training statistics, in images (0: test only)")
+    images: int | None = Field(None, ge=2, description="adaptation images per half (default: the whole half)")
+    transductive: bool = Field(False, description="adapt on the scored images themselves instead of the other half")
+
+
+class TentAdaptation(_Strict):
+    """`tent` (Wang et al. 2021): entropy minimisation on the normalisation layers' affine parameters."""
+
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (tent's CIFAR setting)")
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH, description="images per online step (tent's CIFAR setting)")
+    steps: int = Field(1, ge=1, le=10, description="gradient steps per batch")
+
+
+def _adaptation_list(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value
+
+
+def _distinct_adaptations(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is not None and len(set(value)) != len(value):
+        raise ValueError(f"adaptations repeat: {list(value)}")
+    if value is not None and "none" not in value:
+        raise ValueError(f"{list(value)} lacks none: every adaptation is measured against the unadapted model")
+    return value
+
+
 class ModelSpec(_Strict):
     name: str = Field(
         min_length=1,
@@ -80,8 +190,23 @@ class ModelSpec(_Strict):
     checkpoint: Path | None = Field(None, description="state_dict file; skips training")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the builder")
     train: TrainRecipe | None = Field(None, description="overrides of the model's default recipe")
+    architecture: str | None = Field(
+        None, description="the registered model to build when `name` is a label (e.g. deep_cnn_augmix)"
+    )
+    adaptation: tuple[Adaptation, ...] | None = Field(
+        None, min_length=1, description="this model's test-time adaptations (default: evaluation.adaptation)"
+    )
+
+    _adaptation_shorthand = field_validator("adaptation", mode="before")(
+        classmethod(lambda cls, v: _adaptation_list(v))
+    )
+    _adaptation_distinct = field_validator("adaptation")(classmethod(lambda cls, v: _distinct_adaptations(v)))
 
     _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _name_shorthand(v)))
+
+    def label(self, adaptation: str) -> str:
+        """The name results are filed under for one adaptation: the model's own for none."""
+        return self.name if adaptation == "none" else f"{self.name}+{adaptation}"
 
     @field_validator("factory")
     @classmethod
@@ -161,6 +286,16 @@ class EvaluationConfig(_Strict):
     channels_last: bool = True
     test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
     backend: Backend = Field("torch", description="perturbation backend: torch (batched) or albumentations")
+    adaptation: tuple[Adaptation, ...] = Field(
+        ("none",), min_length=1, description="test-time adaptations, each evaluated: none, bn, tent"
+    )
+    bn: BatchNormAdaptation = Field(default_factory=BatchNormAdaptation)
+    tent: TentAdaptation = Field(default_factory=TentAdaptation)
+
+    _adaptation_shorthand = field_validator("adaptation", mode="before")(
+        classmethod(lambda cls, v: _adaptation_list(v))
+    )
+    _adaptation_distinct = field_validator("adaptation")(classmethod(lambda cls, v: _distinct_adaptations(v)))
 
 
 class ThroughputConfig(_Strict):
@@ -242,10 +377,18 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentConfig:
         labelled = [p.label(self.evaluation.backend) for p in self.perturbations]
-        for kind, names in (("model", [s.name for s in self.models]), ("perturbation", labelled)):
+        # an adapted model's rows go under "name+adaptation": those names must not clash with another model's
+        model_labels = [s.label(a) for s in self.models for a in s.adaptation or self.evaluation.adaptation]
+        for kind, names in (("model", model_labels), ("perturbation", labelled)):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
+        adapted = {a for s in self.models for a in s.adaptation or self.evaluation.adaptation} - {"none"}
+        if adapted and self.evaluation.precision != "float32":
+            raise ValueError(
+                f"evaluation.precision {self.evaluation.precision} with adaptation {sorted(adapted)}: adaptation "
+                "runs in float32, so its rows would not match; set precision: float32"
+            )
         models = [s.name for s in self.models]
         if "reference_model" in self.model_fields_set and self.reference_model not in models:
             raise ValueError(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from robustbench_fmnist.adaptation import ADAPTATIONS, AdaptationSettings
+from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
+from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.progress import progress_bar
@@ -69,6 +70,7 @@ class CellResult:
     error: float
     seconds: float
     nonfinite_images: int = 0  # images whose logits hold NaN or inf: above 0, the cell is invalid
+    adaptation: str = "none"  # the test-time adaptation the predictions came from
 
     @property
     def valid(self) -> bool:
@@ -97,31 +99,6 @@ def perturb_cell(cell: Cell, images: torch.Tensor, *, seed: int, indices: torch.
     return entry.apply_value(images, cell.parameter, seed=seed, indices=indices)
 
 
-def fold_batch_norm(model: nn.Module) -> nn.Module:
-    """An inference copy of `model` with each Conv2d directly followed by BatchNorm2d folded into one conv.
-
-    Equivalent in eval mode (up to float rounding) and saves a memory-bound pass per BN layer,
-    about a third of a VGG-style CNN's CPU inference time. Only nn.Sequential chains are
-    rewritten; other modules are copied unchanged. The caller's model is not touched.
-    """
-    folded = copy.deepcopy(model).eval()
-    _fold_in_place(folded)
-    return folded
-
-
-def _fold_in_place(module: nn.Module) -> None:
-    for child in module.children():
-        _fold_in_place(child)
-    if not isinstance(module, nn.Sequential):
-        return
-    names = list(module._modules)
-    for first, second in itertools.pairwise(names):
-        conv, norm = module._modules[first], module._modules[second]
-        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
-            module._modules[first] = fuse_conv_bn_eval(conv, norm)
-            module._modules[second] = nn.Identity()
-
-
 def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
     """Clean first, then each (perturbation, severities) pair's cells; severities None means all."""
     cells = [Cell(CLEAN, 0)]
@@ -142,50 +119,54 @@ def evaluate_cells(
     batch_size: int = 1000,
     precision: str = "float32",
     channels_last: bool = True,
+    adaptation: str = "none",
+    adaptation_settings: AdaptationSettings | None = None,
 ) -> tuple[list[CellResult], dict[Cell, CellOutputs]]:
     """Accuracy of `model` in every cell, plus its per-image outputs per cell (on the CPU).
 
     `images` are (N, 1, 28, 28) floats in [0, 1]; they are moved to `device` once and
-    perturbed batch by batch there, so nothing is copied per cell.
+    perturbed batch by batch there, so nothing is copied per cell. With an `adaptation` other
+    than none, each cell's images are perturbed whole and the adaptation predicts them, starting
+    from `model`'s own weights in every cell.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = fold_batch_norm(model).to(device=device, memory_format=memory_format)
+    adapt = ADAPTATIONS.get(adaptation).predict
+    settings = adaptation_settings or AdaptationSettings(BatchNormAdaptation(), TentAdaptation())
+    settings = replace(settings, batch_size=batch_size, memory_format=memory_format)
+    folded = fold_batch_norm(model).to(device=device, memory_format=memory_format)
+    # adaptations start from this unadapted copy in every cell; the caller's model is not touched
+    source = None if adapt is None else copy.deepcopy(model).to(device=device, memory_format=memory_format).eval()
     images, labels = images.to(device), labels.to(device)
     count = len(labels)
     dtype = PRECISIONS[precision]
     batches = range(0, count, batch_size)
     results: list[CellResult] = []
     outputs: dict[Cell, CellOutputs] = {}
+
+    def perturbed(cell: Cell, first: int) -> torch.Tensor:
+        batch = images[first : first + batch_size]
+        if cell.name is not None:
+            indices = torch.arange(first, first + len(batch), device=device)
+            batch = perturb_cell(cell, batch, seed=seed, indices=indices)
+        return batch.contiguous(memory_format=memory_format)
+
     with progress_bar(len(cells) * len(batches), f"eval {model_name}", unit="batch") as bar, torch.inference_mode():
         for cell in cells:
             start = time.perf_counter()
-            predicted = torch.empty(count, dtype=torch.uint8, device=device)
-            confidence = torch.empty(count, dtype=torch.float32, device=device)
-            true_probability = torch.empty(count, dtype=torch.float32, device=device)
-            # counted on the device, read once per cell: a NaN must never be scored as a class
-            nonfinite = torch.zeros((), dtype=torch.long, device=device)
-            for first in batches:
-                batch = images[first : first + batch_size]
-                if cell.name is not None:
-                    indices = torch.arange(first, first + len(batch), device=device)
-                    batch = perturb_cell(cell, batch, seed=seed, indices=indices)
-                batch = batch.contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    logits = model(batch)
-                check_logits(logits, len(batch), model_name)
-                unusable = (~torch.isfinite(logits)).any(1)
-                nonfinite += unusable.sum()
-                # softmax in float32 whatever the autocast dtype: calibration needs the precision
-                probabilities = logits.float().softmax(1)
-                top, classes = probabilities.max(1)
-                predicted[first : first + len(batch)] = classes.masked_fill_(unusable, NO_PREDICTION)
-                confidence[first : first + len(batch)] = top
-                true_probability[first : first + len(batch)] = probabilities.gather(
-                    1, labels[first : first + len(batch)].long().unsqueeze(1)
-                ).squeeze(1)
-                bar.update(1)
-            correct = int((predicted == labels).sum())
-            invalid = int(nonfinite)
+            scores = _CellScores(count, labels)
+            if adapt is None:
+                for first in batches:
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                        logits = folded(perturbed(cell, first))
+                    scores.add(first, logits, model_name)
+                    bar.update(1)
+            else:
+                cell_logits = adapt(source, torch.cat([perturbed(cell, first) for first in batches]), settings)
+                for first in batches:
+                    scores.add(first, cell_logits[first : first + batch_size], model_name)
+                    bar.update(1)
+            correct = int((scores.predicted == labels).sum())
+            invalid = int(scores.nonfinite)
             if invalid:
                 log.warning(
                     "%s seed %d %s s%d: %d of %d images gave NaN or infinite logits; the cell is marked invalid",
@@ -196,7 +177,7 @@ def evaluate_cells(
                     invalid,
                     count,
                 )
-            outputs[cell] = CellOutputs(predicted.cpu(), confidence.cpu(), true_probability.cpu())
+            outputs[cell] = CellOutputs(scores.predicted.cpu(), scores.confidence.cpu(), scores.true_probability.cpu())
             results.append(
                 CellResult(
                     model=model_name,
@@ -210,8 +191,35 @@ def evaluate_cells(
                     error=1.0 - correct / count,
                     seconds=time.perf_counter() - start,
                     nonfinite_images=invalid,
+                    adaptation=adaptation,
                 )
             )
             shown = "invalid" if invalid else f"{correct / count:.3f}"
             bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=shown)
     return results, outputs
+
+
+class _CellScores:
+    """Per-image predictions of one cell, filled batch by batch on the device."""
+
+    def __init__(self, count: int, labels: torch.Tensor) -> None:
+        device = labels.device
+        self.labels = labels
+        self.predicted = torch.empty(count, dtype=torch.uint8, device=device)
+        self.confidence = torch.empty(count, dtype=torch.float32, device=device)
+        self.true_probability = torch.empty(count, dtype=torch.float32, device=device)
+        # counted on the device, read once per cell: a NaN must never be scored as a class
+        self.nonfinite = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, first: int, logits: torch.Tensor, model_name: str) -> None:
+        """Score the logits of the images first.. of the cell."""
+        check_logits(logits, len(logits), model_name)
+        unusable = (~torch.isfinite(logits)).any(1)
+        self.nonfinite += unusable.sum()
+        # softmax in float32 whatever the autocast dtype: calibration needs the precision
+        probabilities = logits.float().softmax(1)
+        top, classes = probabilities.max(1)
+        rows = slice(first, first + len(logits))
+        self.predicted[rows] = classes.masked_fill_(unusable, NO_PREDICTION)
+        self.confidence[rows] = top
+        self.true_probability[rows] = probabilities.gather(1, self.labels[rows].long().unsqueeze(1)).squeeze(1)

@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from robustbench_fmnist.adaptation import AdaptationSettings, not_applicable
+from robustbench_fmnist.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.checkpoints import (
     cache_key,
     checkpoint_dir,
@@ -28,10 +30,19 @@ from robustbench_fmnist.checkpoints import (
     training_environment,
     weights_sha256,
 )
-from robustbench_fmnist.config import DEVICE_PATTERN, MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
+from robustbench_fmnist.config import (
+    DEVICE_PATTERN,
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_SEVERITY,
+    ExperimentConfig,
+    TrainRecipe,
+    shorten,
+)
 from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from robustbench_fmnist.errors import ConfigError, HarnessError
 from robustbench_fmnist.evaluation import (
+    CLEAN,
     PRECISIONS,
     Cell,
     CellOutputs,
@@ -93,7 +104,7 @@ def prepare_model(
         info.update(weights="checkpoint", checkpoint=checkpoint, weights_sha256=weights_sha256(model))
         return model, info
     key = cache_key(
-        resolved.spec.factory or resolved.name,
+        resolved.architecture,
         resolved.spec.kwargs,
         resolved.recipe,
         data.checksum,
@@ -133,6 +144,20 @@ def prepare_model(
     return model, info
 
 
+def _training_method(model: ResolvedModel) -> str:
+    """How the model was trained, in one word: standard, a robust-augmentation method, or checkpoint."""
+    if model.recipe is None:
+        return "checkpoint"
+    return "standard" if model.recipe.robust_augment is None else model.recipe.robust_augment.method
+
+
+def _in_training(perturbation: str, exposure: dict[str, str], recipe: TrainRecipe | None) -> str:
+    """Whether a row's shift was seen in training, partly seen, or held out; empty for clean or an unknown history."""
+    if perturbation == CLEAN or recipe is None:
+        return ""
+    return exposure.get(perturbation.partition("@")[0], HELD_OUT)
+
+
 def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     """Run every model (once per seed) through every cell and write reports/<name>/. Returns that folder.
 
@@ -165,27 +190,55 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
                 model_spec, data, seed=seed, device=device, cache_dir=config.cache_dir, retrain=retrain
             )
             timings[f"prepare {model_spec.name} seed {seed}"] = time.perf_counter() - stage
-            stage = time.perf_counter()
-            results, outputs = evaluate_cells(
-                model,
-                model_spec.name,
-                images,
-                labels,
-                cells,
-                device=device,
+            exposure = training_exposure(model_spec.recipe)
+            info.update(
                 seed=seed,
-                batch_size=config.evaluation.batch_size,
-                precision=config.evaluation.precision,
-                channels_last=config.evaluation.channels_last,
+                architecture=model_spec.architecture,
+                training=_training_method(model_spec),
+                in_training=exposure,
+                adaptation="none",
+                base_model=model_spec.name,
             )
-            seconds = time.perf_counter() - stage
-            timings[f"evaluate {model_spec.name} seed {seed}"] = seconds
-            info.update(seed=seed, eval_images_per_second=len(cells) * count / seconds)
-            scored.extend(score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES))
-            models_info.append(info)
-            if seed == config.run_seeds[0]:
-                example_outputs[model_spec.name] = outputs
-                first_seed_models.append((model_spec.name, model, info["macs"]))
+            entries = [info]  # the model's own, then one per adaptation that ran
+            for adaptation in model_spec.adaptations(config.evaluation.adaptation):
+                label = model_spec.label(adaptation)
+                reason = not_applicable(adaptation, model)
+                if reason is not None:
+                    if seed == config.run_seeds[0]:
+                        log.warning("%s: %s %s; no rows for %s", model_spec.name, adaptation, reason, label)
+                    info.setdefault("not_applicable", {})[adaptation] = reason
+                    continue
+                stage = time.perf_counter()
+                results, outputs = evaluate_cells(
+                    model,
+                    label,
+                    images,
+                    labels,
+                    cells,
+                    device=device,
+                    seed=seed,
+                    batch_size=config.evaluation.batch_size,
+                    precision=config.evaluation.precision,
+                    channels_last=config.evaluation.channels_last,
+                    adaptation=adaptation,
+                    adaptation_settings=AdaptationSettings(config.evaluation.bn, config.evaluation.tent),
+                )
+                seconds = time.perf_counter() - stage
+                timings[f"evaluate {label} seed {seed}"] = seconds
+                scored_model = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
+                for row in scored_model.results:
+                    row["in_training"] = _in_training(row["perturbation"], exposure, model_spec.recipe)
+                scored.extend(scored_model)
+                label_info = info if adaptation == "none" else {**info, "name": label, "adaptation": adaptation}
+                label_info["eval_seconds"] = seconds
+                label_info["eval_images_per_second"] = len(cells) * count / seconds
+                if label_info is not info:
+                    entries.append(label_info)
+                if seed == config.run_seeds[0]:
+                    example_outputs[label] = outputs
+                    if adaptation == "none":
+                        first_seed_models.append((model_spec.name, model, info["macs"]))
+            models_info += entries
     throughput = None
     if config.throughput.enabled:
         stage = time.perf_counter()

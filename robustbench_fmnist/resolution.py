@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from robustbench_fmnist.config import ExperimentConfig, ModelSpec, PerturbationSpec, TrainRecipe, shorten
+from robustbench_fmnist.config import (
+    ExperimentConfig,
+    ModelSpec,
+    PerturbationSpec,
+    SuiteAugment,
+    TrainRecipe,
+    shorten,
+)
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.evaluation import CLEAN, Cell, perturbation_cells
 from robustbench_fmnist.models import MODELS
@@ -33,6 +40,19 @@ class ResolvedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def architecture(self) -> str:
+        """What is built: the factory, the registered model a label names, or the registered name itself."""
+        return self.spec.factory or self.spec.architecture or self.spec.name
+
+    def adaptations(self, default: tuple[str, ...]) -> tuple[str, ...]:
+        """The test-time adaptations this model is evaluated with."""
+        return self.spec.adaptation or default
+
+    def label(self, adaptation: str) -> str:
+        """The name results are filed under for one adaptation: the model's own for none."""
+        return self.spec.label(adaptation)
 
     def build(self) -> nn.Module:
         """A new instance of the model (random weights: seed torch first for reproducible ones)."""
@@ -98,13 +118,29 @@ def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
     if spec.factory:
         builder = import_factory(spec.factory, where=f"models[{index}].factory")
         recipe = TrainRecipe()
+    elif spec.architecture is not None:
+        if spec.architecture not in MODELS:
+            raise ConfigError(f"models[{index}].architecture: {MODELS.unknown_message(spec.architecture)}")
+        entry = MODELS.get(spec.architecture)
+        builder, recipe = entry.builder, entry.recipe
     elif spec.name in MODELS:
         entry = MODELS.get(spec.name)
         builder, recipe = entry.builder, entry.recipe
     else:
         message = MODELS.unknown_message(spec.name)
-        raise ConfigError(f"models[{index}].name: {message} (or give a factory: 'package.module:function')")
-    return ResolvedModel(spec, builder, None if spec.checkpoint else recipe.merged(spec.train))
+        raise ConfigError(
+            f"models[{index}].name: {message} (or give a factory: 'package.module:function', or `architecture:` "
+            "naming a registered model when the name is a label)"
+        )
+    if spec.factory and spec.architecture:
+        raise ConfigError(f"models[{index}]: give factory or architecture, not both")
+    recipe = None if spec.checkpoint else recipe.merged(spec.train)
+    if recipe is not None and isinstance(recipe.robust_augment, SuiteAugment):
+        for name in recipe.robust_augment.perturbations:
+            if name not in PERTURBATIONS:
+                where = f"models[{index}].train.robust_augment.perturbations"
+                raise ConfigError(f"{where}: {PERTURBATIONS.unknown_message(name)}")
+    return ResolvedModel(spec, builder, recipe)
 
 
 def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_fmnist.augmentation import augmentation_random, build_augmentation, jensen_shannon
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ModelError
@@ -58,6 +60,14 @@ def _flip_crop(batch: torch.Tensor, generator: torch.Generator, crop: bool, pad:
     cols = torch.arange(w, device=batch.device).view(1, 1, w) + dx
     index = (rows * side + cols).view(n, 1, h * w).expand(n, c, h * w)
     return padded.reshape(n, c, side * side).gather(2, index).view(n, c, h, w)
+
+
+def _augmented_epoch(
+    augment: Callable[..., list[torch.Tensor]], images: torch.Tensor, seed: int, recipe: TrainRecipe, epoch: int
+) -> list[torch.Tensor]:
+    """One epoch's augmented views of the whole training set, keyed by (seed, epoch, image index)."""
+    indices = torch.arange(len(images), device=images.device)
+    return augment(images, augmentation_random(seed, recipe.robust_augment.method, epoch, indices))
 
 
 def _optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
@@ -111,24 +121,37 @@ def train_model(
     optimizer = _optimizer(model, recipe)
     scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
     autocast = recipe.precision == "bfloat16"
+    robust = build_augmentation(recipe)
+    jsd = robust is not None and getattr(recipe.robust_augment, "jsd", False)
     summary = TrainSummary(seconds=0.0, images_per_second=0.0)
     start = time.perf_counter()
     with progress_bar(recipe.epochs * steps_per_epoch, f"train {name}", unit="batch") as bar:
         for epoch in range(1, recipe.epochs + 1):
             epoch_start = time.perf_counter()
             order = torch.randperm(count, generator=generator).to(device)
+            # the whole epoch's robust augmentation in one batched call: keyed per image, it is what
+            # batch-by-batch calls would give, without a dozen small kernel launches per step
+            views = _augmented_epoch(robust, images, seed, recipe, epoch) if robust is not None else []
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             for first in range(0, count, recipe.batch_size):
                 index = order[first : first + recipe.batch_size]
-                batch, target = images[index], labels[index]
+                target = labels[index]
+                # AugMix's JSD trains on the clean images and two views; otherwise the view replaces the image
+                sources = [images, *views] if jsd else views[:1] or [images]
+                stacked = torch.cat([source[index] for source in sources], dim=1)
                 if recipe.augment != "none":
-                    batch = _flip_crop(batch, generator, crop=recipe.augment == "flip_crop")
-                batch = batch.contiguous(memory_format=memory_format)
+                    # along channels, so the clean image and its views take the same flip and crop
+                    stacked = _flip_crop(stacked, generator, crop=recipe.augment == "flip_crop")
+                inputs = torch.cat(stacked.split(1, dim=1)).contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = model(batch)
-                    check_logits(logits, len(batch), name)
+                    all_logits = model(inputs)
+                    check_logits(all_logits, len(inputs), name)
+                    logits = all_logits[: len(index)]
                     loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
+                    if jsd:
+                        consistency = jensen_shannon(all_logits.float().split(len(index)))
+                        loss = loss + recipe.robust_augment.jsd_weight * consistency
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -432,6 +432,75 @@ CASES = [
     Case("compare --noise-from a one-seed report", _compare_noise_one_seed, 2, "--noise-from: "),
     Case("compare --model-a that A lacks", _compare_unknown_model, 2, "--model-a: 'nope' is not a model"),
     Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
+    # remedies: test-time adaptation and robust training
+    Case("adaptation bm", _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"), 2, "'bn' or 'tent'"),
+    Case("adaptation without none", _changes({"evaluation": {"adaptation": ["bn"]}}, "validate"), 2, "lacks none"),
+    Case(
+        "adaptation in bfloat16",
+        _changes({"evaluation": {"adaptation": ["none", "bn"], "precision": "bfloat16"}}, "validate"),
+        2,
+        "adaptation runs in float32",
+    ),
+    Case(
+        "an adapted label that clashes",
+        _changes(
+            {
+                "models": [
+                    {"name": "deep_cnn_tiny", "adaptation": ["none", "bn"]},
+                    {"name": "deep_cnn_tiny+bn", "architecture": "deep_cnn_tiny"},
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "model 'deep_cnn_tiny+bn' is listed twice",
+    ),
+    Case(
+        "architecture unknown",
+        _changes({"models": [{"name": "mine", "architecture": "deep_cnn_tin"}]}, "validate"),
+        2,
+        "models[0].architecture: unknown model 'deep_cnn_tin'; did you mean 'deep_cnn_tiny'?",
+    ),
+    Case(
+        "robust_augment method unknown",
+        _changes({"models": [{"name": "deep_cnn_tiny", "train": {"robust_augment": "augmx"}}]}, "validate"),
+        2,
+        "does not match any of the expected tags",
+    ),
+    Case(
+        "suite augmentation of an unknown perturbation",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "deep_cnn_tiny",
+                        "train": {"robust_augment": {"method": "suite", "perturbations": ["brightnes_up"]}},
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "models[0].train.robust_augment.perturbations: unknown perturbation 'brightnes_up'",
+    ),
+    Case(
+        "suite severities reversed",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "deep_cnn_tiny",
+                        "train": {
+                            "robust_augment": {"method": "suite", "perturbations": ["rotation"], "severities": [3, 1]}
+                        },
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "1 <= low <= high <= 5",
+    ),
     Case("threads 100000", _changes({"threads": 100000}, "validate"), 2, "threads: Input should be less than"),
     Case("bench batch size 10**10", _changes({"throughput": {"batch_sizes": [10**10]}}, "bench"), 2, "batch sizes"),
     Case(
@@ -684,9 +753,12 @@ def test_the_python_api_leaves_threads_and_denormals_as_it_found_them() -> None:
     torch.set_flush_denormal(False)
     try:
         rows = evaluate_module(
-            create_model("baseline_cnn_tiny"), perturbations=iter(["rotation"]), severities=[1], device="cpu",
+            create_model("baseline_cnn_tiny"),
+            perturbations=iter(["rotation"]),
+            severities=[1],
+            device="cpu",
             test_images=50,
-        )  # fmt: skip
+        )
         assert list(rows["perturbation"]) == ["clean", "rotation"], "an iterator of names is read once, whole"
         assert torch.get_num_threads() == 1 and not denormals_flushed()
     finally:

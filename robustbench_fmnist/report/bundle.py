@@ -36,9 +36,11 @@ RESULT_COLUMNS = [
     "nll",
     "seconds",
     "nonfinite_images",
+    "adaptation",
+    "in_training",
 ]
 # columns a report of an earlier version may lack, with the value they had then
-OPTIONAL_RESULT_COLUMNS = {"nonfinite_images": 0}
+OPTIONAL_RESULT_COLUMNS = {"nonfinite_images": 0, "adaptation": "none", "in_training": ""}
 _REQUIRED_RESULT_VALUES = ["seed", "severity", "n_images", "nonfinite_images"]
 CELL_KEY = ["model", "seed", "perturbation", "severity"]
 PER_CLASS_COLUMNS = [*CELL_KEY, "class", "n_images", "n_correct", "accuracy"]
@@ -178,7 +180,7 @@ def read_data(folder: str | Path) -> ReportData:
 
 
 # what every other column of each file must hold: numbers (NaN allowed where a metric is undefined)
-_TEXT_COLUMNS = {"model", "perturbation", "backend", "class", "true", "predicted"}
+_TEXT_COLUMNS = {"model", "perturbation", "backend", "class", "true", "predicted", "adaptation", "in_training"}
 _THROUGHPUT_TEXT = {"kind", "model", "device", "dtype", "status", "reason", "channels_last", "compiled"}
 
 

@@ -1,0 +1,163 @@
+"""What fixes it: each remedy against its standard model, on shifts seen in training and held out.
+
+A remedy is a model label whose architecture matches a standard one (trained without robust
+augmentation, evaluated without adaptation): a robust-training recipe, a test-time adaptation,
+or both. Per seed, for a set of cells S of one family,
+
+    gap closed = sum_S (remedy - standard) / sum_S (standard's clean - standard)
+
+the share of the standard model's accuracy loss the remedy wins back (1 = all of it, 0 = none,
+below 0 = worse; REFERENCE.md's definition, a ratio of means over the cells). Seeds pair by
+number: an adaptation shares its standard's weights, a training remedy is an independent
+training with the same seed. Every figure is the mean over seeds with a 95 % t-interval
+(statistics.across_seeds); the clean cost is the remedy's clean accuracy minus the standard's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustbench_fmnist.statistics import across_seeds
+
+CLEAN = "clean"
+SEEN, PARTLY, HELD_OUT = "seen", "partly seen", "held out"
+MIN_LOSS = 0.02  # cells whose standard model lost under 2 points on average have no gap worth a ratio: n/a
+
+
+@dataclass(frozen=True)
+class Remedy:
+    label: str  # the rows' model name
+    standard: str  # the label of the standard model it is set against
+    architecture: str
+    training: str  # standard, or the robust-augmentation method
+    adaptation: str  # none, bn or tent
+
+
+def remedies(models: list[dict[str, Any]]) -> list[Remedy]:
+    """Every remedy in run.json's models, with its standard; none when a report has no standard model pairs."""
+    seen: dict[str, dict[str, Any]] = {}
+    for m in models:
+        seen.setdefault(m["name"], m)
+    standards: dict[str, str] = {}
+    for name, m in seen.items():
+        if m.get("training") == "standard" and m.get("adaptation", "none") == "none":
+            standards.setdefault(m.get("architecture", name), name)  # the first listed, if several
+    found = []
+    for name, m in seen.items():
+        architecture = m.get("architecture", name)
+        standard = standards.get(architecture)
+        if standard is None or standard == name or m.get("training") in (None, "checkpoint"):
+            continue
+        found.append(Remedy(name, standard, architecture, m["training"], m.get("adaptation", "none")))
+    return found
+
+
+def not_applicable(models: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(model, adaptation, reason) for each adaptation a model could not take, once per model."""
+    rows: dict[tuple[str, str], str] = {}
+    for m in models:
+        for adaptation, reason in (m.get("not_applicable") or {}).items():
+            rows.setdefault((m["name"], adaptation), reason)
+    return [(model, adaptation, reason) for (model, adaptation), reason in rows.items()]
+
+
+def _paired(results: pd.DataFrame, remedy: Remedy) -> pd.DataFrame:
+    """Per (seed, perturbation, severity): the remedy's and the standard's accuracy, and both clean ones."""
+    keys = ["seed", "perturbation", "severity"]
+    mine = results[results["model"] == remedy.label].set_index(keys)
+    base = results[results["model"] == remedy.standard].set_index(keys)
+    pairs = pd.DataFrame(
+        {
+            "remedy": mine["accuracy"],
+            "standard": base["accuracy"],
+            "status": mine["in_training"].fillna(""),
+        }
+    ).dropna(subset=["remedy", "standard"])
+    pairs = pairs.reset_index()
+    clean = pairs[pairs["perturbation"] == CLEAN].set_index("seed")
+    pairs["standard_clean"] = pairs["seed"].map(clean["standard"])
+    pairs["remedy_clean"] = pairs["seed"].map(clean["remedy"])
+    return pairs
+
+
+def _status(status: str) -> str:
+    return HELD_OUT if status == HELD_OUT else (SEEN if status in (SEEN, PARTLY) else "")
+
+
+def gap_closed_table(results: pd.DataFrame, models: list[dict[str, Any]], families: dict[str, str]) -> pd.DataFrame:
+    """Per remedy and (family, split): gap closed over seeds, plus the clean cost and time ratios.
+
+    `families` maps each perturbation label to its family. Splits are `held out` and `seen`
+    (seen or partly seen in the remedy's training); `all` pools both.
+    """
+    rows = []
+    info = _per_label(models)
+    for remedy in remedies(models):
+        pairs = _paired(results, remedy)
+        shifted = pairs[pairs["perturbation"] != CLEAN].copy()
+        shifted["family"] = shifted["perturbation"].map(families)
+        shifted["split"] = shifted["status"].map(_status)
+        clean = pairs[pairs["perturbation"] == CLEAN]
+        per_seed = []
+        for seed, own in shifted.groupby("seed"):
+            record: dict[str, Any] = {"seed": seed}
+            for family in sorted(set(families.values())):
+                for split in (HELD_OUT, SEEN, "all"):
+                    part = own[own["family"] == family]
+                    if split != "all":
+                        part = part[part["split"] == split]
+                    loss = (part["standard_clean"] - part["standard"]).sum()
+                    won = (part["remedy"] - part["standard"]).sum()
+                    # a family where the standard lost under MIN_LOSS per cell has no gap to close
+                    enough = len(part) and loss >= MIN_LOSS * len(part)
+                    record[f"{family}|{split}"] = won / loss if enough else np.nan
+                    record[f"{family}|{split}|cells"] = len(part)
+            cost = clean[clean["seed"] == seed]
+            record["clean_cost"] = float((cost["remedy"] - cost["standard"]).iloc[0]) if len(cost) else np.nan
+            record["train_time"] = _ratio(info, remedy.label, remedy.standard, seed, "train_seconds")
+            record["eval_time"] = _ratio(info, remedy.label, remedy.standard, seed, "eval_seconds")
+            per_seed.append(record)
+        if not per_seed:
+            continue
+        table = pd.DataFrame(per_seed)
+        metrics = [c for c in table.columns if c != "seed" and not c.endswith("|cells")]
+        table["remedy"] = remedy.label
+        summary = across_seeds(table, ["remedy"], metrics).iloc[0].to_dict()
+        for column in (c for c in table.columns if c.endswith("|cells")):
+            summary[column] = int(table[column].max())
+        summary.update(standard=remedy.standard, training=remedy.training, adaptation=remedy.adaptation)
+        rows.append(summary)
+    return pd.DataFrame(rows)
+
+
+def _per_label(models: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(m["name"], int(m.get("seed", 0))): m for m in models}
+
+
+def _ratio(info: dict[tuple[str, int], dict[str, Any]], label: str, standard: str, seed: int, key: str) -> float:
+    mine, base = info.get((label, int(seed)), {}).get(key), info.get((standard, int(seed)), {}).get(key)
+    return mine / base if mine and base else np.nan
+
+
+def cell_gap_table(results: pd.DataFrame, models: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per remedy and perturbed cell: seed-mean accuracies, the gap closed, and whether training saw the shift."""
+    rows = []
+    for remedy in remedies(models):
+        pairs = _paired(results, remedy)
+        shifted = pairs[pairs["perturbation"] != CLEAN]
+        grouped = shifted.groupby(["perturbation", "severity"], sort=False)
+        table = grouped.agg(
+            remedy_accuracy=("remedy", "mean"),
+            standard_accuracy=("standard", "mean"),
+            standard_clean=("standard_clean", "mean"),
+            status=("status", "first"),
+        ).reset_index()
+        loss = table["standard_clean"] - table["standard_accuracy"]
+        table["gap_closed"] = ((table["remedy_accuracy"] - table["standard_accuracy"]) / loss).where(loss >= MIN_LOSS)
+        table.insert(0, "remedy", remedy.label)
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

@@ -1,0 +1,113 @@
+"""The remedies issue's speed targets, as ratios of timings taken in this one module (run with -s for figures).
+
+- `bn` costs at most one extra forward pass over its adaptation images per cell: its cell time is
+  at most the plain cell's plus one forward of the unfolded model with BatchNorm on batch
+  statistics (what the adaptation pass runs), with 15 % slack for timing noise;
+- `tent` costs at most about 3x a plain cell;
+- suite augmentation adds at most about 30 % to a training epoch (the baseline CNN, whose cheap
+  epoch makes it the hard case; deep_cnn's share is printed).
+The fastest of three runs is compared with the fastest of three, so one slow moment of a shared
+VM does not decide a gate.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from robustbench_fmnist.config import TrainRecipe
+from robustbench_fmnist.data import Split
+from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+from robustbench_fmnist.models import MODELS, create_model
+from robustbench_fmnist.training import train_model
+from tests.conftest import synthetic_split
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
+
+CPU = torch.device("cpu")
+SUITE = {
+    "method": "suite",
+    "perturbations": ["brightness_up", "contrast_down", "rotation", "zoom_out"],
+    "severities": [1, 3],
+    "p": 0.5,
+}  # fmt: skip  (experiments/remedies.yaml's)
+
+
+def fastest(run: Callable[[], object], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@pytest.fixture(scope="module")
+def cell_images() -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = synthetic_split(10_000, 5)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels.astype("int64"))
+
+
+@pytest.fixture(scope="module")
+def deep_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("deep_cnn").eval()
+
+
+def _cell_seconds(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], adaptation: str) -> float:
+    images, labels = data
+    cells = sweep_cells([("brightness_up", [2])])[1:]
+    return fastest(lambda: evaluate_cells(model, "deep_cnn", images, labels, cells, device=CPU, adaptation=adaptation))
+
+
+def test_bn_costs_at_most_one_extra_forward_pass(deep_model: torch.nn.Module, cell_images: tuple) -> None:
+    plain = _cell_seconds(deep_model, cell_images, "none")
+    adapted = _cell_seconds(deep_model, cell_images, "bn")
+    batch_statistics = copy.deepcopy(deep_model).to(memory_format=torch.channels_last).train()
+    images = cell_images[0].contiguous(memory_format=torch.channels_last)
+
+    def adaptation_pass() -> None:
+        with torch.no_grad():
+            for first in range(0, len(images), 1000):
+                batch_statistics(images[first : first + 1000])
+
+    forward = fastest(adaptation_pass)
+    print(
+        f"\nbn cell {adapted:.2f} s, plain cell {plain:.2f} s ({adapted / plain:.2f}x), one batch-statistics "
+        f"forward over the adaptation images {forward:.2f} s: extra {adapted - plain:.2f} s = "
+        f"{(adapted - plain) / forward:.2f} forward passes"
+    )
+    assert adapted <= 1.15 * (plain + forward), f"bn adds {(adapted - plain) / forward:.2f} forward passes (target 1)"
+
+
+def test_tent_costs_at_most_three_plain_cells(deep_model: torch.nn.Module, cell_images: tuple) -> None:
+    plain = _cell_seconds(deep_model, cell_images, "none")
+    tent = _cell_seconds(deep_model, cell_images, "tent")
+    print(f"\ntent cell {tent:.2f} s, plain cell {plain:.2f} s: {tent / plain:.2f}x (target 3x)")
+    assert tent <= 3.0 * plain, f"tent costs {tent / plain:.2f}x a plain cell (target about 3x)"
+
+
+@pytest.mark.parametrize("model_name", ["baseline_cnn", "deep_cnn"])
+def test_suite_augmentation_adds_at_most_30_percent_to_an_epoch(model_name: str) -> None:
+    count = 12_000 if model_name == "baseline_cnn" else 4_000
+    images, labels = synthetic_split(count, 6)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels))
+    recipe = MODELS.get(model_name).recipe.model_copy(update={"epochs": 1})
+    augmented = recipe.model_copy(update={"robust_augment": TrainRecipe(robust_augment=SUITE).robust_augment})
+
+    def epoch(with_recipe: TrainRecipe) -> Callable[[], object]:
+        def run() -> None:
+            torch.manual_seed(0)
+            train_model(create_model(model_name), split, with_recipe, seed=0, device=CPU)
+
+        return run
+
+    plain, suite = fastest(epoch(recipe)), fastest(epoch(augmented))
+    share = suite / plain - 1
+    print(f"\n{model_name}: epoch of {count:,} images {plain:.2f} s plain, {suite:.2f} s with suite augmentation "
+          f"(+{100 * share:.0f} %, target 30 %)")  # fmt: skip
+    assert share <= 0.30, f"suite augmentation adds {100 * share:.0f} % to a {model_name} epoch (target 30 %)"

@@ -1,0 +1,402 @@
+"""Remedies: test-time adaptation (bn, tent), robust-training augmentation, and the seen/held-out report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from robustbench_fmnist.adaptation import (
+    AdaptationSettings,
+    batch_norm_predict,
+    configure_tent,
+    entropy,
+    not_applicable,
+    reestimate_batch_norm,
+    tent_predict,
+)
+from robustbench_fmnist.augmentation import (
+    HELD_OUT,
+    PARTLY,
+    SEEN,
+    augmentation_random,
+    autocontrast,
+    build_augmentation,
+    equalize,
+    jensen_shannon,
+    posterize,
+    solarize,
+    training_exposure,
+)
+from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TrainRecipe, load_config
+from robustbench_fmnist.data import Split
+from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+from robustbench_fmnist.experiment import run_experiment
+from robustbench_fmnist.models import create_model
+from robustbench_fmnist.report import read_data
+from robustbench_fmnist.report.remedies import gap_closed_table
+from robustbench_fmnist.training import train_model
+
+CPU = torch.device("cpu")
+
+
+def _settings(**bn: Any) -> AdaptationSettings:
+    return AdaptationSettings(BatchNormAdaptation(**bn), TentAdaptation(), batch_size=64)
+
+
+class OneNorm(nn.Module):
+    """A fixed 1x1 conv into one BatchNorm layer: its input statistics are known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1)
+        self.norm = nn.BatchNorm2d(3)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 10))
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -2.0, 0.5]).view(3, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+            self.norm.running_mean.copy_(torch.tensor([5.0, 6.0, 7.0]))
+            self.norm.running_var.copy_(torch.tensor([2.0, 3.0, 4.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x)))
+
+
+def _shifted_images(count: int = 300) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(count, 1, 28, 28, generator=generator) * 0.5 + 0.3).clamp(0, 1)
+
+
+def _conv_statistics(model: OneNorm, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        features = model.conv(images).double()
+    return features.mean((0, 2, 3)), features.var((0, 2, 3), correction=1)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_bn_recovers_the_shifted_statistics_exactly_whatever_the_batch_size(batch_size: int) -> None:
+    model = OneNorm().eval()
+    images = _shifted_images()
+    adapted = reestimate_batch_norm(model, images, prior=0.0, batch_size=batch_size)
+    mean, variance = _conv_statistics(model, images)
+    assert torch.allclose(adapted.norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(adapted.norm.running_var.double(), variance, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.norm.running_mean, torch.tensor([5.0, 6.0, 7.0])), "the caller's model is untouched"
+    assert not adapted.norm.training and adapted.norm.momentum == model.norm.momentum
+
+
+def test_bn_prior_mixes_training_and_test_statistics_as_schneider_et_al() -> None:
+    model = OneNorm().eval()
+    images = _shifted_images(300)
+    adapted = reestimate_batch_norm(model, images, prior=100.0, batch_size=64)
+    mean, variance = _conv_statistics(model, images)
+    share = 300 / (100 + 300)
+    expected_mean = (1 - share) * torch.tensor([5.0, 6.0, 7.0]).double() + share * mean
+    expected_var = (1 - share) * torch.tensor([2.0, 3.0, 4.0]).double() + share * variance
+    assert torch.allclose(adapted.norm.running_mean.double(), expected_mean, rtol=1e-5)
+    assert torch.allclose(adapted.norm.running_var.double(), expected_var, rtol=1e-5)
+
+
+def test_bn_scores_each_half_with_statistics_of_the_other_half_unless_transductive() -> None:
+    model = OneNorm().eval()
+    images = torch.cat([_shifted_images(200), _shifted_images(200) * 0.3])  # two halves, different statistics
+    logits = batch_norm_predict(model, images, _settings())
+    with torch.no_grad():
+        first = reestimate_batch_norm(model, images[200:], prior=0.0, batch_size=64)(images[:200])
+        second = reestimate_batch_norm(model, images[:200], prior=0.0, batch_size=64)(images[200:])
+        own = reestimate_batch_norm(model, images, prior=0.0, batch_size=64)(images)
+    assert torch.allclose(logits, torch.cat([first, second]), atol=1e-4)
+    assert torch.allclose(batch_norm_predict(model, images, _settings(transductive=True)), own, atol=1e-4)
+    limited = batch_norm_predict(model, images, _settings(images=50))
+    with torch.no_grad():
+        expected = reestimate_batch_norm(model, images[200:250], prior=0.0, batch_size=64)(images[:200])
+    assert torch.allclose(limited[:200], expected, atol=1e-4), "images: N takes the first N of the other half"
+
+
+def _trained_tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("deep_cnn_tiny")
+    images, labels = _learnable(600)
+    recipe = TrainRecipe(epochs=2, batch_size=64, lr=3e-3, precision="float32")
+    train_model(model, Split(images, labels), recipe, seed=seed, device=CPU, name="tiny")
+    return model.eval()
+
+
+def _learnable(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from tests.conftest import synthetic_split
+
+    images, labels = synthetic_split(count, 3)
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def test_tent_lowers_the_entropy_of_a_batch_it_adapts_on() -> None:
+    model = _trained_tiny()
+    images = _learnable(128)[0].float().div(255).unsqueeze(1) * 0.4 + 0.5  # a lighting shift
+    settings = AdaptationSettings(BatchNormAdaptation(), TentAdaptation(lr=1e-2, batch_size=128))
+    repeated = images.repeat(8, 1, 1, 1)  # the same batch eight times: each pass sees the updated affines
+    logits = tent_predict(model, repeated, settings)
+    per_pass = entropy(logits).view(8, 128).mean(1)
+    assert per_pass[-1] < per_pass[0] - 1e-3, per_pass
+    adapted, parameters = configure_tent(model)
+    assert parameters and all(p.requires_grad for p in parameters)
+    assert sum(p.requires_grad for p in adapted.parameters()) == len(parameters), "only the norm affines train"
+
+
+@pytest.mark.parametrize("adaptation", ["bn", "tent"])
+def test_adapted_cells_do_not_leak_into_each_other_nor_into_the_model(adaptation: str) -> None:
+    model = _trained_tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = _learnable(256)[0].float().div(255).unsqueeze(1)
+    labels = _learnable(256)[1]
+    both = sweep_cells([("brightness_up", [3]), ("rotation", [2])])
+    alone = [both[0], both[2]]
+    kwargs = {"device": CPU, "batch_size": 64, "adaptation": adaptation}
+    after_a, outputs_a = evaluate_cells(model, "m", images, labels, both, **kwargs)
+    only_b, outputs_b = evaluate_cells(model, "m", images, labels, alone, **kwargs)
+    assert after_a[2].n_correct == only_b[1].n_correct
+    assert torch.equal(outputs_a[both[2]].confidence, outputs_b[alone[1]].confidence)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert after_a[0].adaptation == adaptation
+
+
+def test_a_model_without_normalisation_is_not_applicable_not_a_copy_of_none() -> None:
+    assert (
+        not_applicable("bn", create_model("baseline_cnn_tiny")) == "not applicable: the model has no BatchNorm layers"
+    )
+    assert not_applicable("tent", create_model("baseline_cnn_tiny")).endswith("no normalisation layers")
+    assert not_applicable("bn", create_model("deep_cnn_tiny")) is None
+    assert not_applicable("none", create_model("baseline_cnn_tiny")) is None
+
+
+# ---- robust training ----
+
+SPECS = [
+    {"method": "suite", "perturbations": ["brightness_up", "rotation", "gaussian_noise"], "severities": [1, 5]},
+    {"method": "augmix"},
+    {"method": "augmix", "jsd": True, "operations": ["equalize", "rotate", "shear", "translate", "solarize"]},
+    {"method": "trivialaugment"},
+    {"method": "randaugment", "num_ops": 2, "magnitude": 9},
+    {"method": "gaussian_noise", "sigma": 0.2, "p": 0.5},
+]
+
+
+def _train_images(count: int = 96) -> torch.Tensor:
+    return _learnable(count)[0].float().div(255).unsqueeze(1)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s["method"] + ("+jsd" if s.get("jsd") else ""))
+def test_augmentation_is_deterministic_for_a_seed_and_independent_of_the_batch_size(spec: dict[str, Any]) -> None:
+    recipe = TrainRecipe(robust_augment=spec)
+    augment = build_augmentation(recipe)
+    images = _train_images()
+    indices = torch.arange(100, 196)
+    method = recipe.robust_augment.method
+    whole = augment(images, augmentation_random(7, method, 1, indices))
+    parts = [augment(images[i : i + 32], augmentation_random(7, method, 1, indices[i : i + 32])) for i in (0, 32, 64)]
+    for view, whole_view in enumerate(whole):
+        assert torch.equal(whole_view, torch.cat([p[view] for p in parts]))
+        assert whole_view.shape == images.shape and whole_view.min() >= 0 and whole_view.max() <= 1
+    again = augment(images, augmentation_random(7, method, 1, indices))
+    assert all(torch.equal(a, b) for a, b in zip(whole, again, strict=True))
+    other_epoch = augment(images, augmentation_random(7, method, 2, indices))
+    assert not torch.equal(whole[0], other_epoch[0]), "each epoch draws afresh"
+    assert not torch.equal(whole[0], images), "it changes something"
+    assert len(whole) == (2 if spec.get("jsd") else 1)
+
+
+def test_suite_augmentation_perturbs_a_share_p_of_the_images_with_the_named_perturbation() -> None:
+    images = _train_images(400)
+    indices = torch.arange(400)
+    none = build_augmentation(TrainRecipe(robust_augment={"method": "suite", "perturbations": ["turn"], "p": 0.0}))
+    assert torch.equal(none(images, augmentation_random(0, "suite", 1, indices))[0], images)
+    spec = {"method": "suite", "perturbations": ["turn"], "severities": [2, 2], "p": 0.5}
+    augmented = build_augmentation(TrainRecipe(robust_augment=spec))(
+        images, augmentation_random(0, "suite", 1, indices)
+    )
+    changed = (augmented[0] != images).flatten(1).any(1)
+    assert 0.4 < changed.float().mean() < 0.6
+    assert torch.equal(augmented[0][changed], images[changed].rot90(2, (-2, -1))), "turn s2 is the half turn"
+
+
+def _pil(levels: torch.Tensor, operation: Callable[[Image.Image], Image.Image]) -> torch.Tensor:
+    out = [np.asarray(operation(Image.fromarray(img[0].numpy().astype(np.uint8)))) for img in levels]
+    return torch.from_numpy(np.stack(out)).unsqueeze(1).float()
+
+
+def test_batched_augmix_operations_match_pil() -> None:
+    levels = (_train_images(40) * 255).round()
+    levels[0] = 77  # a flat image: equalize and autocontrast leave it alone
+    levels[1] = (levels[1] * 0.5 + 20).round()  # a low-contrast one
+    assert torch.equal(equalize(levels), _pil(levels, ImageOps.equalize))
+    assert torch.equal(autocontrast(levels), _pil(levels, ImageOps.autocontrast))
+    bits = torch.tensor([1, 2, 3, 4] * 10)
+    expected = torch.cat(
+        [_pil(levels[i : i + 1], lambda im, b=int(bits[i]): ImageOps.posterize(im, b)) for i in range(40)]
+    )
+    assert torch.equal(posterize(levels, bits), expected)
+    thresholds = torch.tensor([0.0, 64.0, 128.0, 200.0] * 10)
+    expected = torch.cat(
+        [_pil(levels[i : i + 1], lambda im, t=int(thresholds[i]): ImageOps.solarize(im, t)) for i in range(40)]
+    )
+    assert torch.equal(solarize(levels, thresholds), expected)
+
+
+def test_jensen_shannon_is_zero_for_agreeing_views_and_positive_otherwise() -> None:
+    logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    assert float(jensen_shannon([logits, logits, logits])) == pytest.approx(0.0, abs=1e-6)
+    assert float(jensen_shannon([logits, logits.flip(1), logits])) > 0.01
+
+
+def test_training_with_augmix_jsd_is_seeded_and_changes_the_weights() -> None:
+    images, labels = _learnable(256)
+    recipe = TrainRecipe(epochs=1, batch_size=64, precision="float32", robust_augment={"method": "augmix", "jsd": True})
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = create_model("deep_cnn_tiny")
+        train_model(model, Split(images, labels), recipe, seed=3, device=CPU)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.manual_seed(0)
+    plain = create_model("deep_cnn_tiny")
+    train_model(plain, Split(images, labels), recipe.model_copy(update={"robust_augment": None}), seed=3, device=CPU)
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in plain.parameters()]))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        (TrainRecipe(), {}),
+        (TrainRecipe(augment="flip"), {"hflip": SEEN}),
+        (TrainRecipe(augment="flip_crop"), {"hflip": SEEN, "translation": SEEN, "viewpoint": PARTLY}),
+        (
+            TrainRecipe(robust_augment={"method": "suite", "perturbations": ["brightness_up"]}),
+            {"brightness_up": SEEN, "lighting": PARTLY},
+        ),
+        (
+            TrainRecipe(robust_augment={"method": "suite", "perturbations": ["lighting"]}),
+            {
+                p: SEEN
+                for p in [
+                    "lighting",
+                    "gamma_up",
+                    "gamma_down",
+                    "contrast_down",
+                    "contrast_up",
+                    "brightness_up",
+                    "brightness_down",
+                ]
+            },
+        ),
+        (TrainRecipe(robust_augment="augmix"), {}),
+        (
+            TrainRecipe(robust_augment={"method": "augmix", "operations": ["rotate"]}),
+            {"rotation": SEEN, "viewpoint": PARTLY},
+        ),
+        (TrainRecipe(robust_augment="gaussian_noise"), {"gaussian_noise": SEEN}),
+    ],
+)
+def test_what_a_recipe_lets_a_model_see_follows_the_recipe(recipe: TrainRecipe, expected: dict[str, str]) -> None:
+    assert training_exposure(recipe) == dict(sorted(expected.items()))
+
+
+def test_torchvision_policies_see_the_shifts_their_operations_perform() -> None:
+    seen = training_exposure(TrainRecipe(robust_augment="trivialaugment"))
+    assert {p for p, s in seen.items() if s == SEEN} == {
+        "rotation", "shear", "translation", "exposure_up", "exposure_down", "contrast_down", "contrast_up"
+    }  # fmt: skip
+    assert seen["lighting"] == seen["viewpoint"] == PARTLY
+    assert training_exposure(None) == {}, "a user's checkpoint: its history is unknown"
+
+
+# ---- the report ----
+
+
+def _synthetic_results(rows: list[tuple[str, int, str, int, float, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"model": m, "seed": s, "perturbation": p, "severity": v, "accuracy": a, "in_training": t}
+            for m, s, p, v, a, t in rows
+        ]
+    )
+
+
+def test_gap_closed_is_the_share_of_the_standard_loss_won_back_per_family_and_split() -> None:
+    models = [
+        {"name": "std", "seed": seed, "architecture": "a", "training": "standard", "adaptation": "none",
+         "train_seconds": 10.0, "eval_seconds": 2.0}
+        for seed in (0, 1)
+    ] + [
+        {"name": "aug", "seed": seed, "architecture": "a", "training": "suite", "adaptation": "none",
+         "train_seconds": 13.0, "eval_seconds": 2.0}
+        for seed in (0, 1)
+    ]  # fmt: skip
+    rows = []
+    for seed in (0, 1):
+        rows += [("std", seed, "clean", 0, 0.9, ""), ("aug", seed, "clean", 0, 0.88, "")]
+        rows += [("std", seed, "brightness_up", 1, 0.5, "held out"), ("aug", seed, "brightness_up", 1, 0.7, "seen")]
+        rows += [("std", seed, "exposure_up", 1, 0.6, ""), ("aug", seed, "exposure_up", 1, 0.6 + 0.1 * seed, HELD_OUT)]
+    families = {"brightness_up": "lighting", "exposure_up": "lighting"}
+    table = gap_closed_table(_synthetic_results(rows), models, families).set_index("remedy")
+    assert table.loc["aug", "lighting|seen"] == pytest.approx(0.5)  # (0.7 - 0.5) / (0.9 - 0.5)
+    assert table.loc["aug", "lighting|held out"] == pytest.approx((0.0 + 1 / 3) / 2)  # seeds 0 and 1
+    assert table.loc["aug", "lighting|all"] == pytest.approx(((0.2 / 0.7) + (0.3 / 0.7)) / 2)
+    assert table.loc["aug", "clean_cost"] == pytest.approx(-0.02)
+    assert table.loc["aug", "train_time"] == pytest.approx(1.3)
+    assert table.loc["aug", "lighting|held out_low"] < table.loc["aug", "lighting|held out"]
+    assert table.loc["aug", "standard"] == "std" and "std" not in table.index
+
+
+@pytest.fixture
+def remedy_experiment(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
+    tiny_experiment.update(seeds=[0, 1])
+    tiny_experiment["models"] = [
+        {"name": "baseline_cnn_tiny", "adaptation": ["none", "bn", "tent"]},
+        {"name": "deep_cnn_tiny", "adaptation": ["none", "bn", "tent"], "train": {"epochs": 2}},
+        {"name": "deep_cnn_tiny_suite", "architecture": "deep_cnn_tiny",
+         "train": {"epochs": 2, "robust_augment": {"method": "suite", "perturbations": ["brightness_up"]}}},
+    ]  # fmt: skip
+    tiny_experiment["perturbations"] = [{"name": "brightness_up", "severities": [2, 5]},
+                                        {"name": "contrast_down", "severities": [3]},
+                                        {"name": "rotation", "severities": [2]}]  # fmt: skip
+    tiny_experiment["reference_model"] = "baseline_cnn_tiny"
+    return tiny_experiment
+
+
+def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
+    remedy_experiment: dict[str, Any], write_yaml: Callable[..., Path]
+) -> None:
+    folder = run_experiment(load_config(write_yaml(remedy_experiment)))
+    data = read_data(folder)
+    results = data.results
+    assert set(results["model"]) == {"baseline_cnn_tiny", "deep_cnn_tiny", "deep_cnn_tiny+bn", "deep_cnn_tiny+tent",
+                                     "deep_cnn_tiny_suite"}  # fmt: skip
+    assert set(results.loc[results["model"] == "deep_cnn_tiny+tent", "adaptation"]) == {"tent"}
+    suite = results[(results["model"] == "deep_cnn_tiny_suite") & (results["seed"] == 0)].set_index(
+        ["perturbation", "severity"]
+    )["in_training"]
+    assert suite[("brightness_up", 2)] == SEEN and suite[("contrast_down", 3)] == HELD_OUT
+    assert suite[("rotation", 2)] == HELD_OUT
+    # deep_cnn_tiny trains with flip_crop: nothing of these shifts, and clean is neither seen nor held out
+    assert pd.isna(suite[("clean", 0)])
+    run = json.loads((folder / "run.json").read_text())
+    baseline = next(m for m in run["models"] if m["name"] == "baseline_cnn_tiny")
+    assert set(baseline["not_applicable"]) == {"bn", "tent"}
+    report = (folder / "report.md").read_text()
+    assert "## What fixes it" in report
+    assert "`baseline_cnn_tiny` with `bn`: not applicable: the model has no BatchNorm layers" in report
+    assert "| deep_cnn_tiny_suite (seen in training) |" in report
+    assert "| deep_cnn_tiny+bn | deep_cnn_tiny | standard | bn |" in report
+    before = report
+    from robustbench_fmnist.report.writer import rerender_report
+
+    rerender_report(folder)
+    assert (folder / "report.md").read_text() == before, "the report re-renders byte for byte"
