@@ -94,18 +94,22 @@ def reestimate_batch_norm(model: nn.Module, images: torch.Tensor, *, prior: floa
     def record(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         # with momentum 1 the running statistics are exactly this batch's: free, the layer computed them
         count = inputs[0].numel() // inputs[0].shape[1]
-        biased = layer.running_var.double() * ((count - 1) / count)
-        batches[id(layer)].append((layer.running_mean.double(), biased, count))
+        biased = layer.running_var.to(torch.float64, copy=True) * ((count - 1) / count)
+        batches[id(layer)].append((layer.running_mean.to(torch.float64, copy=True), biased, count))
 
-    trained = {id(layer): (layer.running_mean.double(), layer.running_var.double(), layer.momentum) for layer in layers}
+    trained = {
+        id(layer): (layer.running_mean.to(torch.float64, copy=True), layer.running_var.to(torch.float64, copy=True),
+                    layer.momentum)
+        for layer in layers
+    }  # fmt: skip
     hooks = [layer.register_forward_hook(record) for layer in layers]
     for layer in layers:
         layer.train()  # normalise by the batch's own statistics, as the adapted layer will by the pooled ones
         layer.momentum = 1.0
     try:
         with torch.no_grad():
-            for first in range(0, len(images), batch_size):
-                adapted(images[first : first + batch_size])
+            for first, last in batch_bounds(len(images), batch_size):
+                adapted(images[first:last])
     finally:
         for hook in hooks:
             hook.remove()
@@ -160,6 +164,14 @@ def batch_norm_predict(model: nn.Module, images: torch.Tensor, settings: Adaptat
         return torch.cat(logits)
 
 
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(first, last) of each batch; a last batch of one image joins the one before (BatchNorm needs two)."""
+    bounds = [(first, min(first + batch_size, count)) for first in range(0, count, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of each row's softmax, in nats."""
     log_probabilities = logits.log_softmax(1)
@@ -170,14 +182,16 @@ def configure_tent(model: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
     """A copy of `model` set up as tent does: BatchNorm on batch statistics, only norm affines trainable."""
     adapted = copy.deepcopy(model).eval()
     adapted.requires_grad_(False)
-    parameters: list[nn.Parameter] = []
-    for layer in affine_norm_layers(adapted):
+    for layer in adapted.modules():
         if isinstance(layer, _BatchNorm):
-            # tent normalises by each test batch's statistics and forgets the training ones
+            # tent normalises by each test batch's statistics and forgets the training ones (every
+            # BatchNorm layer, with or without an affine, as DequanWang/tent's configure_model does)
             layer.train()
             layer.track_running_stats = False
             layer.running_mean = None
             layer.running_var = None
+    parameters: list[nn.Parameter] = []
+    for layer in affine_norm_layers(adapted):
         for parameter in (layer.weight, layer.bias):
             if parameter is not None:
                 parameter.requires_grad_(True)
@@ -194,8 +208,8 @@ def tent_predict(model: nn.Module, images: torch.Tensor, settings: AdaptationSet
         # tent's CIFAR setting: Adam, betas (0.9, 0.999), no weight decay, one step per batch
         optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999), weight_decay=0.0)
         outputs = []
-        for first in range(0, len(images), config.batch_size):
-            batch = images[first : first + config.batch_size].clone().contiguous(memory_format=settings.memory_format)
+        for first, last in batch_bounds(len(images), config.batch_size):
+            batch = images[first:last].clone().contiguous(memory_format=settings.memory_format)
             for _ in range(config.steps):
                 logits = adapted(batch)
                 loss = entropy(logits).mean()

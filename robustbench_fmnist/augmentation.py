@@ -219,7 +219,13 @@ def _gamma(alpha: float, uniform: torch.Tensor) -> torch.Tensor:
 
 
 def augmix_view(spec: AugMixAugment, images: torch.Tensor, rng: ImageRandom, view: int) -> torch.Tensor:
-    """One AugMix view: (1 - m) x + m * sum_i w_i chain_i(x), w ~ Dirichlet(alpha), m ~ Beta(alpha, alpha)."""
+    """One AugMix view: (1 - m) x + m * sum_i w_i chain_i(x), w ~ Dirichlet(alpha), m ~ Beta(alpha, alpha).
+
+    As AugMix's augment_and_mix, with two differences in the optional geometric operations: shear and
+    translate are one operation each with a random axis (AugMix lists x and y separately, so they
+    are drawn a little less often here), and shear is about the image centre (PIL's about the corner).
+    The training loop flips and crops after mixing, where AugMix's preprocessing does it before.
+    """
     count, width = len(images), spec.width
     base = 100 * (view + 1)
     weights = _gamma(spec.alpha, rng.uniform(width, stream=base))

@@ -76,6 +76,19 @@ def code_digest(builder: Callable[..., nn.Module]) -> str:
     return digest.hexdigest()
 
 
+def _augmentation_code(method: str) -> str:
+    """What a robust augmentation's draws depend on beyond augmentation.py: the perturbation kernels it
+    applies (suite, AugMix's warps, the hashed random numbers), or torchvision's version for its policies."""
+    if method in ("trivialaugment", "randaugment"):
+        import torchvision
+
+        return f"torchvision {minor_version(torchvision.__version__)}"
+    digest = hashlib.sha256()
+    for path in sorted((_PACKAGE / "perturbations").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def cache_key(
     model_name: str,
     model_kwargs: dict[str, Any],
@@ -102,6 +115,8 @@ def cache_key(
         "torch": minor_version(torch.__version__),
         "device_type": device_type,
     }
+    if recipe.robust_augment is not None:
+        identity["augmentation"] = _augmentation_code(recipe.robust_augment.method)
     text = json.dumps(identity, sort_keys=True, default=str)
     return CacheKey(model_name, hashlib.sha256(text.encode()).hexdigest())
 

@@ -27,6 +27,7 @@ MAX_THREADS = 1024
 MAX_BATCH = 1 << 16  # 65,536 images of 28x28 float32 is 205 MB per batch
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # after alias expansion: a few hundred bytes of nested aliases can expand to billions
+MIN_ADAPTATION_IMAGES = 4  # bn adapts on one half of a cell: two images each, the least BatchNorm can use
 MAX_SHOWN = 80  # characters of a user's value quoted in an error message
 # keys whose relative paths are taken from the YAML file's folder, not the working directory
 PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",), ("noise_from",))
@@ -384,6 +385,12 @@ class ExperimentConfig(_Strict):
             if dupes:
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
         adapted = {a for s in self.models for a in s.adaptation or self.evaluation.adaptation} - {"none"}
+        few = self.evaluation.test_images
+        if adapted and few is not None and few < MIN_ADAPTATION_IMAGES:
+            raise ValueError(
+                f"evaluation.test_images {few} with adaptation {sorted(adapted)}: adapting on half a cell needs at "
+                f"least {MIN_ADAPTATION_IMAGES} images (BatchNorm needs two per batch); raise test_images"
+            )
         if adapted and self.evaluation.precision != "float32":
             raise ValueError(
                 f"evaluation.precision {self.evaluation.precision} with adaptation {sorted(adapted)}: adaptation "

@@ -229,7 +229,10 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
                 for row in scored_model.results:
                     row["in_training"] = _in_training(row["perturbation"], exposure, model_spec.recipe)
                 scored.extend(scored_model)
-                label_info = info if adaptation == "none" else {**info, "name": label, "adaptation": adaptation}
+                label_info = info
+                if adaptation != "none":
+                    settings = getattr(config.evaluation, adaptation).model_dump(mode="json")
+                    label_info = {**info, "name": label, "adaptation": adaptation, "adaptation_settings": settings}
                 label_info["eval_seconds"] = seconds
                 label_info["eval_images_per_second"] = len(cells) * count / seconds
                 if label_info is not info:

@@ -434,6 +434,12 @@ CASES = [
     Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
     # remedies: test-time adaptation and robust training
     Case("adaptation bm", _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"), 2, "'bn' or 'tent'"),
+    Case(
+        "adaptation on 3 test images",
+        _changes({"evaluation": {"adaptation": ["none", "bn"], "test_images": 3}}, "validate"),
+        2,
+        "needs at least 4 images",
+    ),
     Case("adaptation without none", _changes({"evaluation": {"adaptation": ["bn"]}}, "validate"), 2, "lacks none"),
     Case(
         "adaptation in bfloat16",

@@ -400,3 +400,73 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
 
     rerender_report(folder)
     assert (folder / "report.md").read_text() == before, "the report re-renders byte for byte"
+
+
+# ---- review follow-ups: small cells, tent's protocol, the JSD formula, pairing ----
+
+
+def test_tent_and_bn_handle_a_last_batch_of_one_image_and_odd_halves() -> None:
+    from robustbench_fmnist.adaptation import batch_bounds
+
+    assert batch_bounds(129, 128) == [(0, 129)]
+    assert batch_bounds(130, 128) == [(0, 128), (128, 130)]
+    assert batch_bounds(1, 128) == [(0, 1)]
+    model = _trained_tiny()
+    images = _learnable(129)[0].float().div(255).unsqueeze(1)
+    assert tent_predict(model, images, _settings()).shape == (129, 10)
+    assert batch_norm_predict(model, images[:5], _settings()).shape == (5, 10)
+
+
+def test_tent_scores_each_batch_by_the_forward_before_its_own_update() -> None:
+    model = _trained_tiny()
+    images = _learnable(256)[0].float().div(255).unsqueeze(1) * 0.5
+    settings = AdaptationSettings(BatchNormAdaptation(), TentAdaptation(lr=0.05, batch_size=128))
+    logits = tent_predict(model, images, settings)
+    unadapted, _ = configure_tent(model)  # batch statistics, affines as trained
+    with torch.no_grad():
+        first = unadapted(images[:128].contiguous(memory_format=torch.channels_last))
+        second = unadapted(images[128:].contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(logits[:128], first, atol=1e-5), "the first batch is scored before any update"
+    assert not torch.allclose(logits[128:], second, atol=1e-3), "the second by affines the first batch updated"
+
+
+def test_jensen_shannon_is_augmix_s_mean_kl_to_the_mixture() -> None:
+    generator = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 10, generator=generator) for _ in range(3)]
+    p = [v.double().softmax(1).numpy() for v in views]
+    mixture = np.clip(sum(p) / 3, 1e-7, 1)
+    expected = np.mean([np.sum(q * (np.log(q) - np.log(mixture)), axis=1).mean() for q in p])
+    assert float(jensen_shannon(views)) == pytest.approx(expected, rel=1e-5)
+
+
+def _record(name: str, training: str, adaptation: str = "none", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "seed": 0, "architecture": extra.pop("architecture", "deep_cnn"), "training": training,
+            "adaptation": adaptation, "base_model": extra.pop("base_model", name), **extra}  # fmt: skip
+
+
+def test_remedies_pair_adaptations_with_their_own_weights_and_recipes_with_the_standard() -> None:
+    from robustbench_fmnist.report.remedies import remedies
+
+    recipe = {"epochs": 4, "lr": 0.003, "robust_augment": None}
+    models = [
+        _record("deep_cnn", "standard", recipe=recipe),
+        _record("deep_cnn_long", "standard", recipe={**recipe, "epochs": 10}),
+        _record("deep_cnn+bn", "standard", "bn", base_model="deep_cnn", recipe=recipe),
+        _record("deep_cnn_augmix", "augmix", recipe={**recipe, "epochs": 10, "robust_augment": {"method": "augmix"}}),
+        _record("deep_cnn_augmix+tent", "augmix", "tent", base_model="deep_cnn_augmix", recipe=recipe),
+        _record("mine", "checkpoint", architecture="pkg:build"),
+        _record("mine+bn", "checkpoint", "bn", architecture="pkg:build", base_model="mine"),
+        _record("old", None),
+    ]
+    found = {r.label: r for r in remedies(models)}
+    assert set(found) == {"deep_cnn+bn", "deep_cnn_augmix", "deep_cnn_augmix+tent", "mine+bn"}
+    assert found["deep_cnn+bn"].standard == "deep_cnn" and found["mine+bn"].standard == "mine"
+    assert found["deep_cnn_augmix+tent"].standard == "deep_cnn", "both remedies against the standard"
+    assert found["deep_cnn_augmix"].recipe_differs == ("epochs",), "a longer recipe is not credited silently"
+
+
+def test_noise_from_matches_models_by_architecture_and_adaptation_settings() -> None:
+    from robustbench_fmnist.report.agreement import _architecture
+
+    assert _architecture({"name": "baseline_cnn"}) == "baseline_cnn", "a report from before labels"
+    assert _architecture({"name": "x", "architecture": "deep_cnn"}) == "deep_cnn"

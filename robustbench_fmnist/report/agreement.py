@@ -20,7 +20,12 @@ from robustbench_fmnist.statistics import LEVEL, excess_outside_p, prediction_ha
 
 # below this one-sided binomial p, more cells fall outside than 95 % intervals allow by chance
 EXCESS_P = 0.001
-_RECIPE_FIELDS = ("factory", "kwargs", "recipe")
+_RECIPE_FIELDS = ("factory", "kwargs", "recipe", "adaptation_settings")
+
+
+def _architecture(record: dict[str, Any]) -> str:
+    # reports from before labels (`architecture:`) record none: the factory or the name is what was built
+    return record.get("architecture") or record.get("factory") or record.get("name")
 
 
 def reference_cells(reference: ReportData, models: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
@@ -41,6 +46,7 @@ def reference_cells(reference: ReportData, models: list[dict[str, Any]]) -> tupl
         if name in theirs
         and record.get("weights") != "checkpoint"
         and all(record.get(f) == theirs[name].get(f) for f in _RECIPE_FIELDS)
+        and _architecture(record) == _architecture(theirs[name])
     ]
     skipped = [name for name in ours if name not in shared]
     cells = seed_mean(reference.results)

@@ -242,6 +242,11 @@ def _gap(row: dict[str, Any], column: str) -> str:
     return f"{shown} [{cells}]"
 
 
+def _trained_with(row: dict[str, Any]) -> str:
+    differs = row.get("recipe_differs")
+    return row["training"] + (f" (recipe also differs: {differs})" if isinstance(differs, str) and differs else "")
+
+
 def _times(row: dict[str, Any], column: str) -> str:
     value = row.get(column)
     return "n/a" if value is None or pd.isna(value) else f"{value:.2f}x"
@@ -264,7 +269,7 @@ def _remedies(data: ReportData) -> list[str]:
         if not pd.isna(r.get("clean_cost_low")):
             cost += f" ({points(r['clean_cost_low'])} to {points(r['clean_cost_high'])})"
         rows.append(
-            [r["remedy"], r["standard"], r["training"], r["adaptation"]]
+            [r["remedy"], r["standard"], _trained_with(r), r["adaptation"]]
             + [_gap(r, f"{family}|{HELD_OUT}") for family in shown]
             + [_gap(r, f"{family}|{SEEN}") for family in shown]
             + [cost, _times(r, "train_time"), _times(r, "eval_time")]
@@ -277,8 +282,8 @@ def _remedies(data: ReportData) -> list[str]:
         "under shift, summed over the family's cells) that the remedy wins back; 100 % is all of it, below 0 is "
         "worse than doing nothing. Per seed, then the mean over seeds with its 95 % interval (in brackets: the "
         "cells it covers). **Held out**: shifts the remedy's training never performed, the fair test; **seen**: "
-        "shifts its training performed in full or in part (marked in every table below), where a remedy is "
-        "expected to help. Clean cost: the remedy's clean accuracy minus the standard's. Times: the remedy's "
+        "shifts its training performed in full or in part, at any strength (marked in every table below), where a "
+        "remedy is expected to help. Clean cost: the remedy's clean accuracy minus the standard's. Times: the remedy's "
         "training and evaluation seconds over the standard's (an adaptation keeps its standard's weights, so "
         "its training time is 1x).",
         "",

@@ -7,7 +7,7 @@ or both. Per seed, for a set of cells S of one family,
     gap closed = sum_S (remedy - standard) / sum_S (standard's clean - standard)
 
 the share of the standard model's accuracy loss the remedy wins back (1 = all of it, 0 = none,
-below 0 = worse; REFERENCE.md's definition, a ratio of means over the cells). Seeds pair by
+below 0 = worse; a ratio of means over the cells, so cells where the standard lost more weigh more). Seeds pair by
 number: an adaptation shares its standard's weights, a training remedy is an independent
 training with the same seed. Every figure is the mean over seeds with a 95 % t-interval
 (statistics.across_seeds); the clean cost is the remedy's clean accuracy minus the standard's.
@@ -33,27 +33,48 @@ class Remedy:
     label: str  # the rows' model name
     standard: str  # the label of the standard model it is set against
     architecture: str
-    training: str  # standard, or the robust-augmentation method
+    training: str  # standard, checkpoint, or the robust-augmentation method
     adaptation: str  # none, bn or tent
+    recipe_differs: tuple[str, ...] = ()  # recipe fields besides robust_augment that differ from the standard's
 
 
 def remedies(models: list[dict[str, Any]]) -> list[Remedy]:
-    """Every remedy in run.json's models, with its standard; none when a report has no standard model pairs."""
+    """Every remedy in run.json's models, each with the model it is set against.
+
+    A robust-training recipe is set against the first standard-trained label of its architecture
+    (evaluated without adaptation). An adaptation of a standard-trained model or of a user's
+    checkpoint is set against that same model unadapted (the same weights); an adaptation of a
+    robust-trained model against the architecture's standard, so the pair measures both remedies.
+    """
     seen: dict[str, dict[str, Any]] = {}
     for m in models:
         seen.setdefault(m["name"], m)
     standards: dict[str, str] = {}
     for name, m in seen.items():
         if m.get("training") == "standard" and m.get("adaptation", "none") == "none":
-            standards.setdefault(m.get("architecture", name), name)  # the first listed, if several
+            standards.setdefault(m.get("architecture", name), name)
     found = []
     for name, m in seen.items():
+        training, adaptation = m.get("training"), m.get("adaptation", "none")
         architecture = m.get("architecture", name)
-        standard = standards.get(architecture)
-        if standard is None or standard == name or m.get("training") in (None, "checkpoint"):
+        if training is None or (adaptation == "none" and training in ("standard", "checkpoint")):
+            continue  # an older report, or a model that is no remedy
+        if adaptation != "none" and training in ("standard", "checkpoint"):
+            standard = m.get("base_model")
+        else:
+            standard = standards.get(architecture)
+        if standard is None or standard not in seen:
             continue
-        found.append(Remedy(name, standard, architecture, m["training"], m.get("adaptation", "none")))
+        differs = _recipe_differences(m.get("recipe"), seen[standard].get("recipe"))
+        found.append(Remedy(name, standard, architecture, training, adaptation, differs))
     return found
+
+
+def _recipe_differences(mine: dict[str, Any] | None, theirs: dict[str, Any] | None) -> tuple[str, ...]:
+    if not mine or not theirs:
+        return ()
+    keys = sorted((set(mine) | set(theirs)) - {"robust_augment"})
+    return tuple(k for k in keys if mine.get(k) != theirs.get(k))
 
 
 def not_applicable(models: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -129,7 +150,12 @@ def gap_closed_table(results: pd.DataFrame, models: list[dict[str, Any]], famili
         summary = across_seeds(table, ["remedy"], metrics).iloc[0].to_dict()
         for column in (c for c in table.columns if c.endswith("|cells")):
             summary[column] = int(table[column].max())
-        summary.update(standard=remedy.standard, training=remedy.training, adaptation=remedy.adaptation)
+        summary.update(
+            standard=remedy.standard,
+            training=remedy.training,
+            adaptation=remedy.adaptation,
+            recipe_differs=", ".join(remedy.recipe_differs),
+        )
         rows.append(summary)
     return pd.DataFrame(rows)
 
@@ -141,23 +167,3 @@ def _per_label(models: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
 def _ratio(info: dict[tuple[str, int], dict[str, Any]], label: str, standard: str, seed: int, key: str) -> float:
     mine, base = info.get((label, int(seed)), {}).get(key), info.get((standard, int(seed)), {}).get(key)
     return mine / base if mine and base else np.nan
-
-
-def cell_gap_table(results: pd.DataFrame, models: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per remedy and perturbed cell: seed-mean accuracies, the gap closed, and whether training saw the shift."""
-    rows = []
-    for remedy in remedies(models):
-        pairs = _paired(results, remedy)
-        shifted = pairs[pairs["perturbation"] != CLEAN]
-        grouped = shifted.groupby(["perturbation", "severity"], sort=False)
-        table = grouped.agg(
-            remedy_accuracy=("remedy", "mean"),
-            standard_accuracy=("standard", "mean"),
-            standard_clean=("standard_clean", "mean"),
-            status=("status", "first"),
-        ).reset_index()
-        loss = table["standard_clean"] - table["standard_accuracy"]
-        table["gap_closed"] = ((table["remedy_accuracy"] - table["standard_accuracy"]) / loss).where(loss >= MIN_LOSS)
-        table.insert(0, "remedy", remedy.label)
-        rows.append(table)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
