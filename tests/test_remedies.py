@@ -395,11 +395,20 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     assert "`baseline_cnn_tiny` with `bn`: not applicable: the model has no BatchNorm layers" in report
     assert "| deep_cnn_tiny_suite (seen in training) |" in report
     assert "| deep_cnn_tiny+bn | deep_cnn_tiny | standard | bn |" in report
+    assert "| deep_cnn_tiny_suite | brightness_up (seen in training) |" in report, "marked in the summary too"
+    assert "Gap closed per perturbation" in report
+    gaps = pd.read_csv(folder / "remedies.csv")
+    assert set(gaps["remedy"]) == {"deep_cnn_tiny+bn", "deep_cnn_tiny+tent", "deep_cnn_tiny_suite"}
+    suite_gaps = gaps[gaps["remedy"] == "deep_cnn_tiny_suite"].set_index(["perturbation", "severity"])
+    assert suite_gaps.loc[("brightness_up", 2), "in_training"] == SEEN
+    assert (suite_gaps.loc[("brightness_up", -1), "seeds"]) == 2
     before = report
     from robustbench_fmnist.report.writer import rerender_report
 
+    csv_before = (folder / "remedies.csv").read_bytes()
     rerender_report(folder)
     assert (folder / "report.md").read_text() == before, "the report re-renders byte for byte"
+    assert (folder / "remedies.csv").read_bytes() == csv_before
 
 
 # ---- review follow-ups: small cells, tent's protocol, the JSD formula, pairing ----

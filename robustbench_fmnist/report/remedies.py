@@ -25,6 +25,7 @@ from robustbench_fmnist.statistics import across_seeds
 
 CLEAN = "clean"
 SEEN, PARTLY, HELD_OUT = "seen", "partly seen", "held out"
+ALL_SEVERITIES = -1  # cell_gap_table's severity for a perturbation's severities pooled
 MIN_LOSS = 0.02  # cells whose standard model lost under 2 points on average have no gap worth a ratio: n/a
 
 
@@ -148,6 +149,9 @@ def gap_closed_table(results: pd.DataFrame, models: list[dict[str, Any]], famili
         metrics = [c for c in table.columns if c != "seed" and not c.endswith("|cells")]
         table["remedy"] = remedy.label
         summary = across_seeds(table, ["remedy"], metrics).iloc[0].to_dict()
+        for metric in metrics:  # a figure some seed could not give (no loss to close) is no figure
+            if table[metric].isna().any():
+                summary.update({metric: np.nan, f"{metric}_low": np.nan, f"{metric}_high": np.nan})
         for column in (c for c in table.columns if c.endswith("|cells")):
             summary[column] = int(table[column].max())
         summary.update(
@@ -167,3 +171,54 @@ def _per_label(models: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
 def _ratio(info: dict[tuple[str, int], dict[str, Any]], label: str, standard: str, seed: int, key: str) -> float:
     mine, base = info.get((label, int(seed)), {}).get(key), info.get((standard, int(seed)), {}).get(key)
     return mine / base if mine and base else np.nan
+
+
+def cell_gap_table(results: pd.DataFrame, models: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per remedy and perturbed cell (and per perturbation, severity ALL_SEVERITIES): gap closed over seeds.
+
+    Each seed's gap is that seed's won-back accuracy over its standard's loss; cells (or
+    perturbations) where that loss is under MIN_LOSS on average are NaN for the seed. Columns:
+    remedy, standard, perturbation, severity, in_training, remedy_accuracy, standard_accuracy,
+    gap_closed with _std, _low, _high, and seeds.
+    """
+    tables = []
+    for remedy in remedies(models):
+        pairs = _paired(results, remedy)
+        shifted = pairs[pairs["perturbation"] != CLEAN].copy()
+        if shifted.empty:
+            continue
+        pooled = shifted.assign(severity=ALL_SEVERITIES)
+        per_seed = []
+        for frame in (shifted, pooled):
+            grouped = frame.groupby(["perturbation", "severity", "seed"], sort=False)
+            sums = grouped.agg(
+                remedy=("remedy", "sum"),
+                standard=("standard", "sum"),
+                standard_clean=("standard_clean", "sum"),
+                cells=("remedy", "size"),
+                remedy_accuracy=("remedy", "mean"),
+                standard_accuracy=("standard", "mean"),
+                in_training=("status", "first"),
+            ).reset_index()
+            loss = sums["standard_clean"] - sums["standard"]
+            sums["gap_closed"] = ((sums["remedy"] - sums["standard"]) / loss).where(loss >= MIN_LOSS * sums["cells"])
+            per_seed.append(sums)
+        every = pd.concat(per_seed, ignore_index=True)
+        summary = across_seeds(
+            every, ["perturbation", "severity"], ["gap_closed", "remedy_accuracy", "standard_accuracy"]
+        )
+        grouped = every.groupby(["perturbation", "severity"], sort=False)
+        status = grouped["in_training"].first().reset_index()
+        # a cell some seed could not score (its standard lost under MIN_LOSS there) is n/a as a whole
+        status["complete"] = grouped["gap_closed"].apply(lambda g: bool(g.notna().all())).to_numpy()
+        summary = summary.merge(status, on=["perturbation", "severity"])
+        gap = ["gap_closed", "gap_closed_std", "gap_closed_low", "gap_closed_high"]
+        summary.loc[~summary["complete"], gap] = np.nan
+        summary.insert(0, "standard", remedy.standard)
+        summary.insert(0, "remedy", remedy.label)
+        tables.append(summary)
+    if not tables:
+        return pd.DataFrame()
+    columns = ["remedy", "standard", "perturbation", "severity", "in_training", "seeds", "remedy_accuracy",
+               "standard_accuracy", "gap_closed", "gap_closed_std", "gap_closed_low", "gap_closed_high"]  # fmt: skip
+    return pd.concat(tables, ignore_index=True)[columns]

@@ -24,6 +24,7 @@ from robustbench_fmnist.report.bundle import (
 )
 from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
+from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
@@ -64,7 +65,8 @@ def add_throughput(folder: str | Path, throughput: pd.DataFrame) -> Path:
     return folder
 
 
-RENDERED = ("report.md", "report.html", "figures")
+REMEDIES_FILE = "remedies.csv"  # gap closed per remedy and cell, when the report has remedies
+RENDERED = ("report.md", "report.html", "figures", REMEDIES_FILE)
 
 
 def _copy_all_but_rendered(folder: Path, staging: Path) -> None:
@@ -115,6 +117,9 @@ def render_files(folder: Path) -> None:
             save(f"Examples: {model}", f"examples_{_file_name(model)}.png", png)
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
+    gaps = cell_gap_table(data.results, data.run["models"])
+    if not gaps.empty:
+        gaps.to_csv(folder / REMEDIES_FILE, index=False, float_format="%.6g")
     text = render_markdown(data, drawn)
     (folder / "report.md").write_text(text, encoding="utf-8")
     title = f"Robustness report: {data.run['config']['name']}"
