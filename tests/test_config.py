@@ -268,3 +268,20 @@ def test_seeds_override_seed_and_the_reference_defaults_to_the_baseline(
     assert load_config(write_yaml({**tiny_experiment, "seed": 4})).run_seeds == (4,)
     config = load_config(write_yaml({**tiny_experiment, "seeds": [3, 1]}))
     assert config.run_seeds == (3, 1) and config.reference_model == "baseline_cnn"
+
+
+def test_the_committed_remedies_report_is_its_experiment_with_three_seeds_from_a_clean_cache() -> None:
+    from robustbench_fmnist.report import read_data
+
+    reference = read_data(REPORTS / "remedies")
+    experiment = load_config(EXPERIMENT_DIR / "remedies.yaml")
+    recorded = parse_config(reference.run["config"]).model_dump(mode="json")
+    assert recorded["models"] == experiment.model_dump(mode="json")["models"]
+    assert recorded["perturbations"] == experiment.model_dump(mode="json")["perturbations"]
+    assert recorded["evaluation"] == experiment.model_dump(mode="json")["evaluation"]
+    assert sorted(reference.results["seed"].unique()) == sorted(experiment.run_seeds) and len(experiment.run_seeds) >= 3
+    env = reference.run["environment"]
+    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
+    assert {"deep_cnn+bn", "deep_cnn+tent"} <= set(reference.results["model"])
+    assert set(reference.results["in_training"].dropna()) == {"seen", "partly seen", "held out"}

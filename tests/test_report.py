@@ -332,3 +332,16 @@ def test_the_browser_check_sees_a_broken_image(tmp_path: Path) -> None:
     )
     result = render_in_chromium(page)
     assert not result["images"][0]["ok"] and result["errors"]
+
+
+@pytest.mark.parametrize("name", ["lighting", "viewpoint", "remedies"])
+def test_the_committed_references_re_render_byte_for_byte(tmp_path: Path, name: str) -> None:
+    import shutil
+
+    committed = Path(__file__).resolve().parent.parent / "reports" / name
+    folder = tmp_path / name
+    shutil.copytree(committed, folder)
+    rerender_report(folder)
+    rendered = ["report.md", *(["remedies.csv"] if name == "remedies" else [])]
+    for filename in rendered:
+        assert (folder / filename).read_bytes() == (committed / filename).read_bytes(), filename
