@@ -479,3 +479,22 @@ def test_noise_from_matches_models_by_architecture_and_adaptation_settings() -> 
 
     assert _architecture({"name": "baseline_cnn"}) == "baseline_cnn", "a report from before labels"
     assert _architecture({"name": "x", "architecture": "deep_cnn"}) == "deep_cnn"
+
+
+def test_a_run_today_still_matches_the_committed_lighting_reference_recorded_before_remedies() -> None:
+    """The quickstart's noise_from: recipes recorded before robust_augment existed are the same recipes."""
+    from robustbench_fmnist.report.agreement import agreement_table, reference_cells
+
+    reference = read_data(Path(__file__).resolve().parent.parent / "reports" / "lighting")
+    ours = []
+    for record in reference.run["models"]:
+        today = {**record, "recipe": TrainRecipe.model_validate(record["recipe"]).model_dump(mode="json")}
+        today.update(architecture=record["name"], training="standard", adaptation="none", base_model=record["name"])
+        ours.append(today)
+    assert "robust_augment" in ours[0]["recipe"] and "robust_augment" not in reference.run["models"][0]["recipe"]
+    cells, skipped = reference_cells(reference, ours)
+    assert skipped == [] and set(cells["model"]) == {"baseline_cnn", "deep_cnn"}
+    table = agreement_table(reference.results, cells)
+    assert len(table) == len(cells) and table["inside"].all()
+    empty, skipped = reference_cells(reference, [{**ours[0], "kwargs": {"width": 8}}])
+    assert skipped == ["baseline_cnn"] and agreement_table(reference.results, empty).empty

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
+from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.report.bundle import REFERENCE_COLUMNS, ReportData
 from robustbench_fmnist.report.tables import CELL, seed_mean
 from robustbench_fmnist.statistics import LEVEL, excess_outside_p, prediction_half_width
@@ -21,6 +23,17 @@ from robustbench_fmnist.statistics import LEVEL, excess_outside_p, prediction_ha
 # below this one-sided binomial p, more cells fall outside than 95 % intervals allow by chance
 EXCESS_P = 0.001
 _RECIPE_FIELDS = ("factory", "kwargs", "recipe", "adaptation_settings")
+
+
+def _field(record: dict[str, Any], key: str) -> Any:
+    """A model record's field; a recipe read by today's schema, so fields added since with their defaults match."""
+    value = record.get(key)
+    if key == "recipe" and isinstance(value, dict):
+        try:
+            return TrainRecipe.model_validate(value).model_dump(mode="json")
+        except ValidationError:
+            return value
+    return value
 
 
 def _architecture(record: dict[str, Any]) -> str:
@@ -45,7 +58,7 @@ def reference_cells(reference: ReportData, models: list[dict[str, Any]]) -> tupl
         for name, record in ours.items()
         if name in theirs
         and record.get("weights") != "checkpoint"
-        and all(record.get(f) == theirs[name].get(f) for f in _RECIPE_FIELDS)
+        and all(_field(record, f) == _field(theirs[name], f) for f in _RECIPE_FIELDS)
         and _architecture(record) == _architecture(theirs[name])
     ]
     skipped = [name for name in ours if name not in shared]
@@ -58,7 +71,9 @@ def agreement_table(results: pd.DataFrame, reference: pd.DataFrame, level: float
     """Per cell both have (same parameter): this run's seed mean, the reference's, the expected range, inside."""
     ours = seed_mean(results)[[*CELL, "parameter", "seeds", "accuracy"]]
     merged = ours.merge(reference, on=CELL, suffixes=("", "_reference"), how="inner", sort=False)
-    same = np.isclose(merged["parameter"].fillna(np.inf), merged["parameter_reference"].fillna(np.inf))
+    same = np.isclose(
+        merged["parameter"].astype(float).fillna(np.inf), merged["parameter_reference"].astype(float).fillna(np.inf)
+    )
     merged = merged[same & merged["accuracy"].notna() & merged["accuracy_reference"].notna()].copy()
     merged["half_width"] = [
         prediction_half_width(std, int(k), int(m), level)
