@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robustbench_fmnist.augmentation import HELD_OUT, PARTLY, SEEN
+from robustbench_fmnist.evaluation import CLEAN
 from robustbench_fmnist.statistics import across_seeds
 
-CLEAN = "clean"
-SEEN, PARTLY, HELD_OUT = "seen", "partly seen", "held out"
+__all__ = ["HELD_OUT", "PARTLY", "SEEN", "cell_gap_table", "gap_closed_table", "not_applicable", "remedies"]
+
 ALL_SEVERITIES = -1  # cell_gap_table's severity for a perturbation's severities pooled
 MIN_LOSS = 0.02  # cells whose standard model lost under 2 points on average have no gap worth a ratio: n/a
 
