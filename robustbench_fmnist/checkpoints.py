@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import platform
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -43,7 +44,8 @@ class CacheKey:
 
     @property
     def filename(self) -> str:
-        return f"{self.model}-{self.digest[:16]}.pt"
+        # a label may hold characters a file name should not (`timm:resnet18`, a '/')
+        return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.model)}-{self.digest[:16]}.pt"
 
 
 def minor_version(version: str) -> str:
@@ -69,7 +71,8 @@ def code_digest(builder: Callable[..., nn.Module]) -> str:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     module = sys.modules.get(getattr(builder, "__module__", "") or "")
     uses = {v.__name__.partition(".")[0] for v in vars(module).values() if isinstance(v, types.ModuleType)}
-    if "timm" in uses:
+    # timm_models imports timm inside its functions (it is slow to import), so look at the source too
+    if "timm" in uses or (own is not None and re.search(rb"^\s*import timm\b", Path(own).read_bytes(), re.M)):
         import timm
 
         digest.update(f"timm {minor_version(timm.__version__)}".encode())

@@ -29,6 +29,20 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="run this one seed (overrides the YAML's seed and seeds)")
     parser.add_argument("--output-dir", type=Path, help="parent folder of the report (default reports/)")
     parser.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="only this model of the experiment (repeatable); one model's report is named after it",
+    )
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The experiment the flags ask for: the YAML with its overrides, cut down to `--model`s when given."""
+    from robustbench_fmnist.config import load_config, select_models
+
+    config = load_config(args.experiment, _overrides(args))
+    return select_models(config, args.model) if args.model else config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a kind (models, perturbations, adaptations, augmentations) and/or a filter such as '*cnn*'",
     )
     ls.add_argument("--markdown", action="store_true", help="print the perturbation severity table as Markdown")
+    ls.add_argument(
+        "--timm",
+        nargs="?",
+        const="*",
+        metavar="PATTERN",
+        help="list timm's architectures (usable as timm:<name>) matching a pattern such as 'convnext*'",
+    )
 
     preview = commands.add_parser(
         "preview", help="write PNG grids: severities 0..5 of a perturbation on one image per class"
@@ -114,10 +135,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.config import load_config
     from robustbench_fmnist.preflight import preflight
 
-    config = load_config(args.experiment, _overrides(args))
+    config = _load(args)
     checked = preflight(config)
     print(
         f"{args.experiment}: ok - {len(checked.models)} model(s) ({', '.join(m.name for m in checked.models)}), "
@@ -128,10 +148,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.config import load_config
     from robustbench_fmnist.experiment import run_experiment
 
-    config = load_config(args.experiment, _overrides(args))
+    config = _load(args)
     folder = run_experiment(config, retrain=args.retrain)
     _print_headline(folder)
     return 0
@@ -160,10 +179,9 @@ def _print_headline(folder: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.config import load_config
     from robustbench_fmnist.experiment import run_bench
 
-    config = load_config(args.experiment, _overrides(args))
+    config = _load(args)
     folder, table = run_bench(config, retrain=args.retrain)
     print(f"throughput written to {folder}/throughput.csv")
     # a missing device skips every row on it for one reason: say it once per device and reason
@@ -291,6 +309,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     pattern = words[0] if words else "*"
     if args.markdown and kind not in (None, "perturbations"):
         raise ConfigError(f"ls --markdown prints the perturbation severity table; drop {kind!r}")
+    if args.timm is not None:
+        return _ls_timm(kind, args.timm if pattern == "*" else pattern, args.markdown)
     # --markdown is the perturbation table; otherwise the kind asked for, or all of them
     registries = {"models": MODELS, "perturbations": PERTURBATIONS, "adaptations": ADAPTATIONS,
                   "augmentations": AUGMENTATIONS}  # fmt: skip
@@ -318,6 +338,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("augmentations (train.robust_augment.method):")
         for name in AUGMENTATIONS.names(pattern):
             print(f"  {name:<16} {AUGMENTATIONS.get(name).description}")
+    return 0
+
+
+def _ls_timm(kind: str | None, pattern: str, markdown: bool) -> int:
+    """`ls models --timm PATTERN`: timm's own names, as a YAML file would write them."""
+    import fnmatch
+
+    from robustbench_fmnist.errors import ConfigError
+    from robustbench_fmnist.models.timm_models import TIMM_PREFIX, timm_names
+
+    if kind not in (None, "models") or markdown:
+        raise ConfigError(f"ls --timm lists timm's models; drop {'--markdown' if markdown else repr(kind)}")
+    names = [n for n in timm_names() if fnmatch.fnmatchcase(n, pattern)]
+    if not names:
+        raise ConfigError(f"ls --timm: no timm model matches {pattern!r}; patterns are shell-style, e.g. 'convnext*'")
+    print(f"timm models matching {pattern!r} ({len(names)}; write them as timm:<name>):")
+    for name in names:
+        print(f"  {TIMM_PREFIX}{name}")
     return 0
 
 

@@ -423,6 +423,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     return parse_config(raw, source=str(path))
 
 
+def select_models(config: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """The experiment with only the named models; with one, its report is named after the model.
+
+    So the models of a large experiment (a zoo) can be run, and their reports committed, one at a time.
+    """
+    known = [spec.name for spec in config.models]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"--model {name!r}: not a model of {config.name}; {hint}its models: {', '.join(known)}")
+    chosen = [spec for spec in config.models if spec.name in names]
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    raw["models"] = [spec.model_dump(mode="json", exclude_unset=True) for spec in chosen]
+    if len(chosen) == 1:
+        raw["name"] = re.sub(r"[^A-Za-z0-9_.-]", "_", chosen[0].name).lstrip("_.-") or config.name
+    return parse_config(raw, source=f"{config.name} with --model {' '.join(names)}")
+
+
 def read_yaml(path: Path) -> Any:
     """The YAML document in `path`, as plain Python data; ConfigError for anything that is not one."""
     try:

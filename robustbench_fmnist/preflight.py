@@ -20,6 +20,7 @@ from robustbench_fmnist.errors import ConfigError, HarnessError, ModelError
 from robustbench_fmnist.evaluation import Cell
 from robustbench_fmnist.files import check_replaceable, check_writable_folder
 from robustbench_fmnist.models.output import check_logits
+from robustbench_fmnist.models.timm_models import timm_architecture
 from robustbench_fmnist.report.bundle import ReportData, read_data
 from robustbench_fmnist.report.writer import REPORT
 from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, resolve
@@ -112,9 +113,12 @@ def _forward_errors(resolved: ResolvedModel, what: str) -> Iterator[None]:
     except HarnessError:
         raise
     except Exception as exc:
-        if not (resolved.spec.factory or resolved.spec.kwargs):
+        if not resolved.user_built:
             raise  # with its own defaults, a registered model that cannot run the batch is a bug
+        hint = ""
+        if timm_architecture(resolved.architecture):
+            hint = " (set its size in kwargs, e.g. img_size and patch_size, or input_size: N to resize the images)"
         raise ModelError(
             f"model {resolved.name!r}: {what} on a ({PROBE_IMAGES}, 1, 28, 28) batch raised "
-            f"{type(exc).__name__}: {shorten(exc)}"
+            f"{type(exc).__name__}: {shorten(exc)}{hint}"
         ) from None

@@ -25,6 +25,7 @@ from robustbench_fmnist.config import (
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.evaluation import CLEAN, Cell, perturbation_cells
 from robustbench_fmnist.models import MODELS
+from robustbench_fmnist.models.timm_models import TIMM_RECIPE, check_timm_name, timm_architecture, timm_builder
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
 
@@ -40,6 +41,11 @@ class ResolvedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def user_built(self) -> bool:
+        """Whether the user decides how the model is built (a factory, kwargs or a timm name): its errors are theirs."""
+        return bool(self.spec.factory or self.spec.kwargs or timm_architecture(self.architecture))
 
     @property
     def architecture(self) -> str:
@@ -59,9 +65,11 @@ class ResolvedModel:
         try:
             model = self.builder(**self.spec.kwargs)
         except Exception as exc:
-            if not (self.spec.factory or self.spec.kwargs):
+            if not self.user_built:
                 raise  # a registered model failing to build with its defaults is a bug: keep its traceback
             source = f"factory {self.spec.factory}" if self.spec.factory else "its builder"
+            if timm_architecture(self.architecture) and not self.spec.kwargs:
+                source = "timm.create_model"
             raise ConfigError(
                 f"model {self.name!r}: {source} with kwargs {shorten(self.spec.kwargs)} raised "
                 f"{type(exc).__name__}: {shorten(exc)}"
@@ -115,9 +123,16 @@ def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str
 
 
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
+    timm_arch = None if spec.factory else timm_architecture(spec.architecture or spec.name)
     if spec.factory:
         builder = import_factory(spec.factory, where=f"models[{index}].factory")
         recipe = TrainRecipe()
+    elif timm_arch is not None:
+        try:
+            check_timm_name(timm_arch, spec.kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"models[{index}].{'architecture' if spec.architecture else 'name'}: {exc}") from None
+        builder, recipe = timm_builder(timm_arch), TIMM_RECIPE
     elif spec.architecture is not None:
         if spec.architecture not in MODELS:
             raise ConfigError(f"models[{index}].architecture: {MODELS.unknown_message(spec.architecture)}")
@@ -129,8 +144,8 @@ def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
     else:
         message = MODELS.unknown_message(spec.name)
         raise ConfigError(
-            f"models[{index}].name: {message} (or give a factory: 'package.module:function', or `architecture:` "
-            "naming a registered model when the name is a label)"
+            f"models[{index}].name: {message} (or timm:<name> for any timm model, a factory: "
+            "'package.module:function', or `architecture:` naming a registered model when the name is a label)"
         )
     if spec.factory and spec.architecture:
         raise ConfigError(f"models[{index}]: give factory or architecture, not both")

@@ -576,6 +576,45 @@ CASES = [
         2,
         "exp.yaml: perturbations[0].name",
     ),
+    # the zoo: timm names, pretrained weights, one model of an experiment
+    Case(
+        "unknown timm model",
+        _changes({"models": ["timm:resnet81"]}, "validate"),
+        2,
+        "models[0].name: unknown timm model 'resnet81'; did you mean timm:resnet18",
+    ),
+    Case(
+        "unknown timm architecture of a label",
+        _changes({"models": [{"name": "mine", "architecture": "timm:convnxt_atto"}]}),
+        2,
+        "models[0].architecture: unknown timm model 'convnxt_atto'; did you mean timm:convnext_atto",
+    ),
+    Case(
+        "pretrained timm weights",
+        _changes({"models": [{"name": "timm:resnet18", "kwargs": {"pretrained": True}}]}),
+        2,
+        "trains every model from scratch (drop `pretrained`",
+    ),
+    Case(
+        "timm input_size not a size",
+        _changes({"models": [{"name": "timm:resnet18", "kwargs": {"input_size": "big"}}]}),
+        2,
+        "input_size must be a whole number of pixels",
+    ),
+    Case(
+        "timm family that does not fit 28 px",
+        _changes({"models": ["timm:swin_tiny_patch4_window7_224"]}),
+        2,
+        "or input_size: N to resize the images",
+    ),
+    Case(
+        "--model not in the experiment",
+        lambda env: ["run", env.yaml(), "--model", "baseline_cnn_tny"],
+        2,
+        "--model 'baseline_cnn_tny': not a model of tiny; did you mean 'baseline_cnn_tiny'?",
+    ),
+    Case("ls --timm matching nothing", lambda env: ["ls", "--timm", "zzz*"], 2, "no timm model matches 'zzz*'"),
+    Case("ls --timm of perturbations", lambda env: ["ls", "perturbations", "--timm"], 2, "ls --timm lists timm's"),
 ]
 
 
