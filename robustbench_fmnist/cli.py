@@ -97,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="re-render a report folder from its saved rows (no model needed)")
     report.add_argument("folder", type=Path, help="a report folder, e.g. reports/lighting")
 
+    board = commands.add_parser(
+        "leaderboard", help="rank the models of several report folders per shift family, with effective robustness"
+    )
+    board.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        metavar="REPORT",
+        help="report folders (e.g. reports/remedies reports/zoo/*), or experiment YAMLs whose reports to use",
+    )
+    board.add_argument("--output-dir", type=Path, default=Path("reports/leaderboard"), help="the board's folder")
+    board.add_argument("--reference", help="the model mCE is normalised by (default baseline_cnn when on the board)")
+    board.add_argument("--scale", default="logit", help="axis of the accuracy-on-the-line fit: logit, probit, linear")
+    board.add_argument("--bootstrap", type=int, default=1000, help="resamples of the fit's bootstrap band")
+
     compare = commands.add_parser("compare", help="accuracy differences between two report folders, with intervals")
     compare.add_argument("first", type=Path, help="report folder A")
     compare.add_argument("second", type=Path, help="report folder B")
@@ -291,6 +306,40 @@ def _identical_weights(reference: list[dict[str, Any]], again: list[dict[str, An
     return f"{same} of {len(shared)} (model, seed) trainings bit-identical to the reference's"
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.report.leaderboard_files import write_leaderboard
+
+    folders = [folder for source in args.sources for folder in _report_folders(source)]
+    folder = write_leaderboard(
+        folders,
+        args.output_dir,
+        reference=args.reference or "baseline_cnn",
+        scale=args.scale,
+        resamples=args.bootstrap,
+        reference_given=args.reference is not None,
+    )
+    print(f"leaderboard written to {folder}/ (leaderboard.md, leaderboard.html, leaderboard.csv, figures/)")
+    return 0
+
+
+def _report_folders(source: Path) -> list[Path]:
+    """A report folder as given; for an experiment YAML, its report, or the one-model reports `--model` wrote."""
+    from robustbench_fmnist.config import load_config, model_report_name
+    from robustbench_fmnist.errors import ConfigError
+
+    if source.suffix not in (".yaml", ".yml"):
+        return [source]
+    config = load_config(source)
+    whole = config.output_dir / config.name
+    if (whole / "results.csv").is_file():
+        return [whole]
+    singles = [config.output_dir / model_report_name(m.name, config.name) for m in config.models]
+    found = [folder for folder in singles if (folder / "results.csv").is_file()]
+    if not found:
+        raise ConfigError(f"leaderboard: {source} has no report yet under {config.output_dir}; run it first")
+    return found
+
+
 LS_KINDS = ("models", "perturbations", "adaptations", "augmentations")
 
 
@@ -422,6 +471,7 @@ COMMANDS = {
     "report": cmd_report,
     "bench": cmd_bench,
     "compare": cmd_compare,
+    "leaderboard": cmd_leaderboard,
     "reproduce": cmd_reproduce,
 }
 

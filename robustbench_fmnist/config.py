@@ -438,8 +438,13 @@ def select_models(config: ExperimentConfig, names: list[str]) -> ExperimentConfi
     raw = config.model_dump(mode="json", exclude_unset=True)
     raw["models"] = [spec.model_dump(mode="json", exclude_unset=True) for spec in chosen]
     if len(chosen) == 1:
-        raw["name"] = re.sub(r"[^A-Za-z0-9_.-]", "_", chosen[0].name).lstrip("_.-") or config.name
+        raw["name"] = model_report_name(chosen[0].name, config.name)
     return parse_config(raw, source=f"{config.name} with --model {' '.join(names)}")
+
+
+def model_report_name(model: str, experiment: str) -> str:
+    """The report folder name of one model run alone: its name made safe for a path (`timm:x` -> `timm_x`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", model).lstrip("_.-")[:MAX_NAME_LENGTH] or experiment
 
 
 def read_yaml(path: Path) -> Any:

@@ -1,4 +1,4 @@
-"""The two classic Fashion-MNIST baselines below the CNNs: a multilayer perceptron and LeNet-5."""
+"""The classic Fashion-MNIST baselines below the CNNs: softmax regression, a multilayer perceptron and LeNet-5."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from robustbench_fmnist.models.registry import Normalize, register_model
 CLASSIC_RECIPE = TrainRecipe(
     epochs=8, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle"
 )
+
+
+@register_model(CLASSIC_RECIPE, tags=("tiny",))
+def linear(num_classes: int = 10) -> nn.Module:
+    """Softmax regression on the 784 pixels (7,850 parameters): the floor every other model is measured from."""
+    return _mlp((), 0.0, num_classes)
 
 
 def _mlp(hidden: tuple[int, ...], dropout: float, num_classes: int) -> nn.Sequential:

@@ -7,7 +7,7 @@ and only inputs that come from the report folder.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -178,5 +178,94 @@ def throughput_curves(throughput: pd.DataFrame) -> bytes:
         axis.set_ylabel("images / s")
         axis.legend(fontsize=7, loc="lower right")
         axis.set_title("Inference throughput (bands: slowest to fastest repeat)")
+        figure.tight_layout()
+        return _png(figure)
+
+
+_ROLE_MARKERS = {"standard": "o", "robust training": "^", "test-time adaptation": "s", "checkpoint": "D"}
+
+
+def accuracy_on_the_line(
+    points: pd.DataFrame, fit: object | None, family: str, scale: str, forward: Callable[[np.ndarray], np.ndarray]
+) -> bytes:
+    """Shifted vs clean accuracy on the fit's axes (`forward`: logit, probit or identity), one point per model
+    with its seed interval as error bars, the fit over the standard models with its bootstrap band; the other
+    roles get their own markers and are not part of the fit. Ticks are labelled in accuracy."""
+    with plt.rc_context(_STYLE):
+        figure, axis = plt.subplots(figsize=(7.5, 6.0))
+        for role, marker in _ROLE_MARKERS.items():
+            mine = points[points.role == role]
+            if mine.empty:
+                continue
+            x, y = mine["clean_accuracy"].to_numpy(), mine["shifted_accuracy"].to_numpy()
+            tx, ty = forward(x), forward(y)
+            xerr = _error_bars(
+                tx,
+                forward(mine["clean_accuracy_low"].fillna(mine["clean_accuracy"]).to_numpy()),
+                forward(mine["clean_accuracy_high"].fillna(mine["clean_accuracy"]).to_numpy()),
+            )
+            yerr = _error_bars(
+                ty,
+                forward(mine["shifted_accuracy_low"].fillna(mine["shifted_accuracy"]).to_numpy()),
+                forward(mine["shifted_accuracy_high"].fillna(mine["shifted_accuracy"]).to_numpy()),
+            )
+            axis.errorbar(tx, ty, xerr=xerr, yerr=yerr, fmt=marker, markersize=5, capsize=2, label=role, alpha=0.85)
+            for name, px, py in zip(mine["model"], tx, ty, strict=True):
+                axis.annotate(name, (px, py), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
+        x_low, x_high = axis.get_xlim()
+        y_low, y_high = axis.get_ylim()
+        if fit is not None:
+            label = f"fit over {len(fit.models)} standard models"
+            axis.plot(forward(fit.grid), forward(fit.curve), color="black", linewidth=1.2, label=label)
+            axis.fill_between(forward(fit.grid), forward(fit.band_low), forward(fit.band_high), color="black",
+                              alpha=0.12, label="95 % bootstrap band")  # fmt: skip
+        diagonal = np.linspace(x_low, x_high, 20)
+        axis.plot(diagonal, diagonal, linestyle="--", color="grey", linewidth=0.8, label="y = x (no loss)")
+        axis.set_xlim(x_low, x_high)
+        axis.set_ylim(min(y_low, x_low) if x_low < y_high else y_low, y_high)
+        _accuracy_ticks(axis, forward)
+        axis.set_xlabel(f"clean accuracy (%, {scale} axis)")
+        axis.set_ylabel(f"mean accuracy under {family} shifts (%, {scale} axis)")
+        axis.legend(loc="best", fontsize=8)
+        seeds = int(points["seeds"].max())
+        figure.suptitle(f"{family}: accuracy on the line (error bars: 95 % interval over {seeds} seeds)")
+        figure.tight_layout()
+        return _png(figure)
+
+
+_TICKS = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96,
+                   0.98, 0.99])  # fmt: skip
+
+
+def _accuracy_ticks(axis: plt.Axes, forward: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Label both transformed axes with the accuracies (in %) that fall inside them."""
+    for limits, setter in ((axis.get_xlim(), axis.set_xticks), (axis.get_ylim(), axis.set_yticks)):
+        at = forward(_TICKS)
+        inside = (at >= limits[0]) & (at <= limits[1])
+        setter(at[inside], [f"{100 * t:g}" for t in _TICKS[inside]])
+
+
+def _error_bars(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    below = np.nan_to_num(values - np.asarray(low, dtype=float), nan=0.0)
+    above = np.nan_to_num(np.asarray(high, dtype=float) - values, nan=0.0)
+    return np.vstack([np.maximum(below, 0.0), np.maximum(above, 0.0)])
+
+
+def ranking_bars(board: pd.DataFrame, family: str) -> bytes:
+    """Mean shifted accuracy per model, best first, with its 95 % interval and the model's clean accuracy."""
+    rows = board[board.family == family].sort_values("shifted_accuracy", kind="stable")
+    with plt.rc_context(_STYLE):
+        figure, axis = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.4))
+        y = np.arange(len(rows))
+        values = rows["shifted_accuracy"].to_numpy() * 100
+        errors = _error_bars(values, rows["shifted_accuracy_low"].to_numpy() * 100,
+                             rows["shifted_accuracy_high"].to_numpy() * 100)  # fmt: skip
+        axis.barh(y, values, xerr=errors, capsize=2, color="#4c72b0", alpha=0.8, label="under shift")
+        axis.scatter(rows["clean_accuracy"] * 100, y, marker="|", s=120, color="black", label="clean", zorder=3)
+        axis.set_yticks(y, [f"{r} {m}" for r, m in zip(rows["rank_label"], rows["model"], strict=True)])
+        axis.set_xlabel("accuracy (%)")
+        axis.set_xlim(0, 100)
+        axis.legend(loc="lower right", fontsize=8)
+        figure.suptitle(f"{family}: mean accuracy under shift, ranked (bars: 95 % interval)")
         figure.tight_layout()
         return _png(figure)

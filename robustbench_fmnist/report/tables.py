@@ -164,7 +164,7 @@ def _per_seed(results: pd.DataFrame, table: object, reference: str | None) -> pd
 _SIGNED = {"mean_drop", "mean_relative_drop", "relative_ce", "relative_mce"}
 
 
-def _with_sampling_term(table: pd.DataFrame, images: float) -> pd.DataFrame:
+def with_sampling_term(table: pd.DataFrame, images: float) -> pd.DataFrame:
     """Widen the accuracy intervals of a spread table by the shared test-set term (statistics.py).
 
     Intervals of metrics that cannot be negative are cut at 0 (a t-interval knows no bounds).
@@ -183,14 +183,14 @@ def headline_spread(results: pd.DataFrame, reference: str | None = None) -> pd.D
     """Per model: each headline metric computed per seed, then its mean, spread and 95 % interval over seeds."""
     per_seed = _per_seed(results, headline_table, reference)
     table = across_seeds(per_seed, ["model"], HEADLINE_METRICS)
-    return _with_sampling_term(table, float(results["n_images"].iloc[0]))
+    return with_sampling_term(table, float(results["n_images"].iloc[0]))
 
 
 def summary_spread(results: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     """Per model x perturbation: each summary metric per seed, then mean, spread and 95 % interval over seeds."""
     per_seed = _per_seed(results, summary_table, reference)
     table = across_seeds(per_seed, ["model", "perturbation"], SUMMARY_METRICS)
-    return _with_sampling_term(table, float(results["n_images"].iloc[0]))
+    return with_sampling_term(table, float(results["n_images"].iloc[0]))
 
 
 def severity_table(cells: pd.DataFrame, perturbation: str) -> pd.DataFrame:
