@@ -285,3 +285,27 @@ def test_the_committed_remedies_report_is_its_experiment_with_three_seeds_from_a
     assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
     assert {"deep_cnn+bn", "deep_cnn+tent"} <= set(reference.results["model"])
     assert set(reference.results["in_training"].dropna()) == {"seen", "partly seen", "held out"}
+
+
+ZOO_REPORTS = sorted(p.parent for p in (REPORTS / "zoo").glob("*/run.json"))
+
+
+@pytest.mark.skipif(not ZOO_REPORTS, reason="no committed zoo reports")
+@pytest.mark.parametrize("folder", ZOO_REPORTS, ids=lambda p: p.name)
+def test_each_committed_zoo_report_is_its_model_of_the_zoo_on_the_remedies_cells(folder: Path) -> None:
+    from robustbench_fmnist.config import select_models
+    from robustbench_fmnist.report import read_data
+
+    reference = read_data(folder)
+    zoo = load_config(EXPERIMENT_DIR / "zoo.yaml")
+    recorded = parse_config(reference.run["config"])
+    experiment = select_models(zoo, [m.name for m in recorded.models])
+    assert recorded.name == folder.name == experiment.name
+    for key in ("models", "perturbations", "evaluation", "seeds"):
+        assert recorded.model_dump(mode="json")[key] == experiment.model_dump(mode="json")[key], key
+    remedies = load_config(EXPERIMENT_DIR / "remedies.yaml")
+    assert zoo.model_dump(mode="json")["perturbations"] == remedies.model_dump(mode="json")["perturbations"]
+    assert sorted(reference.results["seed"].unique()) == [0, 1, 2]
+    env = reference.run["environment"]
+    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"

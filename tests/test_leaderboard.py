@@ -82,7 +82,7 @@ def test_per_seed_scores_are_the_family_means_worst_cells_and_mce_against_the_re
     })  # fmt: skip
     cells, dropped = family_cells(results, FAMILIES)
     assert {f: len(c) for f, c in cells.items()} == {"lighting": 4, "viewpoint": 1} and not any(dropped.values())
-    per_seed = per_seed_scores(results, FAMILIES, cells, "ref")
+    per_seed = per_seed_scores(results, cells, "ref")
     good = per_seed[(per_seed.model == "good") & (per_seed.family == "lighting") & (per_seed.seed == 0)].iloc[0]
     assert good.clean_accuracy == pytest.approx(0.92)
     assert good.shifted_accuracy == pytest.approx((0.90 + 0.80 + 0.85 + 0.75) / 4)
@@ -101,7 +101,7 @@ def test_a_seed_the_reference_lacks_is_set_against_its_mean() -> None:
     other = _results({"other": _cells(0.90, (0.80, 0.60), (0.70, 0.50), 0.40)}, seeds=(5,))
     results = pd.concat([ref, other], ignore_index=True)
     cells, _ = family_cells(results, FAMILIES)
-    per_seed = per_seed_scores(results, FAMILIES, cells, "ref")
+    per_seed = per_seed_scores(results, cells, "ref")
     row = per_seed[(per_seed.model == "other") & (per_seed.family == "viewpoint")].iloc[0]
     # the reference's mean over seeds 0 and 1 is 0.401 on rotation (error 0.599); other's seed 5 has 0.41
     assert row.mce == pytest.approx(0.59 / 0.599)
@@ -113,7 +113,7 @@ def test_cells_some_model_lacks_are_left_out_for_everyone() -> None:
     results = results[~((results.model == "b") & (results.perturbation == "contrast_down") & (results.severity == 3))]
     cells, dropped = family_cells(results, FAMILIES)
     assert len(cells["lighting"]) == 3 and dropped["lighting"] == 1
-    per_seed = per_seed_scores(results, FAMILIES, cells, None)
+    per_seed = per_seed_scores(results, cells, None)
     a = per_seed[(per_seed.model == "a") & (per_seed.family == "lighting") & (per_seed.seed == 0)].iloc[0]
     assert a.shifted_accuracy == pytest.approx((0.8 + 0.6 + 0.7) / 3)
 
@@ -125,7 +125,7 @@ def test_board_ranks_ties_and_adds_the_seed_spread() -> None:
         "worse": _cells(0.92, (0.50, 0.50), (0.50, 0.50), 0.4),
     })  # fmt: skip
     cells, _ = family_cells(results, FAMILIES)
-    board = board_table(per_seed_scores(results, FAMILIES, cells, None), IMAGES)
+    board = board_table(per_seed_scores(results, cells, None), IMAGES)
     lighting = board[board.family == "lighting"].set_index("model")
     assert lighting.loc["best", "rank"] == lighting.loc["close", "rank"] == 1
     assert bool(lighting.loc["best", "tied"]) and not bool(lighting.loc["worse", "tied"])

@@ -131,7 +131,7 @@ def _entries(models: list[dict[str, Any]], source: str) -> list[Entry]:
     return entries
 
 
-def check_board_options(folder: Path, reference: str | None, scale: str, resamples: int) -> None:
+def check_board_options(folder: Path, scale: str, resamples: int) -> None:
     """ConfigError for options the board cannot use, before any folder is read."""
     if scale not in SCALES:
         raise ConfigError(f"leaderboard --scale: {scale!r} is not one of {', '.join(SCALES)}")
@@ -151,7 +151,7 @@ def write_leaderboard(
     reference_given: bool = False,
 ) -> Path:
     """Build the board from `folders` into `output`, replacing it as a whole (or leaving it as it was)."""
-    check_board_options(output, reference, scale, resamples)
+    check_board_options(output, scale, resamples)
     sources, results, entries, families = read_sources(folders)
     models = list(dict.fromkeys(results["model"]))
     if reference is not None and reference not in models:
@@ -159,7 +159,7 @@ def write_leaderboard(
             raise ConfigError(f"leaderboard --reference: {reference!r} is not on the board ({', '.join(models)})")
         reference = None
     cells, dropped = family_cells(results, families)
-    per_seed = per_seed_scores(results, families, cells, reference)
+    per_seed = per_seed_scores(results, cells, reference)
     board = board_table(per_seed, int(results["n_images"].max()))
     roles = {e.model: e.role for e in entries}
     er, fits = effective_robustness(per_seed, board, roles, SCALES[scale], resamples)
