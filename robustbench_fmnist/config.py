@@ -328,6 +328,9 @@ class ThroughputConfig(_Strict):
         return value
 
 
+DEFAULT_REFERENCE = "baseline_cnn"
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_LENGTH, description="report folder name"
@@ -337,7 +340,7 @@ class ExperimentConfig(_Strict):
     seeds: tuple[int, ...] | None = Field(
         None, min_length=1, max_length=20, description="train and evaluate once per seed; overrides `seed`"
     )
-    reference_model: str = Field("baseline_cnn", description="the model CE and mCE are normalised by")
+    reference_model: str = Field(DEFAULT_REFERENCE, description="the model CE and mCE are normalised by")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(
         None, ge=1, le=MAX_THREADS, description="CPU threads; default: physical cores, capped at the usable CPUs"
@@ -397,7 +400,9 @@ class ExperimentConfig(_Strict):
                 "runs in float32, so its rows would not match; set precision: float32"
             )
         models = [s.name for s in self.models]
-        if "reference_model" in self.model_fields_set and self.reference_model not in models:
+        # the default may be absent (mCE is then n/a): a run.json records it even where the YAML did not
+        named = "reference_model" in self.model_fields_set and self.reference_model != DEFAULT_REFERENCE
+        if named and self.reference_model not in models:
             raise ValueError(
                 f"reference_model {self.reference_model!r} is not one of the experiment's models ({', '.join(models)})"
             )
@@ -437,6 +442,8 @@ def select_models(config: ExperimentConfig, names: list[str]) -> ExperimentConfi
     chosen = [spec for spec in config.models if spec.name in names]
     raw = config.model_dump(mode="json", exclude_unset=True)
     raw["models"] = [spec.model_dump(mode="json", exclude_unset=True) for spec in chosen]
+    if config.reference_model not in names:
+        raw.pop("reference_model", None)  # one model's report has no reference: its mCE is n/a
     if len(chosen) == 1:
         raw["name"] = model_report_name(chosen[0].name, config.name)
     return parse_config(raw, source=f"{config.name} with --model {' '.join(names)}")

@@ -149,3 +149,13 @@ def test_ls_timm_lists_timms_names_as_yaml_writes_them(capsys: pytest.CaptureFix
     assert main(["ls", "models", "--timm", "convnext_at*"]) == 0
     out = capsys.readouterr().out
     assert "  timm:convnext_atto\n" in out and "resnet" not in out
+
+
+def test_one_model_of_an_experiment_that_names_another_reference_still_runs(tmp_path: Path) -> None:
+    config = parse_config({**_experiment(tmp_path, ["baseline_cnn", "deep_cnn"]), "reference_model": "deep_cnn"})
+    alone = select_models(config, ["baseline_cnn"])
+    assert alone.reference_model == "baseline_cnn"
+    # the recorded config of a one-model report parses again (as `reproduce` does)
+    assert parse_config(alone.model_dump(mode="json")).models == alone.models
+    only_mlp = parse_config(_experiment(tmp_path, ["mlp"]))
+    assert parse_config(only_mlp.model_dump(mode="json")).reference_model == "baseline_cnn"
