@@ -21,7 +21,7 @@ from torch import nn
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import user_cache_dir
 from robustbench_fmnist.errors import CheckpointError
-from robustbench_fmnist.files import atomic_path
+from robustbench_fmnist.files import atomic_path, safe_file_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CacheKey:
     @property
     def filename(self) -> str:
         # a label may hold characters a file name should not (`timm:resnet18`, a '/')
-        return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.model)}-{self.digest[:16]}.pt"
+        return f"{safe_file_name(self.model)}-{self.digest[:16]}.pt"
 
 
 def minor_version(version: str) -> str:

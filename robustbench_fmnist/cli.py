@@ -313,10 +313,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     folder = write_leaderboard(
         folders,
         args.output_dir,
-        reference=args.reference or "baseline_cnn",
+        reference=args.reference,
         scale=args.scale,
         resamples=args.bootstrap,
-        reference_given=args.reference is not None,
     )
     print(f"leaderboard written to {folder}/ (leaderboard.md, leaderboard.html, leaderboard.csv, figures/)")
     return 0

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustbench_fmnist.errors import ConfigError
+from robustbench_fmnist.files import safe_file_name
 
 MAX_SEVERITY = 5
 MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; results.csv stores seeds as int64
@@ -451,7 +452,7 @@ def select_models(config: ExperimentConfig, names: list[str]) -> ExperimentConfi
 
 def model_report_name(model: str, experiment: str) -> str:
     """The report folder name of one model run alone: its name made safe for a path (`timm:x` -> `timm_x`)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", model).lstrip("_.-")[:MAX_NAME_LENGTH] or experiment
+    return safe_file_name(model).lstrip("_.-")[:MAX_NAME_LENGTH] or experiment
 
 
 def read_yaml(path: Path) -> Any:

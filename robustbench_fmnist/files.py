@@ -34,6 +34,11 @@ _LOCK = "rbfm-lock"
 _held: dict[Path, FileLock] = {}
 
 
+def safe_file_name(text: str) -> str:
+    """`text` made safe for a file name and a markdown link: runs of other characters become one `_`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""

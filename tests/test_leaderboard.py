@@ -271,7 +271,7 @@ def test_bad_board_inputs_stop_with_one_line_before_writing(
         ([first, tmp_path / "nowhere"], {}, "is not a folder"),
         ([first], {"scale": "log"}, "--scale: 'log' is not one of logit, probit, linear"),
         ([first], {"resamples": 10}, "too few for a band"),
-        ([first], {"reference": "resnet", "reference_given": True}, "--reference: 'resnet' is not on the board"),
+        ([first], {"reference": "resnet"}, "--reference: 'resnet' is not on the board"),
         ([], {}, "give at least one report folder"),
     ]
     for folders, options, message in cases:

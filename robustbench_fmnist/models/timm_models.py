@@ -93,11 +93,16 @@ def check_timm_name(arch: str, kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"timm:{arch}: input_size must be a whole number of pixels from 8 to 512, got {size!r}")
 
 
-def timm_adaptation(arch: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The kwargs timm gets for 28x28 input, and whether the first convolution's stride is set to 1 after."""
+def _family(arch: str) -> str:
+    """The timm module an architecture is defined in (`vision_transformer`, `convnext`, `resnet`, ...)."""
     import timm
 
-    family = timm.models.model_entrypoint(arch).__module__.rpartition(".")[2]
+    return timm.models.model_entrypoint(arch).__module__.rpartition(".")[2]
+
+
+def timm_adaptation(arch: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The kwargs timm gets for 28x28 input, and whether the first convolution's stride is set to 1 after."""
+    family = _family(arch)
     chosen = {k: v for k, v in kwargs.items() if k not in _HARNESS_KWARGS and k != "pretrained"}
     if family in _TRANSFORMER_MODULES:
         return {"img_size": input_size(arch, kwargs), "patch_size": VIT_PATCH, **chosen}, False
@@ -108,10 +113,7 @@ def timm_adaptation(arch: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], 
 
 def input_size(arch: str, kwargs: dict[str, Any]) -> int:
     """The image size timm's model is built for: `input_size`, 32 for ConvNeXt, else 28."""
-    import timm
-
-    family = timm.models.model_entrypoint(arch).__module__.rpartition(".")[2]
-    return int(kwargs.get("input_size") or (CONVNEXT_SIZE if family == "convnext" else IMAGE_SIZE))
+    return int(kwargs.get("input_size") or (CONVNEXT_SIZE if _family(arch) == "convnext" else IMAGE_SIZE))
 
 
 def adapted_timm_model(arch: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.report.leaderboard import ROLES
 from robustbench_fmnist.report.tables import (
     class_drop_matrix,
     format_parameter,
@@ -182,7 +183,7 @@ def throughput_curves(throughput: pd.DataFrame) -> bytes:
         return _png(figure)
 
 
-_ROLE_MARKERS = {"standard": "o", "robust training": "^", "test-time adaptation": "s", "checkpoint": "D"}
+_ROLE_MARKERS = dict(zip(ROLES, ("o", "^", "s", "D"), strict=True))  # standard, robust, adapted, checkpoint
 
 
 def accuracy_on_the_line(

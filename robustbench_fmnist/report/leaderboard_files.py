@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robustbench_fmnist.config import DEFAULT_REFERENCE
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.files import absolute, check_replaceable, replace_folder
 from robustbench_fmnist.report import figures
@@ -145,19 +146,21 @@ def check_board_options(folder: Path, scale: str, resamples: int) -> None:
 def write_leaderboard(
     folders: list[Path],
     output: Path,
-    reference: str | None = "baseline_cnn",
+    reference: str | None = None,
     scale: str = "logit",
     resamples: int = 1000,
-    reference_given: bool = False,
 ) -> Path:
-    """Build the board from `folders` into `output`, replacing it as a whole (or leaving it as it was)."""
+    """Build the board from `folders` into `output`, replacing it as a whole (or leaving it as it was).
+
+    `reference` must be on the board; without one, `baseline_cnn` is the reference when it is there.
+    """
     check_board_options(output, scale, resamples)
     sources, results, entries, families = read_sources(folders)
     models = list(dict.fromkeys(results["model"]))
-    if reference is not None and reference not in models:
-        if reference_given:
-            raise ConfigError(f"leaderboard --reference: {reference!r} is not on the board ({', '.join(models)})")
-        reference = None
+    if reference is None:
+        reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in models else None
+    elif reference not in models:
+        raise ConfigError(f"leaderboard --reference: {reference!r} is not on the board ({', '.join(models)})")
     cells, dropped = family_cells(results, families)
     per_seed = per_seed_scores(results, cells, reference)
     board = board_table(per_seed, int(results["n_images"].max()))

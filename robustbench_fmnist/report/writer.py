@@ -6,14 +6,13 @@ and `run` produce the same bytes.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from robustbench_fmnist.data import CLASS_NAMES
-from robustbench_fmnist.files import MARKER, replace_folder
+from robustbench_fmnist.files import MARKER, replace_folder, safe_file_name
 from robustbench_fmnist.report import figures
 from robustbench_fmnist.report.bundle import (
     DATA_FILES,
@@ -80,11 +79,6 @@ def _copy_all_but_rendered(folder: Path, staging: Path) -> None:
             shutil.copy2(path, staging / path.name)
 
 
-def _file_name(text: str) -> str:
-    """A model name made safe for a file name and a markdown link."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
 def render_files(folder: Path) -> None:
     """figures/*.png, report.md and report.html from the data files in `folder`."""
     data = read_data(folder)
@@ -106,15 +100,15 @@ def render_files(folder: Path) -> None:
     scored = set(data.per_class.loc[data.per_class["accuracy"].notna(), "model"])
     for model in (m for m in models if m in scored):
         png = figures.class_heatmap(data.per_class, model)
-        save(f"Per-class drop: {model}", f"classes_{_file_name(model)}.png", png)
+        save(f"Per-class drop: {model}", f"classes_{safe_file_name(model)}.png", png)
     for model in (m for m in models if m in set(data.calibration["model"])):
         png = figures.reliability_diagram(data.calibration, model)
-        save(f"Reliability: {model}", f"reliability_{_file_name(model)}.png", png)
+        save(f"Reliability: {model}", f"reliability_{safe_file_name(model)}.png", png)
     if data.examples is not None:
         ex = data.examples
         for m, model in enumerate(ex.models):
             png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
-            save(f"Examples: {model}", f"examples_{_file_name(model)}.png", png)
+            save(f"Examples: {model}", f"examples_{safe_file_name(model)}.png", png)
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     gaps = cell_gap_table(data.results, data.run["models"])
