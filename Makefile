@@ -7,15 +7,20 @@ STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/quickstart.yaml
 LOCK := constraints.txt
 
-.PHONY: run test bench bench-baseline lint format data browser setup lock clean
+.PHONY: run test gpu-check bench bench-baseline lint format data browser setup lock clean
 
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
 
-# unit and integration tests, then the regression benchmarks (speed ratios and targets)
+# unit and integration tests (beside a local 2-CPU Ray cluster for the Ray executor's), then the
+# regression benchmarks (speed ratios and targets)
 test: setup data browser
-	$(BIN)/python -m pytest
+	BIN=$(BIN) bash scripts/with-ray-cluster.sh $(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m benchmark tests/benchmarks
+
+# on a machine with a CUDA GPU: CUDA property tests, bench on cuda, the lighting sweep on cuda vs cpu
+gpu-check: setup data
+	BIN=$(BIN) bash scripts/gpu-check.sh
 
 bench: setup data
 	$(BIN)/python -m pytest -m benchmark tests/benchmarks
@@ -42,14 +47,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev,ray]'
 	touch $@
 
 # refresh the lock: resolve pyproject's open ranges in a fresh venv and freeze what pip chose
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,ray]'
 	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^robustbench'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.models.fusion import fold_batch_norm
+from robustbench_fmnist.inference import prepare_for_inference
 from robustbench_fmnist.registry import Registry
 
 # predict(model, cell images (N, 1, 28, 28) on the device, settings) -> (N, classes) float32 logits
@@ -134,9 +134,12 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.
 
 
 def _logits(model: nn.Module, images: torch.Tensor, settings: AdaptationSettings) -> torch.Tensor:
-    folded = fold_batch_norm(model)
+    """The adapted model's logits through the one inference path (eager: each cell adapts new weights)."""
+    prepared = prepare_for_inference(
+        model, images.device, channels_last=settings.memory_format == torch.channels_last, compile="never"
+    )
     parts = [
-        folded(images[first : first + settings.batch_size].contiguous(memory_format=settings.memory_format)).float()
+        prepared(images[first : first + settings.batch_size]).float()
         for first in range(0, len(images), settings.batch_size)
     ]
     return torch.cat(parts)

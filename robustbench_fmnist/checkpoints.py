@@ -161,7 +161,11 @@ def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
 
 def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
     """Write atomically: an interrupted save leaves the old file or none, never half a file."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint_state(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, metadata)
+
+
+def save_checkpoint_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """`save_checkpoint` for a state_dict already on the CPU (weights a training task sent back)."""
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "metadata": metadata}, tmp)
 

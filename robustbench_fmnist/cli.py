@@ -56,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train (or load cached) models, sweep perturbations, write the report")
     _add_experiment_flags(run)
-    run.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
+    run.add_argument("--retrain", action="store_true", help="ignore stored results and train and evaluate again")
+    run.add_argument("--dry-run", action="store_true", help="print the plan's tasks, done or to do, and stop")
     run.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    plan = commands.add_parser("plan", help="print an experiment's tasks and which are already done (run --dry-run)")
+    _add_experiment_flags(plan)
+    plan.add_argument("--retrain", action="store_true", help="as run --retrain would plan it: every task to do")
     validate = commands.add_parser("validate", help="check an experiment YAML without running it")
     _add_experiment_flags(validate)
 
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("perturbation", help="a registered perturbation, a wildcard such as 'gamma_*', or 'all'")
     preview.add_argument("--output-dir", type=Path, default=Path("reports/preview"), help="default reports/preview/")
     preview.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-    preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")
+    preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")  # BACKENDS' names
     preview.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     preview.add_argument("--no-verify", action="store_true", help="skip the count and checksum checks (custom data)")
 
@@ -166,12 +170,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robustbench_fmnist.experiment import run_experiment
 
     config = _load(args)
+    if args.dry_run:
+        return cmd_plan(args)
     folder = run_experiment(config, retrain=args.retrain)
-    _print_headline(folder)
+    failed = _print_headline(folder)
+    return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.experiment import plan_experiment
+
+    print(plan_experiment(_load(args), retrain=args.retrain).describe())
     return 0
 
 
-def _print_headline(folder: Path) -> None:
+def _print_headline(folder: Path) -> int:
+    """Print the report's headline table; returns how many tasks failed."""
     from robustbench_fmnist.report import read_data, seed_mean
     from robustbench_fmnist.report.tables import headline_table
 
@@ -191,6 +205,7 @@ def _print_headline(folder: Path) -> None:
 
         verdict = agreement_verdict(agreement_table(data.results, data.reference))
         print(f"against {data.run['noise_from']['path']}: {verdict.summary} (section 'Against the reference')")
+    return len(data.run.get("tasks", {}).get("failed", []))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -339,15 +354,17 @@ def _report_folders(source: Path) -> list[Path]:
     return found
 
 
-LS_KINDS = ("models", "perturbations", "adaptations", "augmentations")
+LS_KINDS = ("models", "perturbations", "adaptations", "augmentations", "backends", "executors")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from robustbench_fmnist.adaptation import ADAPTATIONS
     from robustbench_fmnist.augmentation import AUGMENTATIONS
     from robustbench_fmnist.errors import ConfigError
+    from robustbench_fmnist.execution import EXECUTORS
     from robustbench_fmnist.models import MODELS
     from robustbench_fmnist.perturbations import PERTURBATIONS
+    from robustbench_fmnist.perturbations.backends import BACKENDS
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
 
     words = list(args.words)
@@ -361,7 +378,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return _ls_timm(kind, args.timm if pattern == "*" else pattern, args.markdown)
     # --markdown is the perturbation table; otherwise the kind asked for, or all of them
     registries = {"models": MODELS, "perturbations": PERTURBATIONS, "adaptations": ADAPTATIONS,
-                  "augmentations": AUGMENTATIONS}  # fmt: skip
+                  "augmentations": AUGMENTATIONS, "backends": BACKENDS, "executors": EXECUTORS}  # fmt: skip
     searched = [registries[kind or "perturbations"]] if kind or args.markdown else list(registries.values())
     if not any(registry.names(pattern) for registry in searched):
         raise ConfigError(f"ls: nothing matches {pattern!r}; patterns are shell-style, e.g. '*cnn*' or 'gamma_*'")
@@ -382,10 +399,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("adaptations (evaluation.adaptation):")
         for name in ADAPTATIONS.names(pattern):
             print(f"  {name:<16} {ADAPTATIONS.get(name).description}")
-    if kind in (None, "augmentations") and AUGMENTATIONS.names(pattern):
-        print("augmentations (train.robust_augment.method):")
-        for name in AUGMENTATIONS.names(pattern):
-            print(f"  {name:<16} {AUGMENTATIONS.get(name).description}")
+    for shown, registry, key in (
+        ("augmentations", AUGMENTATIONS, "train.robust_augment.method"),
+        ("backends", BACKENDS, "evaluation.backend, or backend: per perturbation"),
+        ("executors", EXECUTORS, "executor.kind"),
+    ):
+        if kind in (None, shown) and registry.names(pattern):
+            print(f"{shown} ({key}):")
+            for name in registry.names(pattern):
+                print(f"  {name:<16} {registry.get(name).description}")
     return 0
 
 
@@ -416,19 +438,19 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from robustbench_fmnist.errors import ConfigError, UnknownNameError
     from robustbench_fmnist.files import MARKER, check_replaceable, check_writable_folder, mark_folder
     from robustbench_fmnist.perturbations import PERTURBATIONS
+    from robustbench_fmnist.perturbations.backends import BACKENDS
     from robustbench_fmnist.report.preview import preview_grid, sample_per_class, write_preview
 
     pattern = "*" if args.perturbation == "all" else args.perturbation
     names = PERTURBATIONS.names(pattern)
     if not names:
         raise UnknownNameError(PERTURBATIONS.unknown_message(args.perturbation))
-    if args.backend == "albumentations":
-        from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, NO_EQUIVALENT
-
-        names = [n for n in names if n in ADAPTERS]
-        if not names:
-            reason = NO_EQUIVALENT.get(args.perturbation, "no albumentations equivalent")
-            raise ConfigError(f"{args.perturbation}: no albumentations backend ({reason}); use --backend torch")
+    backend = BACKENDS.get(args.backend)
+    supported = [n for n in names if backend.unsupported(n) is None]
+    if not supported:
+        reason = backend.unsupported(names[0])
+        raise ConfigError(f"{args.perturbation}: no {args.backend} backend ({reason}); use --backend torch")
+    names = supported
     if not 0 <= args.seed <= MAX_SEED:
         raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
     output: Path = args.output_dir
@@ -464,6 +486,7 @@ def _one_line(exc: HarnessError, experiment: Path | None) -> str:
 
 COMMANDS = {
     "run": cmd_run,
+    "plan": cmd_plan,
     "validate": cmd_validate,
     "ls": cmd_ls,
     "preview": cmd_preview,
@@ -495,7 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(exc, getattr(args, 'experiment', None))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; no partial report or checkpoint was written", file=sys.stderr)
+        print(
+            "interrupted; every finished task's result is kept (run again to resume), no partial report or "
+            "checkpoint was written",
+            file=sys.stderr,
+        )
         return 130
     finally:
         warnings.showwarning = show_warning

@@ -218,7 +218,7 @@ class ModelSpec(_Strict):
         return value
 
 
-Backend = Literal["torch", "albumentations"]
+Backend = Annotated[str, Field(min_length=1)]  # checked against perturbations.backends.BACKENDS in resolution
 _PERTURBATION_KEYS = {"name", "severities", "values", "values_key", "backend"}
 
 
@@ -293,6 +293,9 @@ class EvaluationConfig(_Strict):
     )
     bn: BatchNormAdaptation = Field(default_factory=BatchNormAdaptation)
     tent: TentAdaptation = Field(default_factory=TentAdaptation)
+    compile: Literal["auto", "always", "never"] = Field(
+        "auto", description="torch.compile the model for the sweep: auto compiles where it pays (inference.py)"
+    )
 
     _adaptation_shorthand = field_validator("adaptation", mode="before")(
         classmethod(lambda cls, v: _adaptation_list(v))
@@ -329,6 +332,18 @@ class ThroughputConfig(_Strict):
         return value
 
 
+class ExecutorConfig(_Strict):
+    """Where the plan's tasks run: `local` (in this process) or `ray` (a Ray cluster)."""
+
+    kind: str = Field("local", min_length=1, description="an executor of `ls executors`: local or ray")
+    address: str | None = Field(
+        None, description="ray: 'auto' (the cluster `ray start` started here), host:port or ray://host:10001"
+    )
+    cpus_per_task: float = Field(1.0, gt=0, le=1024, description="ray: CPUs each task reserves")
+    gpus_per_task: float = Field(0.0, ge=0, le=64, description="ray: GPUs each task reserves (device cuda)")
+    retries: int = Field(1, ge=0, le=10, description="times a failed task is run again before it is reported")
+
+
 DEFAULT_REFERENCE = "baseline_cnn"
 
 
@@ -351,6 +366,7 @@ class ExperimentConfig(_Strict):
     perturbations: tuple[PerturbationSpec, ...] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     throughput: ThroughputConfig = Field(default_factory=ThroughputConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Path("reports")
     cache_dir: Path | None = Field(None, description="checkpoint cache; default ~/.cache/robustbench_fmnist")
     noise_from: Path | None = Field(

@@ -13,25 +13,40 @@ from torch import nn
 
 from robustbench_fmnist.adaptation import ADAPTATIONS, AdaptationSettings
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.models.fusion import fold_batch_norm
+from robustbench_fmnist.inference import Compile, PreparedModel, memory_format_of, prepare_for_inference
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.perturbations.backends import apply_backend
 from robustbench_fmnist.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 NO_PREDICTION = 255  # the predicted class of an image whose logits hold NaN or inf: it has none
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One column of the sweep: the clean test set (CLEAN_CELL) or one perturbation at one severity."""
+
     perturbation: str  # the label results are filed under: CLEAN, a perturbation, or name@albumentations
     severity: int  # the table's severity, or the position 1..k in a custom list of values
     parameter: float | None = None  # the kernel's parameter (None for clean)
     name: str | None = None  # the registered perturbation (None for clean)
     backend: str = "torch"
+
+    @property
+    def is_clean(self) -> bool:
+        """Whether this is the unperturbed test set."""
+        return self.perturbation == CLEAN and self.name is None
+
+    @property
+    def label(self) -> str:
+        """'clean' or 'perturbation s3', for progress and log lines."""
+        return CLEAN if self.is_clean else f"{self.perturbation} s{self.severity}"
+
+
+CLEAN_CELL = Cell(CLEAN, 0)
 
 
 def perturbation_cells(
@@ -71,10 +86,12 @@ class CellResult:
     seconds: float
     nonfinite_images: int = 0  # images whose logits hold NaN or inf: above 0, the cell is invalid
     adaptation: str = "none"  # the test-time adaptation the predictions came from
+    failed: str = ""  # why the cell's task failed (after its retries); empty when it ran
 
     @property
     def valid(self) -> bool:
-        return self.nonfinite_images == 0
+        """Whether the cell has scores: its task ran and every image had finite logits."""
+        return self.nonfinite_images == 0 and not self.failed
 
     def to_row(self) -> dict[str, object]:
         return asdict(self)
@@ -91,17 +108,12 @@ class CellOutputs:
 
 def perturb_cell(cell: Cell, images: torch.Tensor, *, seed: int, indices: torch.Tensor) -> torch.Tensor:
     """The cell's perturbation of a batch, by the cell's backend."""
-    entry = PERTURBATIONS.get(cell.name)
-    if cell.backend == "albumentations":
-        from robustbench_fmnist.perturbations.albumentations_backend import apply_albumentations
-
-        return apply_albumentations(entry, images, cell.parameter, seed=seed, indices=indices)
-    return entry.apply_value(images, cell.parameter, seed=seed, indices=indices)
+    return apply_backend(cell.backend, PERTURBATIONS.get(cell.name), images, cell.parameter, seed=seed, indices=indices)
 
 
 def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
     """Clean first, then each (perturbation, severities) pair's cells; severities None means all."""
-    cells = [Cell(CLEAN, 0)]
+    cells = [CLEAN_CELL]
     for name, severities in perturbations:
         cells += perturbation_cells(name, severities=severities)
     return cells
@@ -121,44 +133,51 @@ def evaluate_cells(
     channels_last: bool = True,
     adaptation: str = "none",
     adaptation_settings: AdaptationSettings | None = None,
+    compile: Compile = "never",
+    prepared: PreparedModel | None = None,
+    show_progress: bool = True,
 ) -> tuple[list[CellResult], dict[Cell, CellOutputs]]:
     """Accuracy of `model` in every cell, plus its per-image outputs per cell (on the CPU).
 
     `images` are (N, 1, 28, 28) floats in [0, 1]; they are moved to `device` once and
-    perturbed batch by batch there, so nothing is copied per cell. With an `adaptation` other
+    perturbed batch by batch there, so nothing is copied per cell. The model runs as
+    `inference.prepare_for_inference` prepares it (`compile` as there), or as `prepared` when
+    given (prepared once for several calls: compiling is paid once). With an `adaptation` other
     than none, each cell's images are perturbed whole and the adaptation predicts them, starting
     from `model`'s own weights in every cell.
     """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = memory_format_of(channels_last)
     adapt = ADAPTATIONS.get(adaptation).predict
     settings = adaptation_settings or AdaptationSettings(BatchNormAdaptation(), TentAdaptation())
     settings = replace(settings, batch_size=batch_size, memory_format=memory_format)
-    folded = fold_batch_norm(model).to(device=device, memory_format=memory_format)
+    count = len(labels)
+    if adapt is None and prepared is None:
+        images_planned = count * len(cells)
+        prepared = prepare_for_inference(
+            model, device, precision=precision, channels_last=channels_last, compile=compile, images=images_planned
+        )
     # adaptations start from this unadapted copy in every cell; the caller's model is not touched
     source = None if adapt is None else copy.deepcopy(model).to(device=device, memory_format=memory_format).eval()
     images, labels = images.to(device), labels.to(device)
-    count = len(labels)
-    dtype = PRECISIONS[precision]
     batches = range(0, count, batch_size)
     results: list[CellResult] = []
     outputs: dict[Cell, CellOutputs] = {}
 
     def perturbed(cell: Cell, first: int) -> torch.Tensor:
         batch = images[first : first + batch_size]
-        if cell.name is not None:
+        if not cell.is_clean:
             indices = torch.arange(first, first + len(batch), device=device)
             batch = perturb_cell(cell, batch, seed=seed, indices=indices)
         return batch.contiguous(memory_format=memory_format)
 
-    with progress_bar(len(cells) * len(batches), f"eval {model_name}", unit="batch") as bar, torch.inference_mode():
+    bar = progress_bar(len(cells) * len(batches), f"eval {model_name}", unit="batch", enabled=show_progress)
+    with bar, torch.inference_mode():
         for cell in cells:
             start = time.perf_counter()
             scores = _CellScores(count, labels)
-            if adapt is None:
+            if prepared is not None:
                 for first in batches:
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        logits = folded(perturbed(cell, first))
-                    scores.add(first, logits, model_name)
+                    scores.add(first, prepared(perturbed(cell, first)), model_name)
                     bar.update(1)
             else:
                 cell_logits = adapt(source, torch.cat([perturbed(cell, first) for first in batches]), settings)
@@ -184,7 +203,7 @@ def evaluate_cells(
                     perturbation=cell.perturbation,
                     severity=cell.severity,
                     parameter=cell.parameter,
-                    backend=cell.backend if cell.name is not None else "",
+                    backend="" if cell.is_clean else cell.backend,
                     n_images=count,
                     n_correct=correct,
                     accuracy=correct / count,

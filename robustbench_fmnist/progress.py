@@ -15,12 +15,13 @@ def set_progress(enabled: bool) -> None:
     _enabled = enabled
 
 
-def progress_bar(total: int, desc: str, unit: str = "it") -> tqdm:
+def progress_bar(total: int, desc: str, unit: str = "it", *, enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr, off under --quiet or where `enabled` is False."""
     return tqdm(
         total=total,
         desc=desc,
         unit=unit,
-        disable=not _enabled,
+        disable=not (_enabled and enabled),
         file=sys.stderr,
         dynamic_ncols=True,
         mininterval=0.5,

@@ -23,11 +23,11 @@ from robustbench_fmnist.config import (
     shorten,
 )
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.evaluation import CLEAN, Cell, perturbation_cells
+from robustbench_fmnist.evaluation import CLEAN_CELL, Cell, perturbation_cells
 from robustbench_fmnist.models import MODELS
 from robustbench_fmnist.models.timm_models import TIMM_RECIPE, check_timm_name, timm_architecture, timm_builder
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.perturbations.albumentations_backend import NO_EQUIVALENT
+from robustbench_fmnist.perturbations.backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
 
 def experiment_cells(config: ExperimentConfig) -> list[Cell]:
     """Clean plus every perturbation cell the config asks for, checked against the registry."""
-    cells = [Cell(CLEAN, 0)]
+    cells = [CLEAN_CELL]
     for i, spec in enumerate(config.perturbations):
         cells += _perturbation_cells(i, spec, config.evaluation.backend)
     return cells
@@ -105,10 +105,12 @@ def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str
         custom = f"custom values go under {entry.values_key!r}" if entry.values_key else "it is a fixed probe"
         raise ConfigError(f"{where}.{spec.values_key}: unknown key for {spec.name}; {hint}({custom})")
     backend = spec.backend or default_backend
-    if backend == "albumentations" and spec.name in NO_EQUIVALENT:
-        raise ConfigError(
-            f"{where}.backend: {spec.name} has no albumentations backend ({NO_EQUIVALENT[spec.name]}); use torch"
-        )
+    if backend not in BACKENDS:
+        key = f"{where}.backend" if spec.backend else "evaluation.backend"
+        raise ConfigError(f"{key}: {BACKENDS.unknown_message(backend)}")
+    reason = BACKENDS.get(backend).unsupported(spec.name)
+    if reason is not None:
+        raise ConfigError(f"{where}.backend: {spec.name} has no {backend} backend ({reason}); use torch")
     try:
         return perturbation_cells(
             spec.name,

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from robustbench_fmnist.evaluation import Cell, evaluate_cells, fold_batch_norm, perturb_cell
-from robustbench_fmnist.models.fusion import fuse_conv_pool
+from robustbench_fmnist.evaluation import Cell, evaluate_cells, perturb_cell
+from robustbench_fmnist.inference import Compile, PreparedModel, prepare_for_inference
 
 THROUGHPUT_COLUMNS = [
     "kind",
@@ -127,22 +127,13 @@ def _rates(images_per_call: int, times: Sequence[float]) -> dict[str, float]:
     }
 
 
-def inference_model(model: nn.Module, device: torch.device, *, channels_last: bool, compiled: bool) -> nn.Module:
-    """The model as the harness runs inference: BatchNorm folded, layout set, optionally compiled.
-
-    Compiled on the CPU, small first conv blocks are rewritten so inductor fuses conv, pool and
-    ReLU into one loop (models.fusion); eager runs the modules as they are.
-    """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    prepared = fold_batch_norm(model).to(device=device, memory_format=memory_format).eval()
-    if not compiled:
-        return prepared
-    if device.type == "cpu":  # measured only there; on CUDA cuDNN's conv runs unchanged
-        prepared = fuse_conv_pool(prepared, memory_format)
-    # dynamo counts recompiles per code object across modules; past its limit it silently runs
-    # eager, so each compiled measurement starts from a clean cache, with one fixed batch shape
-    torch._dynamo.reset()
-    return torch.compile(prepared, dynamic=False)
+def inference_model(
+    model: nn.Module, device: torch.device, *, channels_last: bool, compiled: bool, dtype: str = "float32"
+) -> PreparedModel:
+    """The model as evaluation runs it (inference.prepare_for_inference), compiled or not as asked."""
+    return prepare_for_inference(
+        model, device, precision=dtype, channels_last=channels_last, compile="always" if compiled else "never"
+    )
 
 
 def measure_inference(
@@ -171,7 +162,7 @@ def measure_inference(
         return _skipped(row, reason)
     if device.type == "cpu" and dtype == "float16":
         return _skipped(row, "float16 autocast is for CUDA; use bfloat16 on the CPU")
-    runner = inference_model(model, device, channels_last=channels_last, compiled=compiled)
+    runner = inference_model(model, device, channels_last=channels_last, compiled=compiled, dtype=dtype)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batch = torch.rand(batch_size, 1, 28, 28, device=device).contiguous(memory_format=memory_format)
     calls = max(1, images // batch_size)
@@ -179,7 +170,7 @@ def measure_inference(
         torch.cuda.reset_peak_memory_stats(device)
 
     def forward() -> None:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode():
             runner(batch)
 
     def run() -> None:
@@ -214,11 +205,11 @@ def measure_latency(
     reason = device_skip_reason(device)
     if reason:
         return _skipped(row, reason)
-    runner = inference_model(model, device, channels_last=channels_last, compiled=compiled)
+    runner = inference_model(model, device, channels_last=channels_last, compiled=compiled, dtype=dtype)
     image = torch.rand(1, 1, 28, 28, device=device)
 
     def one() -> None:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode():
             runner(image)
 
     times = sorted(time_calls(one, device, warmup=warmup, repeats=calls))
@@ -297,14 +288,19 @@ def measure_sweep_overhead(
     *,
     batch_size: int = 1000,
     channels_last: bool = True,
+    compile: Compile = "auto",
     repeats: int = 3,
 ) -> list[ThroughputRow]:
-    """The evaluation sweep's images/s next to the bare forward pass of the same model and batches.
+    """The evaluation sweep's images/s next to the bare forward pass of the same prepared model and batches.
 
-    The ratio of the two is the harness's own overhead: perturbing, copying and scoring.
+    Both go through the one inference path, prepared once as the sweep of these cells would be
+    (compiled where `compile` says so), so the ratio of the two is the harness's own overhead:
+    perturbing, copying and scoring.
     """
     device = images.device
-    runner = inference_model(model, device, channels_last=channels_last, compiled=False)
+    runner = prepare_for_inference(
+        model, device, channels_last=channels_last, compile=compile, images=len(images) * len(cells)
+    )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batches = [
         images[i : i + batch_size].contiguous(memory_format=memory_format) for i in range(0, len(images), batch_size)
@@ -318,7 +314,16 @@ def measure_sweep_overhead(
 
     def sweep() -> None:
         evaluate_cells(
-            model, name, images, labels, cells, device=device, batch_size=batch_size, channels_last=channels_last
+            model,
+            name,
+            images,
+            labels,
+            cells,
+            device=device,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            prepared=runner,
+            show_progress=False,
         )
 
     total = len(cells) * len(images)
@@ -332,7 +337,7 @@ def measure_sweep_overhead(
             times[kind] += time_calls(function, device, warmup=0, repeats=1)
     rows = []
     for kind in measured:
-        row = ThroughputRow(kind, name, str(device), batch_size, channels_last=channels_last)
+        row = ThroughputRow(kind, name, str(device), batch_size, channels_last=channels_last, compiled=runner.compiled)
         row.__dict__.update(_rates(total, times[kind]))
         row.ms_per_batch = 1000 * statistics.median(times[kind]) / (len(cells) * len(batches))
         row.threads = torch.get_num_threads()

@@ -110,7 +110,7 @@ def test_rows_are_tidy(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
 
 
 def test_folding_batch_norm_keeps_the_outputs_and_the_original(test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from robustbench_fmnist.evaluation import fold_batch_norm
+    from robustbench_fmnist.models.fusion import fold_batch_norm
 
     torch.manual_seed(0)
     model = create_model("deep_cnn_tiny")

@@ -92,6 +92,6 @@ def test_compiled_inference_matches_eager() -> None:
     images = torch.rand(32, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     eager = inference_model(model, cpu, channels_last=True, compiled=False)
     compiled = inference_model(model, cpu, channels_last=True, compiled=True)
-    assert any(isinstance(m, ConvPoolReLU) for m in compiled.modules())
+    assert compiled.compiled and any(isinstance(m, ConvPoolReLU) for m in compiled.module.modules())
     with torch.inference_mode():
         torch.testing.assert_close(compiled(images), eager(images), rtol=1e-4, atol=1e-4)

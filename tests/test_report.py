@@ -13,7 +13,6 @@ import torch
 
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult
-from robustbench_fmnist.metrics import ScoredCells, score_cells
 from robustbench_fmnist.report import Examples, ReportData, frame, read_data, rerender_report, seed_mean, write_report
 from robustbench_fmnist.report import writer as writer_module
 from robustbench_fmnist.report.compare import compare_runs
@@ -25,6 +24,7 @@ from robustbench_fmnist.report.tables import (
     summary_spread,
     summary_table,
 )
+from robustbench_fmnist.scoring import ScoredCells, score_cells
 from tests.browser import chromium_binary, render_in_chromium
 
 CLASSES = ("zero", "one")

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from robustbench_fmnist import throughput
+from robustbench_fmnist.bench import _throughput_plan
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import ExperimentConfig
 from robustbench_fmnist.evaluation import CLEAN, Cell
-from robustbench_fmnist.experiment import _throughput_plan
 from robustbench_fmnist.models import count_macs, create_model
 
 CPU = torch.device("cpu")

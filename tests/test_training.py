@@ -9,9 +9,10 @@ from robustbench_fmnist.checkpoints import cache_key, load_user_checkpoint
 from robustbench_fmnist.config import ModelSpec, TrainRecipe
 from robustbench_fmnist.data import load_fashion_mnist
 from robustbench_fmnist.errors import CheckpointError
-from robustbench_fmnist.experiment import ResolvedModel, prepare_model
 from robustbench_fmnist.models import MODELS, create_model
+from robustbench_fmnist.resolution import ResolvedModel
 from robustbench_fmnist.training import _flip_crop, to_float_images, train_model
+from robustbench_fmnist.weights import obtain_model as prepare_model
 
 CPU = torch.device("cpu")
 RECIPE = TrainRecipe(epochs=3, batch_size=32, lr=1e-2)

@@ -38,9 +38,10 @@ RESULT_COLUMNS = [
     "nonfinite_images",
     "adaptation",
     "in_training",
+    "failed",
 ]
 # columns a report of an earlier version may lack, with the value they had then
-OPTIONAL_RESULT_COLUMNS = {"nonfinite_images": 0, "adaptation": "none", "in_training": ""}
+OPTIONAL_RESULT_COLUMNS = {"nonfinite_images": 0, "adaptation": "none", "in_training": "", "failed": ""}
 _REQUIRED_RESULT_VALUES = ["seed", "severity", "n_images", "nonfinite_images"]
 CELL_KEY = ["model", "seed", "perturbation", "severity"]
 PER_CLASS_COLUMNS = [*CELL_KEY, "class", "n_images", "n_correct", "accuracy"]
@@ -180,7 +181,17 @@ def read_data(folder: str | Path) -> ReportData:
 
 
 # what every other column of each file must hold: numbers (NaN allowed where a metric is undefined)
-_TEXT_COLUMNS = {"model", "perturbation", "backend", "class", "true", "predicted", "adaptation", "in_training"}
+_TEXT_COLUMNS = {
+    "model",
+    "perturbation",
+    "backend",
+    "class",
+    "true",
+    "predicted",
+    "adaptation",
+    "in_training",
+    "failed",
+}
 _THROUGHPUT_TEXT = {"kind", "model", "device", "dtype", "status", "reason", "channels_last", "compiled"}
 
 
@@ -193,6 +204,8 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
         raise HarnessError(f"{path}: not a readable CSV ({type(exc).__name__}); re-run its experiment") from None
     if kind == "results":
         table = table.assign(**{c: v for c, v in OPTIONAL_RESULT_COLUMNS.items() if c not in table.columns})
+        # an empty text cell reads as NaN: a cell that did not fail has the empty string
+        table["failed"] = table["failed"].astype(object).where(table["failed"].notna(), "")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
@@ -237,7 +250,7 @@ def _check_results(path: Path, results: pd.DataFrame, run: dict[str, Any]) -> No
         raise HarnessError(f"{path}: no rows, or no clean row; re-run the experiment")
     for column in _REQUIRED_RESULT_VALUES:
         fail(results[column].isna(), f"has no {column}")
-    valid = results["nonfinite_images"] == 0
+    valid = (results["nonfinite_images"] == 0) & results["failed"].eq("")
     fail(valid & results[["n_correct", "accuracy"]].isna().any(axis=1), "has no accuracy but is not marked invalid")
     fail(results["n_images"] < 1, "counts no images")
     fail((results["n_correct"] < 0) | (results["n_correct"] > results["n_images"]), "has n_correct outside 0..n_images")

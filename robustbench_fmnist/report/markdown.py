@@ -118,20 +118,31 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
 
 
 def _invalid_cells(results: pd.DataFrame) -> list[str]:
-    """A warning naming every cell whose logits held NaN or inf: such cells are not scored anywhere."""
+    """A warning naming every cell whose logits held NaN or inf, and every cell whose task failed: neither is scored."""
+    out = []
     invalid = results[results["nonfinite_images"] > 0]
-    if invalid.empty:
-        return []
-    listed = ", ".join(
-        f"{r.model} seed {r.seed} {r.perturbation} s{r.severity} ({r.nonfinite_images:,} of {r.n_images:,} images)"
-        for r in invalid.itertuples()
-    )
-    return [
-        f"**Warning: {len(invalid)} invalid cell{'s' if len(invalid) > 1 else ''}.** The model gave NaN or "
-        f"infinite logits there, so no accuracy is scored; they show as n/a and every mean leaves them out: "
-        f"{listed}.",
-        "",
-    ]
+    if not invalid.empty:
+        listed = ", ".join(
+            f"{r.model} seed {r.seed} {r.perturbation} s{r.severity} ({r.nonfinite_images:,} of {r.n_images:,} images)"
+            for r in invalid.itertuples()
+        )
+        out += [
+            f"**Warning: {len(invalid)} invalid cell{'s' if len(invalid) > 1 else ''}.** The model gave NaN or "
+            f"infinite logits there, so no accuracy is scored; they show as n/a and every mean leaves them out: "
+            f"{listed}.",
+            "",
+        ]
+    failed = results[results["failed"].ne("")] if "failed" in results else results.iloc[:0]
+    if not failed.empty:
+        listed = ", ".join(f"{r.model} seed {r.seed} {r.perturbation} s{r.severity}" for r in failed.itertuples())
+        reasons = sorted(set(failed["failed"]))
+        out += [
+            f"**Warning: {len(failed)} failed cell{'s' if len(failed) > 1 else ''}.** Their tasks failed after "
+            f"every retry, so they show as n/a and every mean leaves them out; run the experiment again to retry "
+            f"only them: {listed}. Reason{'s' if len(reasons) > 1 else ''}: {'; '.join(reasons)}.",
+            "",
+        ]
+    return out
 
 
 def _noise_note(seeds: int) -> str:

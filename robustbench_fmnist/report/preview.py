@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.files import atomic_path
 from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.perturbations.backends import apply_backend
 from robustbench_fmnist.perturbations.table import format_value
 
 SCALE = 3  # 28 -> 84 pixels per image, nearest-neighbour so pixels stay visible
@@ -33,12 +34,7 @@ def preview_grid(
     rows = []
     for severity in range(entry.max_severity + 1):
         value = entry.parameter(severity)
-        if backend == "albumentations":
-            from robustbench_fmnist.perturbations.albumentations_backend import apply_albumentations
-
-            rows.append(apply_albumentations(entry, images, value, seed=seed, indices=index_tensor))
-        else:
-            rows.append(entry.apply_value(images, value, seed=seed, indices=index_tensor))
+        rows.append(apply_backend(backend, entry, images, value, seed=seed, indices=index_tensor))
     cell = 28 * SCALE
     width = LABEL_WIDTH + len(indices) * (cell + GAP)
     height = 20 + len(rows) * (cell + GAP)

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import fold_batch_norm
 from robustbench_fmnist.models import create_model
+from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, apply_albumentations
 from tests.conftest import real_data_available, synthetic_split

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import evaluate_cells, fold_batch_norm, sweep_cells
+from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+from robustbench_fmnist.inference import prepare_for_inference
 from robustbench_fmnist.models import create_model
+from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.throughput import inference_model
 from robustbench_fmnist.training import to_float_images
@@ -119,9 +121,12 @@ def test_evaluation_sweep(
     torch.manual_seed(0)
     model = create_model("baseline_cnn").eval()
     images, labels = test_images[:2000], test_labels[:2000]
+    cpu = torch.device("cpu")
+    # the path a run takes: prepared (compiled) once for the model, then every cell through it
+    prepared = prepare_for_inference(model, cpu, compile="always")
     regression(
         f"sweep/baseline_cnn/{suite}",
-        lambda: evaluate_cells(model, "baseline_cnn", images, labels, cells, device=torch.device("cpu")),
+        lambda: evaluate_cells(model, "baseline_cnn", images, labels, cells, device=cpu, prepared=prepared),
         calibration_kind="compute",
         rounds=5,
     )

@@ -1,0 +1,202 @@
+"""The report of a run, assembled from its stored task results: rows, run.json's models, example images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustbench_fmnist.augmentation import HELD_OUT, training_exposure
+from robustbench_fmnist.config import ExperimentConfig, TrainRecipe
+from robustbench_fmnist.data import CLASS_NAMES
+from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult, perturb_cell
+from robustbench_fmnist.plan import EvaluateTask, Plan, TrainTask
+from robustbench_fmnist.report import Examples
+from robustbench_fmnist.resolution import ResolvedModel
+from robustbench_fmnist.scoring import ScoredCells, score_cells
+from robustbench_fmnist.task_store import Evaluation, TaskStore
+from robustbench_fmnist.weights import cached_weights, seeded_model, user_weights, weights_record
+
+
+@dataclass
+class Assembled:
+    """What the report is written from, besides the run's environment."""
+
+    scored: ScoredCells
+    models_info: list[dict[str, Any]]
+    examples: Examples
+    first_seed_models: list[tuple[str, nn.Module, int]] = field(default_factory=list)  # for `throughput:`
+
+
+def training_method(model: ResolvedModel) -> str:
+    """How the model was trained, in one word: standard, a robust-augmentation method, or checkpoint."""
+    if model.recipe is None:
+        return "checkpoint"
+    return "standard" if model.recipe.robust_augment is None else model.recipe.robust_augment.method
+
+
+def in_training(perturbation: str, exposure: dict[str, str], recipe: TrainRecipe | None) -> str:
+    """Whether a row's shift was seen in training, partly seen, or held out; empty for clean or an unknown history."""
+    if perturbation == CLEAN or recipe is None:
+        return ""
+    return exposure.get(perturbation.partition("@")[0], HELD_OUT)
+
+
+def failed_results(task: EvaluateTask, count: int, reason: str) -> list[CellResult]:
+    """The rows of a failed evaluation's cells: marked failed, with nothing scored."""
+    return [
+        CellResult(
+            model=task.label,
+            perturbation=cell.perturbation,
+            severity=cell.severity,
+            parameter=cell.parameter,
+            backend="" if cell.is_clean else cell.backend,
+            n_images=count,
+            n_correct=0,
+            accuracy=math.nan,
+            error=math.nan,
+            seconds=0.0,
+            adaptation=task.adaptation,
+            failed=reason,
+        )
+        for cell in task.cells
+    ]
+
+
+def assemble(
+    config: ExperimentConfig,
+    models: Sequence[ResolvedModel],
+    cells: Sequence[Cell],
+    plan: Plan,
+    store: TaskStore,
+    ran: set[TrainTask],
+    failures: dict[TrainTask | EvaluateTask, str],
+    test_images: torch.Tensor,
+    labels: torch.Tensor,
+) -> Assembled:
+    """Score every stored evaluation in plan order and describe every model, as the report needs them.
+
+    `ran` are the training tasks this run did (their weights are "trained", the others' "cached");
+    `failures` the tasks that failed, with their reasons.
+    """
+    count = len(labels)
+    scored = ScoredCells()
+    models_info: list[dict[str, Any]] = []
+    example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
+    first_seed_models: list[tuple[str, nn.Module, int]] = []
+    trainings = {(t.model, t.seed): t for t in plan.train}
+    first_seed = config.run_seeds[0]
+    for seed in config.run_seeds:
+        for resolved in models:
+            train = trainings.get((resolved.name, seed))
+            model, info = _model_entry(resolved, seed, train, ran, failures)
+            exposure = training_exposure(resolved.recipe)
+            info.update(
+                seed=seed,
+                architecture=resolved.architecture,
+                training=training_method(resolved),
+                in_training=exposure,
+                adaptation="none",
+                base_model=resolved.name,
+            )
+            if resolved.name in plan.not_applicable:
+                info["not_applicable"] = dict(plan.not_applicable[resolved.name])
+            entries = [info]
+            for adaptation in resolved.adaptations(config.evaluation.adaptation):
+                tasks = [
+                    t
+                    for t in plan.evaluate
+                    if t.model == resolved.name and t.seed == seed and t.adaptation == adaptation
+                ]
+                if not tasks:
+                    continue  # not applicable to this model
+                results: list[CellResult] = []
+                outputs: dict[Cell, CellOutputs] = {}
+                seconds = 0.0
+                for task in tasks:
+                    evaluation = None if task in failures else store.load_evaluation(task)
+                    if evaluation is None:
+                        results += failed_results(task, count, failures.get(task, "its result is missing"))
+                        continue
+                    results += evaluation.results
+                    outputs.update(evaluation.by_cell(task.cells))
+                    seconds += evaluation.seconds
+                label = resolved.label(adaptation)
+                model_scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
+                for row in model_scored.results:
+                    row["in_training"] = in_training(row["perturbation"], exposure, resolved.recipe)
+                scored.extend(model_scored)
+                label_info = info
+                if adaptation != "none":
+                    settings = getattr(config.evaluation, adaptation).model_dump(mode="json")
+                    label_info = {**info, "name": label, "adaptation": adaptation, "adaptation_settings": settings}
+                    entries.append(label_info)
+                label_info["eval_seconds"] = seconds
+                label_info["eval_images_per_second"] = len(outputs) * count / seconds if seconds > 0 else None
+                if seed == first_seed and len(outputs) == len(cells):
+                    example_outputs[label] = outputs
+            if seed == first_seed and model is not None:
+                first_seed_models.append((resolved.name, model, info["macs"]))
+            models_info += entries
+    examples = collect_examples(cells, test_images, labels, example_outputs, first_seed)
+    return Assembled(scored, models_info, examples, first_seed_models)
+
+
+def _model_entry(
+    resolved: ResolvedModel,
+    seed: int,
+    train: TrainTask | None,
+    ran: set[TrainTask],
+    failures: dict[TrainTask | EvaluateTask, str],
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The model with its weights (None if its training failed) and its run.json entry."""
+    if train is None:
+        model = user_weights(resolved, seed)
+        return model, weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)
+    loaded = None if train in failures else cached_weights(resolved, seed, train.path)
+    if loaded is None:
+        info = weights_record(
+            resolved, seeded_model(resolved, seed), weights="failed", checkpoint=train.path, key=train.key
+        )
+        info["failed"] = failures.get(train, "its checkpoint is missing")
+        return None, info
+    model, metadata = loaded
+    kind = "trained" if train in ran else "cached"
+    return model, weights_record(resolved, model, weights=kind, checkpoint=train.path, key=train.key, metadata=metadata)
+
+
+def collect_examples(
+    cells: Sequence[Cell],
+    raw_images: torch.Tensor,
+    labels: torch.Tensor,
+    outputs: dict[str, dict[Cell, CellOutputs]],
+    seed: int,
+) -> Examples:
+    """The first test image of each class, clean and at each perturbation's last cell, with each model's predictions."""
+    picks = [int((labels == c).nonzero()[0]) for c in range(len(CLASS_NAMES)) if (labels == c).any()]
+    index = torch.tensor(picks)
+    sample = raw_images[index].float().div(255).unsqueeze(1)
+    last: dict[str, Cell] = {}
+    for cell in cells:
+        last[cell.perturbation] = cell
+    shown = list(last.values())
+    rows = []
+    for cell in shown:
+        batch = sample if cell.is_clean else perturb_cell(cell, sample, seed=seed, indices=index)
+        rows.append((batch[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    names = [cell.label for cell in shown]
+    if outputs:
+        predictions = np.stack(
+            [np.stack([per_cell[c].predictions[index].numpy() for c in shown]) for per_cell in outputs.values()]
+        )
+    else:
+        predictions = np.zeros((0, len(shown), len(picks)), dtype=np.uint8)
+    return Examples(np.stack(rows), labels[index].numpy(), names, list(outputs), predictions)
+
+
+__all__ = ["Assembled", "Evaluation", "assemble", "collect_examples"]

@@ -1,0 +1,202 @@
+"""An experiment as a plan of tasks: train(model, recipe, seed) and evaluate(weights, cells, adaptation).
+
+Each task is keyed by the identity of everything that decides its result: a training task by
+the checkpoint cache's key, an evaluation by its weights' identity (that key, or the user's
+checkpoint's SHA-256), its cells, adaptation, data, evaluation settings and the evaluation
+code. A task whose result is stored under its key is done; a run does only the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustbench_fmnist.adaptation import not_applicable
+from robustbench_fmnist.config import ExperimentConfig
+from robustbench_fmnist.evaluation import Cell
+from robustbench_fmnist.preflight import CheckedExperiment
+from robustbench_fmnist.resolution import ResolvedModel
+from robustbench_fmnist.weights import checkpoint_path, seeded_model, weights_key
+
+_PACKAGE = Path(__file__).resolve().parent
+# the code whose numerics decide an evaluation's result, beside the weights
+_EVALUATION_SOURCES = (
+    _PACKAGE / "evaluation.py",
+    _PACKAGE / "inference.py",
+    _PACKAGE / "adaptation.py",
+    _PACKAGE / "models" / "fusion.py",
+    *sorted((_PACKAGE / "perturbations").glob("*.py")),
+)
+EVALUATION_FORMAT = 1  # bump when a stored evaluation's meaning changes in a way the sources above miss
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Train one model with one seed; its result is the checkpoint at `path`."""
+
+    model: str
+    seed: int
+    key: str  # the checkpoint cache's key digest
+    path: Path
+
+    @property
+    def title(self) -> str:
+        return f"train {self.model} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    """Evaluate one model's weights (as adapted) on some cells; its result is stored under `key`."""
+
+    model: str  # the resolved model whose weights are evaluated
+    label: str  # the name its rows are filed under (model+adaptation)
+    adaptation: str
+    seed: int
+    cells: tuple[Cell, ...]
+    weights: str  # the weights' identity: the training task's key, or the user checkpoint's SHA-256
+    key: str
+    images_planned: int  # images this model's weights go through in the whole plan (decides compiling)
+    train: TrainTask | None = None  # the task that makes the weights; None for a user checkpoint
+
+    @property
+    def title(self) -> str:
+        shown = self.cells[0].label if len(self.cells) == 1 else _cells_title(self.cells)
+        return f"evaluate {self.label} seed {self.seed} {shown}"
+
+
+def _cells_title(cells: Sequence[Cell]) -> str:
+    severities = [c.severity for c in cells]
+    return f"{cells[0].perturbation} s{min(severities)}-s{max(severities)}"
+
+
+@dataclass
+class Plan:
+    """Every task of an experiment, in the order the local executor runs them."""
+
+    train: list[TrainTask]
+    evaluate: list[EvaluateTask]
+    not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> adaptation -> why not
+
+    @property
+    def tasks(self) -> list[TrainTask | EvaluateTask]:
+        """Each model-seed's training, then its evaluations."""
+        ordered: list[TrainTask | EvaluateTask] = []
+        by_train: dict[TrainTask | None, list[EvaluateTask]] = {}
+        for task in self.evaluate:
+            by_train.setdefault(task.train, []).append(task)
+        for task in self.train:
+            ordered += [task, *by_train.pop(task, [])]
+        for rest in by_train.values():
+            ordered += rest
+        return ordered
+
+
+def cell_groups(cells: Sequence[Cell]) -> list[tuple[Cell, ...]]:
+    """One group per evaluation task: the clean cell alone, then each perturbation's severities."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.perturbation, []).append(cell)
+    return [tuple(group) for group in groups.values()]
+
+
+def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int) -> Plan:
+    """The tasks of a checked experiment on data with `data_checksum`, evaluated on `test_images` images."""
+    config, device = checked.config, checked.device
+    groups = cell_groups(checked.cells)
+    plan = Plan([], [])
+    for resolved in checked.models:
+        adaptations, skipped = _applicable(resolved, config)
+        if skipped:
+            plan.not_applicable[resolved.name] = skipped
+        for seed in config.run_seeds:
+            key = weights_key(resolved, data_checksum, seed, device)
+            train = (
+                None
+                if key is None
+                else TrainTask(resolved.name, seed, key.digest, checkpoint_path(key, config.cache_dir))
+            )
+            if train is not None:
+                plan.train.append(train)
+            weights = train.key if train is not None else _file_sha256(resolved.spec.checkpoint)
+            for adaptation in adaptations:
+                for group in groups:
+                    identity = _evaluation_identity(
+                        config, adaptation, seed, group, weights, data_checksum, test_images
+                    )
+                    identity.update(device=device.type, images_planned=test_images * len(checked.cells))
+                    plan.evaluate.append(
+                        EvaluateTask(
+                            model=resolved.name,
+                            label=resolved.label(adaptation),
+                            adaptation=adaptation,
+                            seed=seed,
+                            cells=group,
+                            weights=weights,
+                            key=_digest(identity),
+                            images_planned=test_images * len(checked.cells),
+                            train=train,
+                        )
+                    )
+    return plan
+
+
+def _applicable(resolved: ResolvedModel, config: ExperimentConfig) -> tuple[list[str], dict[str, str]]:
+    """The model's adaptations that apply to it, and why each other one does not."""
+    model = seeded_model(resolved, config.run_seeds[0])
+    applicable, skipped = [], {}
+    for adaptation in resolved.adaptations(config.evaluation.adaptation):
+        reason = not_applicable(adaptation, model)
+        if reason is None:
+            applicable.append(adaptation)
+        else:
+            skipped[adaptation] = reason
+    return applicable, skipped
+
+
+def _evaluation_identity(
+    config: ExperimentConfig,
+    adaptation: str,
+    seed: int,
+    cells: Sequence[Cell],
+    weights: str,
+    data_checksum: str,
+    test_images: int,
+) -> dict[str, Any]:
+    evaluation = config.evaluation
+    identity: dict[str, Any] = {
+        "format": EVALUATION_FORMAT,
+        "weights": weights,
+        "adaptation": adaptation,
+        "seed": seed,
+        "cells": [[c.perturbation, c.severity, c.parameter, c.name, c.backend] for c in cells],
+        "data": data_checksum,
+        "test_images": test_images,
+        "batch_size": evaluation.batch_size,
+        "precision": evaluation.precision,
+        "channels_last": evaluation.channels_last,
+        "compile": evaluation.compile,  # with images_planned, which decides whether auto compiles
+        "code": _evaluation_code(),
+    }
+    if adaptation != "none":
+        identity["settings"] = getattr(evaluation, adaptation).model_dump(mode="json")
+    return identity
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _evaluation_code() -> str:
+    digest = hashlib.sha256()
+    for path in _EVALUATION_SOURCES:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path | None) -> str:
+    assert path is not None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,98 @@
+"""The bodies of the plan's tasks: what a worker runs, given everything it needs, returning the result.
+
+They read no cache and write no file: the driver stores each result as it comes back, so a
+task runs the same in this process or on a Ray worker on another machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from robustbench_fmnist.adaptation import AdaptationSettings
+from robustbench_fmnist.data import Split
+from robustbench_fmnist.evaluation import evaluate_cells
+from robustbench_fmnist.inference import Compile, PreparedModel, prepare_for_inference
+from robustbench_fmnist.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.resolution import ResolvedModel
+from robustbench_fmnist.runtime import seed_everything
+from robustbench_fmnist.task_store import Evaluation
+from robustbench_fmnist.training import to_float_images
+from robustbench_fmnist.weights import TrainedWeights, model_with, train_weights
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What every evaluation task of a run shares: `evaluation:` of the config, and the device."""
+
+    device: torch.device
+    batch_size: int
+    precision: str
+    channels_last: bool
+    compile: Compile
+    adaptation: AdaptationSettings
+    test_images: int
+    show_progress: bool = True
+
+
+def run_training(task: TrainTask, resolved: ResolvedModel, train: Split, device: torch.device) -> TrainedWeights:
+    """Train the task's model with its seed."""
+    seed_everything(task.seed)
+    return train_weights(resolved, train, seed=task.seed, device=device, key=task.key)
+
+
+# The model prepared for the last weights this process evaluated: the plan runs a model-seed's
+# evaluations one after another, so compiling (seconds) is paid once per model and batch shape
+_prepared: dict[tuple[str, str], PreparedModel] = {}  # at most one entry
+
+
+def run_evaluation(
+    task: EvaluateTask,
+    resolved: ResolvedModel,
+    state: dict[str, torch.Tensor],
+    test: Split,
+    settings: EvaluationSettings,
+) -> Evaluation:
+    """Evaluate the task's weights on its cells (adapted as the task says)."""
+    started = time.perf_counter()
+    device = settings.device
+    model = model_with(resolved, task.seed, state).eval()
+    images = to_float_images(test.images[: settings.test_images], device)
+    labels = test.labels[: settings.test_images]
+    prepared = None
+    if task.adaptation == "none":
+        # the same weights file can be loaded into different architectures: both name the prepared model
+        built = f"{resolved.architecture}|{sorted(resolved.spec.kwargs.items())}"
+        identity = (task.weights, f"{built}|{device}|{settings.precision}|{settings.channels_last}|{settings.compile}")
+        prepared = _prepared.get(identity)
+        if prepared is None:
+            _prepared.clear()
+            prepared = prepare_for_inference(
+                model,
+                device,
+                precision=settings.precision,
+                channels_last=settings.channels_last,
+                compile=settings.compile,
+                images=task.images_planned,
+            )
+            _prepared[identity] = prepared
+    results, outputs = evaluate_cells(
+        model,
+        task.label,
+        images,
+        labels,
+        task.cells,
+        device=device,
+        seed=task.seed,
+        batch_size=settings.batch_size,
+        precision=settings.precision,
+        channels_last=settings.channels_last,
+        adaptation=task.adaptation,
+        adaptation_settings=settings.adaptation,
+        prepared=prepared,
+        show_progress=settings.show_progress,
+    )
+    compiled = prepared is not None and prepared.compiled
+    return Evaluation(results, [outputs[c] for c in task.cells], time.perf_counter() - started, compiled)

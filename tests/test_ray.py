@@ -1,0 +1,111 @@
+"""The Ray executor on a real local cluster: the same results as local, retries, a killed worker, failures kept apart.
+
+`make test` runs the suite under scripts/with-ray-cluster.sh, which starts `ray start --head`
+with 2 CPUs on 127.0.0.1 (in a network namespace of its own where it may make one) and sets
+RBFM_RAY_ADDRESS; without Ray, or without a cluster, these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from robustbench_fmnist.cli import main
+from robustbench_fmnist.config import parse_config
+from robustbench_fmnist.experiment import plan_experiment, run_experiment
+from robustbench_fmnist.report import read_data
+
+ADDRESS = os.environ.get("RBFM_RAY_ADDRESS")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install '.[ray]')"),
+    pytest.mark.skipif(
+        ADDRESS is None, reason="no Ray cluster: run under scripts/with-ray-cluster.sh (make test does)"
+    ),
+    pytest.mark.slow,
+]
+
+
+def _grid(tiny_experiment: dict[str, Any], tmp_path: Path, name: str, **changes: Any) -> dict[str, Any]:
+    config = {
+        **tiny_experiment,
+        "seeds": [0, 1],
+        "models": [{"name": "baseline_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}}, "deep_cnn_tiny"],
+        "perturbations": [{"name": "brightness_down", "severities": [1, 5]}, {"name": "rotation", "severities": [3]}],
+        "threads": 1,
+        "cache_dir": str(tmp_path / f"{name}-cache"),
+        "output_dir": str(tmp_path / f"{name}-reports"),
+    }
+    config.update(changes)
+    return config
+
+
+def _ray(**changes: Any) -> dict[str, Any]:
+    return {"kind": "ray", "address": ADDRESS, "cpus_per_task": 1, **changes}
+
+
+def _results(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "results.csv").drop(columns=["seconds"])
+
+
+def test_the_same_plan_on_ray_gives_the_local_results(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
+    local = run_experiment(parse_config(_grid(tiny_experiment, tmp_path, "local")))
+    grid = _grid(tiny_experiment, tmp_path, "ray", executor=_ray())
+    on_ray = run_experiment(parse_config(grid))
+    pd.testing.assert_frame_equal(_results(on_ray), _results(local))
+    run = pd.read_json(on_ray / "run.json", typ="series")
+    assert run["tasks"]["executor"] == "ray" and run["tasks"]["ran"] == 16 and not run["tasks"]["failed"]
+    for name in ("per_class.csv", "confusion.csv", "calibration.csv"):
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
+    assert not plan_experiment(parse_config(grid)).missing, "every result came back and was stored"
+
+
+def test_a_task_that_raises_is_retried_then_reported_while_the_others_land(
+    tiny_experiment: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    attempts = tmp_path / "attempts.log"
+    model = {
+        "name": "dark_fails",
+        "factory": "fault_models:fails_on_dark_images",
+        "kwargs": {"attempts": str(attempts)},
+        "train": {"epochs": 1, "batch_size": 64},
+    }
+    grid = _grid(tiny_experiment, tmp_path, "raises", models=[model], executor=_ray(retries=1))
+    import yaml
+
+    path = tmp_path / "raises.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["-q", "run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert len(attempts.read_text().splitlines()) == 4, "each seed's failing task ran twice (1 retry)"
+    lines = sorted(line.strip() for line in err.splitlines() if "failed after" in line)
+    assert len(lines) == 2, err
+    for seed, line in enumerate(lines):
+        expected = (
+            f"evaluate dark_fails seed {seed} brightness_down s1-s5 failed after 2 attempts: RuntimeError: a dark"
+        )
+        assert line.startswith(expected), line
+    results = read_data(Path(grid["output_dir"]) / "tiny").results
+    assert set(results.loc[results["failed"] != "", "perturbation"]) == {"brightness_down"}
+    assert results.loc[results["failed"] == "", "accuracy"].notna().all()
+    assert len(results[results["failed"] == ""]) == 2 * 2  # clean and rotation, both seeds
+
+
+def test_a_worker_killed_mid_task_is_retried(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
+    marker = tmp_path / "killed"
+    model = {
+        "name": "killed_once",
+        "factory": "fault_models:kills_its_worker_once",
+        "kwargs": {"marker": str(marker)},
+        "train": {"epochs": 1, "batch_size": 64},
+    }
+    grid = _grid(tiny_experiment, tmp_path, "killed", seeds=[0], models=[model], executor=_ray(retries=2))
+    folder = run_experiment(parse_config(grid))
+    assert marker.exists(), "a worker was killed"
+    run = pd.read_json(folder / "run.json", typ="series")
+    assert not run["tasks"]["failed"] and run["tasks"]["ran"] == 4
+    assert pd.read_csv(folder / "results.csv")["accuracy"].notna().all()
