@@ -174,6 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_plan(args)
     folder = run_experiment(config, retrain=args.retrain)
     failed = _print_headline(folder)
+    if failed:
+        print(f"{len(failed)} task(s) failed; the report marks their cells failed. Run again to retry only them:",
+              file=sys.stderr)  # fmt: skip
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -184,8 +189,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_headline(folder: Path) -> int:
-    """Print the report's headline table; returns how many tasks failed."""
+def _print_headline(folder: Path) -> list[str]:
+    """Print the report's headline table; returns the lines of the tasks that failed."""
     from robustbench_fmnist.report import read_data, seed_mean
     from robustbench_fmnist.report.tables import headline_table
 
@@ -205,7 +210,7 @@ def _print_headline(folder: Path) -> int:
 
         verdict = agreement_verdict(agreement_table(data.results, data.reference))
         print(f"against {data.run['noise_from']['path']}: {verdict.summary} (section 'Against the reference')")
-    return len(data.run.get("tasks", {}).get("failed", []))
+    return list(data.run.get("tasks", {}).get("failed", []))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

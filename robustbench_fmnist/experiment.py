@@ -8,9 +8,8 @@ builds the report's rows from them and report/ writes it. This module only seque
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +124,11 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         {m.name: m for m in checked.models},
         data,
         _evaluation_settings(config, device, count),
-        stored_weights=partial_stored_weights(checked, planned),
+        stored_weights=_stored_weights_reader(checked),
         threads=config.threads,
     )
     failures = EXECUTORS.get(config.executor.kind).run(work, config.executor, store_result) if missing else []
     timings["execute"] = time.perf_counter() - stage
-    for failure in failures:
-        log.error("%s", failure.line)
     labels = data.test.labels[:count]
     assembled = assemble(
         config, checked.models, checked.cells, planned.plan, planned.store, ran,
@@ -176,13 +173,6 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         reference=reference,
     )
     write_report(checked.folder, report)
-    if failures:
-        print(
-            f"{len(failures)} task(s) failed; the report marks their cells failed. Run again to retry only them:",
-            file=sys.stderr,
-        )
-        for failure in failures:
-            print(f"  {failure.line}", file=sys.stderr)
     return checked.folder
 
 
@@ -199,7 +189,7 @@ def _evaluation_settings(config: ExperimentConfig, device: torch.device, count: 
     )
 
 
-def partial_stored_weights(checked: CheckedExperiment, planned: PlannedExperiment):
+def _stored_weights_reader(checked: CheckedExperiment) -> Callable[[EvaluateTask], dict[str, torch.Tensor]]:
     """Where an evaluation gets weights whose training is not among the tasks to do: the cache or the user's file."""
     models = {m.name: m for m in checked.models}
 

@@ -52,12 +52,28 @@ def preflight(config: ExperimentConfig) -> CheckedExperiment:
     check_writable_folder(config.output_dir, "output_dir")
     folder = Path(config.output_dir) / config.name
     check_replaceable(folder, REPORT)
-    if any(m.recipe is not None for m in models):
-        check_writable_folder(checkpoint_dir(config.cache_dir), "cache_dir")
+    # trained weights and every finished task's result are stored under the cache
+    check_writable_folder(checkpoint_dir(config.cache_dir), "cache_dir")
+    check_executor(config)
     noise = read_noise_report(config.noise_from, folder) if config.noise_from else None
     for model in models:
         probe_model(model)
     return CheckedExperiment(config, models, cells, device, folder, noise)
+
+
+def check_executor(config: ExperimentConfig) -> None:
+    """The executor is registered, and Ray installed where it is asked for (the cluster is joined as the run starts)."""
+    from robustbench_fmnist.execution import EXECUTORS
+
+    kind = config.executor.kind
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor.kind: {EXECUTORS.unknown_message(kind)}")
+    if kind == "ray":
+        from robustbench_fmnist.ray_executor import import_ray
+
+        import_ray()
+    elif config.executor.address is not None:
+        raise ConfigError(f"executor.address: {config.executor.address!r} is for kind: ray; drop it or set kind: ray")
 
 
 def read_noise_report(path: Path, folder: Path | None = None, key: str = "noise_from") -> ReportData:

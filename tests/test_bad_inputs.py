@@ -372,6 +372,11 @@ CASES = [
     Case("output_dir is a file", _output_dir_is_a_file, 2, "is a file, not a folder"),
     Case("output_dir not writable", _changes({"output_dir": "/sys/rbfm-reports"}, "validate"), 2, "not writable"),
     Case("name of 300 characters", _changes({"name": "n" * 300}), 2, "name: String should have at most 200"),
+    Case("unknown executor", _changes({"executor": {"kind": "slurm"}}), 2, "executor.kind: unknown executor 'slurm'"),
+    Case("address without ray", _changes({"executor": {"address": "auto"}}), 2, "is for kind: ray"),
+    Case("executor retries -1", _changes({"executor": {"retries": -1}}), 2, "executor.retries"),
+    Case("unknown backend", _changes({"evaluation": {"backend": "opencv"}}), 2, "unknown perturbation backend"),
+    Case("evaluation.compile sometimes", _changes({"evaluation": {"compile": "sometimes"}}), 2, "evaluation.compile"),
     Case("seed beyond 64 bits", _changes({"seed": 18446744073709551616}), 2, "seed: Input should be less than"),
     Case("seeds beyond 64 bits", _changes({"seeds": [0, 2**64]}), 2, "seeds must lie in 0..2**63-1"),
     Case(

@@ -268,3 +268,23 @@ def test_on_the_test_set_the_prepared_model_predicts_what_the_plain_model_predic
             batch = images if cell.is_clean else perturb_cell(cell, images, seed=0, indices=torch.arange(len(images)))
             plain = torch.cat([model(part).argmax(1) for part in batch.split(1000)]).to(torch.uint8)
             assert torch.equal(out.predictions, plain), cell
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    tiny_experiment: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = _grid(tiny_experiment, tmp_path, seeds=[0])
+    assert main(["run", str(_yaml(tmp_path, grid)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("8 tasks (2 trainings, 6 evaluations), 0 done, 8 to do; executor local")
+    assert "  to do  train baseline_cnn_tiny seed 0" in out
+    assert "  to do  evaluate deep_cnn_tiny seed 0 brightness_down s1-s5" in out
+    assert not Path(grid["output_dir"]).exists() and not Path(grid["cache_dir"]).exists()
+
+
+def test_ls_lists_the_executors_and_backends(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls", "executors"]) == 0
+    out = capsys.readouterr().out
+    assert "executors (executor.kind):" in out and "  local " in out and "  ray " in out
+    assert main(["ls", "backends"]) == 0
+    assert "  albumentations " in capsys.readouterr().out
