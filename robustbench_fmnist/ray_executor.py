@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.execution import Failure, OnResult, Task, Work, reason_of, training_failed
 from robustbench_fmnist.plan import EvaluateTask, TrainTask
-from robustbench_fmnist.progress import progress_bar
+from robustbench_fmnist.progress import progress_bar, set_progress
 from robustbench_fmnist.resolution import ResolvedModel
 from robustbench_fmnist.runtime import apply_cpu_settings
 from robustbench_fmnist.task_store import Evaluation
@@ -52,6 +54,7 @@ def _worker_threads(threads: int | None, cpus_per_task: float) -> int:
 def _train_on_worker(
     task: TrainTask, resolved: ResolvedModel, train: Split, device: torch.device, threads: int
 ) -> TrainedWeights:
+    set_progress(False)  # a worker's bars would interleave in the driver's log; the driver shows one over tasks
     apply_cpu_settings(threads)
     return run_training(task, resolved, train, device)
 
@@ -64,6 +67,7 @@ def _evaluate_on_worker(
     settings: EvaluationSettings,
     threads: int,
 ) -> Evaluation:
+    set_progress(False)
     apply_cpu_settings(threads)
     state = weights.state if isinstance(weights, TrainedWeights) else weights
     return run_evaluation(task, resolved, state, test, settings)
@@ -90,6 +94,8 @@ def connect(ray: Any, config: ExecutorConfig, models: dict[str, ResolvedModel]) 
     runtime_env = None
     if extra:
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")])}}
+    main_thread = threading.current_thread() is threading.main_thread()
+    terminate = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -97,6 +103,9 @@ def connect(ray: Any, config: ExecutorConfig, models: dict[str, ResolvedModel]) 
             f"executor.address {address!r}: no Ray cluster to join ({' '.join(str(exc).split())[:160]}); start one "
             "with `ray start --head` or give the address of a running one"
         ) from None
+    if main_thread and terminate is not None:
+        # ray.init installs its own SIGTERM handler, which exits at once; the CLI's stops like Ctrl-C
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def run_ray(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[Failure]:

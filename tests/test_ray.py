@@ -109,3 +109,37 @@ def test_a_worker_killed_mid_task_is_retried(tiny_experiment: dict[str, Any], tm
     run = pd.read_json(folder / "run.json", typ="series")
     assert not run["tasks"]["failed"] and run["tasks"]["ran"] == 4
     assert pd.read_csv(folder / "results.csv")["accuracy"].notna().all()
+
+
+def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
+    tiny_experiment: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGTERM (what the CLI treats as Ctrl-C) once an evaluation is stored: exit 130, no report, tasks cancelled."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    grid = _grid(tiny_experiment, tmp_path, "stopped", executor=_ray())
+    path = tmp_path / "stopped.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    evaluations = Path(grid["cache_dir"]) / "evaluations"
+    command = [sys.executable, "-m", "robustbench_fmnist", "-q", "run", str(path)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if evaluations.is_dir() and list(evaluations.glob("*.pt")):
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted; every finished task's result is kept" in err
+    assert not (Path(grid["output_dir"]) / "tiny").exists()
+    stored = plan_experiment(parse_config(grid))
+    assert stored.done and stored.missing
+    folder = run_experiment(parse_config(grid))  # the cluster is free again: the rest runs
+    run = pd.read_json(folder / "run.json", typ="series")
+    assert run["tasks"]["ran"] == len(stored.missing) and not run["tasks"]["failed"]
