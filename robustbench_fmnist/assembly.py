@@ -90,6 +90,9 @@ def assemble(
     example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
     first_seed_models: list[tuple[str, nn.Module, int]] = []
     trainings = {(t.model, t.seed): t for t in plan.train}
+    evaluations: dict[tuple[str, int, str], list[EvaluateTask]] = {}
+    for task in plan.evaluate:
+        evaluations.setdefault((task.model, task.seed, task.adaptation), []).append(task)
     first_seed = config.run_seeds[0]
     for seed in config.run_seeds:
         for resolved in models:
@@ -108,11 +111,7 @@ def assemble(
                 info["not_applicable"] = dict(plan.not_applicable[resolved.name])
             entries = [info]
             for adaptation in resolved.adaptations(config.evaluation.adaptation):
-                tasks = [
-                    t
-                    for t in plan.evaluate
-                    if t.model == resolved.name and t.seed == seed and t.adaptation == adaptation
-                ]
+                tasks = evaluations.get((resolved.name, seed, adaptation), [])
                 if not tasks:
                     continue  # not applicable to this model
                 results: list[CellResult] = []

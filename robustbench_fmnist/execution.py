@@ -95,41 +95,47 @@ def run_local(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[F
     """In this process, one task after another in plan order (the default)."""
     failures: list[Failure] = []
     failed_training: dict[TrainTask, Failure] = {}
-    trained: dict[str, dict] = {}  # the weights trained in this run, by training key, for their evaluations
+    # the last weights evaluated, by identity: a model-seed's evaluations follow its training in plan order
+    weights: dict[str, dict] = {}
     with progress_bar(len(work), "tasks", unit="task") as bar:
         for task in work.tasks:
             bar.set_postfix_str(task.title)
             if isinstance(task, EvaluateTask) and task.train in failed_training:
-                failures.append(training_failed(task, failed_training))
-                bar.update(1)
-                continue
-            for attempt in range(1, config.retries + 2):
-                try:
-                    result = _run_here(work, task, trained)
-                    break
-                except Exception as exc:  # the task's own error: retried, then reported with the others kept
-                    if attempt == config.retries + 1:
-                        failure = Failure(task, attempt, reason_of(exc))
-                        failures.append(failure)
-                        if isinstance(task, TrainTask):
-                            failed_training[task] = failure
-                        result = None
-            if result is not None:
+                outcome: Result | Failure = training_failed(task, failed_training)
+            else:
+                outcome = _attempts(work, task, weights, config.retries + 1)
+            if isinstance(outcome, Failure):
+                failures.append(outcome)
                 if isinstance(task, TrainTask):
-                    trained[task.key] = result.state
-                on_result(task, result)
+                    failed_training[task] = outcome
+            else:
+                if isinstance(task, TrainTask):
+                    weights.clear()
+                    weights[task.key] = outcome.state
+                on_result(task, outcome)
             bar.update(1)
     return failures
 
 
-def _run_here(work: Work, task: Task, trained: dict[str, dict]) -> Result:
+def _attempts(work: Work, task: Task, weights: dict[str, dict], attempts: int) -> Result | Failure:
+    """The task's result, or its failure after `attempts` runs that raised (the others' results are kept)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run_here(work, task, weights)
+        except Exception as exc:  # the task's own error: run again, then reported
+            if attempt == attempts:
+                return Failure(task, attempt, reason_of(exc))
+    raise AssertionError("unreachable: attempts >= 1")
+
+
+def _run_here(work: Work, task: Task, weights: dict[str, dict]) -> Result:
     resolved = work.models[task.model]
     if isinstance(task, TrainTask):
         return run_training(task, resolved, work.data.train, work.settings.device)
-    state = trained.get(task.weights) if task.train is not None else None
-    if state is None:
-        state = work.stored_weights(task)
-    return run_evaluation(task, resolved, state, work.data.test, work.settings)
+    if task.weights not in weights:
+        weights.clear()
+        weights[task.weights] = work.stored_weights(task)
+    return run_evaluation(task, resolved, weights[task.weights], work.data.test, work.settings)
 
 
 @register_executor("ray")

@@ -152,7 +152,10 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
         with progress_bar(len(pending), "tasks (ray)", unit="task") as bar:
             waiting = list(pending)
             while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
+                # a bounded wait: a signal is handled between waits, not after the next task finishes
+                ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.5)
+                if not ready:
+                    continue
                 task = pending[ready[0]]
                 try:
                     result = ray.get(ready[0])

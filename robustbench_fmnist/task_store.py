@@ -41,6 +41,9 @@ class TaskStore:
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.root = (Path(cache_dir) if cache_dir else user_cache_dir()) / "evaluations"
+        # evaluations read or written by this store: planning reads each one to see that it loads,
+        # and the report needs it again
+        self._evaluations: dict[str, Evaluation] = {}
 
     def evaluation_path(self, task: EvaluateTask) -> Path:
         return self.root / f"{safe_file_name(task.label)}-{task.key[:24]}.pt"
@@ -71,9 +74,12 @@ class TaskStore:
         }
         with atomic_path(self.evaluation_path(task)) as tmp:
             torch.save(payload, tmp)
+        self._evaluations[task.key] = evaluation
 
     def load_evaluation(self, task: EvaluateTask) -> Evaluation | None:
         """The stored evaluation of `task`; None if absent or unreadable (it is then done again)."""
+        if task.key in self._evaluations:
+            return self._evaluations[task.key]
         path = self.evaluation_path(task)
         if not path.is_file():
             return None
@@ -88,7 +94,9 @@ class TaskStore:
                     payload["predictions"], payload["confidence"], payload["true_probability"], strict=True
                 )
             ]
-            return Evaluation(results, outputs, float(payload["seconds"]), bool(payload["compiled"]))
+            evaluation = Evaluation(results, outputs, float(payload["seconds"]), bool(payload["compiled"]))
         except Exception as exc:
             log.warning("stored evaluation %s is unusable (%s); evaluating again", path, str(exc)[:200])
             return None
+        self._evaluations[task.key] = evaluation
+        return evaluation
