@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from robustbench_fmnist.experiment import evaluate_module as evaluate_module
-    from robustbench_fmnist.experiment import run_experiment as run_experiment
+    from robustbench_fmnist.orchestration.experiment import run_experiment as run_experiment
+    from robustbench_fmnist.orchestration.user_module import evaluate_module as evaluate_module
 
 # The public API is imported lazily so `python -m robustbench_fmnist ls` and `--help` stay fast.
 _LAZY = {
-    "evaluate_module": "robustbench_fmnist.experiment",
-    "run_experiment": "robustbench_fmnist.experiment",
+    "evaluate_module": "robustbench_fmnist.orchestration.user_module",
+    "run_experiment": "robustbench_fmnist.orchestration.experiment",
     "load_config": "robustbench_fmnist.config",
     "load_fashion_mnist": "robustbench_fmnist.data",
     "register_model": "robustbench_fmnist.models",

@@ -154,10 +154,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.preflight import preflight
+    from robustbench_fmnist.orchestration.checks import check_experiment
 
     config = _load(args)
-    checked = preflight(config)
+    checked = check_experiment(config)
     print(
         f"{args.experiment}: ok - {len(checked.models)} model(s) ({', '.join(m.name for m in checked.models)}), "
         f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model; "
@@ -167,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.experiment import run_experiment
+    from robustbench_fmnist.orchestration.experiment import run_experiment
 
     config = _load(args)
     if args.dry_run:
@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.experiment import plan_experiment
+    from robustbench_fmnist.orchestration.experiment import plan_experiment
 
     print(plan_experiment(_load(args), retrain=args.retrain).describe())
     return 0
@@ -191,8 +191,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _print_headline(folder: Path) -> list[str]:
     """Print the report's headline table; returns the lines of the tasks that failed."""
-    from robustbench_fmnist.report import read_data, seed_mean
-    from robustbench_fmnist.report.tables import headline_table
+    from robustbench_fmnist.report.bundle import read_data
+    from robustbench_fmnist.report.tables import headline_table, seed_mean
 
     data = read_data(folder)
     table = headline_table(seed_mean(data.results), data.run["config"].get("reference_model"))
@@ -214,11 +214,15 @@ def _print_headline(folder: Path) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.experiment import run_bench
+    from robustbench_fmnist.orchestration.bench import run_bench
 
     config = _load(args)
+    from robustbench_fmnist.environment import cpu_description
+
     folder, table = run_bench(config, retrain=args.retrain)
-    print(f"throughput written to {folder}/throughput.csv")
+    cpu = cpu_description()
+    print(f"throughput written to {folder}/throughput.csv; CPU: {cpu['model']}, {cpu['cores']} cores "
+          f"({cpu['capability']}, {cpu['torch_threads']} torch threads)")  # fmt: skip
     # a missing device skips every row on it for one reason: say it once per device and reason
     skipped = table[table.status != "ok"].groupby(["device", "reason"], sort=False).size()
     for (device, reason), count in skipped.items():
@@ -233,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.report import rerender_report
+    from robustbench_fmnist.report.writer import rerender_report
 
     folder = rerender_report(args.folder)
     print(f"re-rendered {folder}/report.md, report.html and figures/ from its saved rows")
@@ -242,8 +246,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from robustbench_fmnist.files import absolute, check_writable_folder, replace_folder
-    from robustbench_fmnist.preflight import read_noise_report
-    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.agreement import read_noise_report
+    from robustbench_fmnist.report.bundle import read_data
     from robustbench_fmnist.report.compare import compare_markdown, compare_runs
 
     first, second = read_data(args.first), read_data(args.second)
@@ -277,11 +281,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import MAX_SEED, config_from_record
-    from robustbench_fmnist.experiment import run_experiment
     from robustbench_fmnist.files import absolute
-    from robustbench_fmnist.preflight import read_noise_report
-    from robustbench_fmnist.report import read_data
-    from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
+    from robustbench_fmnist.orchestration.experiment import run_experiment
+    from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict, read_noise_report
+    from robustbench_fmnist.report.bundle import read_data
 
     reference = read_noise_report(args.folder, key="reproduce")
     if args.seeds is not None and not all(0 <= s <= MAX_SEED for s in args.seeds):
@@ -363,14 +366,14 @@ LS_KINDS = ("models", "perturbations", "adaptations", "augmentations", "backends
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.adaptation import ADAPTATIONS
-    from robustbench_fmnist.augmentation import AUGMENTATIONS
     from robustbench_fmnist.errors import ConfigError
-    from robustbench_fmnist.execution import EXECUTORS
+    from robustbench_fmnist.evaluation.adaptation import ADAPTATIONS
     from robustbench_fmnist.models import MODELS
+    from robustbench_fmnist.orchestration.executors import EXECUTORS
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.perturbations.backends import BACKENDS
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
+    from robustbench_fmnist.training.augmentation import AUGMENTATIONS
 
     words = list(args.words)
     kind = words.pop(0) if words and words[0] in LS_KINDS else None

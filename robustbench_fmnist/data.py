@@ -202,3 +202,8 @@ def load_fashion_mnist(
     checksum = hashlib.sha256("".join(digests[k] for k in sorted(digests)).encode()).hexdigest()
     log.info("Fashion-MNIST from %s (%d train, %d test)", folder, len(train), len(test))
     return FashionMNIST(train=train, test=test, source=folder, checksum=checksum, verified=verify)
+
+
+def to_float_images(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1] on `device`."""
+    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 from robustbench_fmnist.errors import OutputError
 
 MARKER = ".robustbench_fmnist"
+REPORT = "report"  # the kind of folder `run`, `bench` and `report` write (see MARKER)
 # a report written before the marker existed: run.json with these keys
 _LEGACY_REPORT_KEYS = {"config", "environment", "perturbations", "models"}
 _STAGING = "rbfm-staging-"

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from robustbench_fmnist.config import load_config
-from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import evaluate_cells
-from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, resolve
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.cells import experiment_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.runtime import apply_cpu_settings
-from robustbench_fmnist.training import to_float_images
-from robustbench_fmnist.weights import seeded_model, train_weights
+from robustbench_fmnist.training.resolution import ResolvedModel, resolve
+from robustbench_fmnist.training.weights import seeded_model, train_weights
 
 TOLERANCE_POINTS = 0.05
 

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import torch
 
-from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.cells import sweep_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.baseline import BASELINE_RECIPE
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.progress import set_progress
 from robustbench_fmnist.runtime import apply_cpu_settings
-from robustbench_fmnist.training import to_float_images, train_model
+from robustbench_fmnist.training.loop import train_model
 
 BANDS_PATH = Path(__file__).with_name("accuracy_bands.json")
 RECIPE = BASELINE_RECIPE.model_copy(update={"epochs": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustbench_fmnist import evaluation
+from robustbench_fmnist.evaluation import sweep as evaluation
 from tests.accuracy_bands import BANDS_PATH, bands, cells, evaluate, load_bands, train
 from tests.conftest import requires_real_data
 

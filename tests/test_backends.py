@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from robustbench_fmnist.config import TrainRecipe
-from robustbench_fmnist.data import load_fashion_mnist
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, apply_albumentations
-from robustbench_fmnist.training import to_float_images, train_model
+from robustbench_fmnist.training.loop import train_model
 from tests.conftest import requires_real_data, synthetic_split
 
 PHOTOMETRIC = [n for n in PERTURBATIONS.names() if PERTURBATIONS.get(n).family == "lighting"]

@@ -738,7 +738,7 @@ def test_a_relative_path_climbs_from_where_a_symlinked_folder_points(env: Env, m
 def test_cache_dir_flag_yaml_key_and_environment_variable_name_one_layout(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from robustbench_fmnist.checkpoints import checkpoint_dir
+    from robustbench_fmnist.training.checkpoints import checkpoint_dir
 
     root = env.root / "cache"
     monkeypatch.setenv("RBFM_CACHE_DIR", str(root))

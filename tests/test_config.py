@@ -11,8 +11,10 @@ import pytest
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import load_config, parse_config
 from robustbench_fmnist.errors import ConfigError, HarnessError
-from robustbench_fmnist.experiment import experiment_cells, resolve
+from robustbench_fmnist.evaluation.cells import experiment_cells
+from robustbench_fmnist.orchestration.preflight import resolve_experiment
 from robustbench_fmnist.perturbations import PERTURBATIONS
+from robustbench_fmnist.training.resolution import resolve
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
 EXPERIMENTS = sorted(EXPERIMENT_DIR.glob("*.yaml"))
@@ -21,7 +23,7 @@ EXPERIMENTS = sorted(EXPERIMENT_DIR.glob("*.yaml"))
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_shipped_experiments_validate(path: Path) -> None:
     config = load_config(path)
-    assert resolve(config)
+    assert all(resolve_experiment(config))
     assert config.name == path.stem
 
 
@@ -64,7 +66,7 @@ REPORTS = EXPERIMENT_DIR.parent / "reports"
 
 @pytest.mark.parametrize("name", ["lighting", "viewpoint"])
 def test_committed_references_are_their_experiment_with_five_seeds_in_the_locked_environment(name: str) -> None:
-    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.bundle import read_data
 
     reference = read_data(REPORTS / name)
     experiment = load_config(EXPERIMENT_DIR / f"{name}.yaml")
@@ -113,7 +115,7 @@ def test_bad_perturbation_entries_fail_with_one_clear_line(
 ) -> None:
     tiny_experiment["perturbations"] = [perturbation]
     with pytest.raises(HarnessError, match=message):
-        resolve(load_config(write_yaml(tiny_experiment)))
+        resolve_experiment(load_config(write_yaml(tiny_experiment)))
 
 
 def test_the_same_perturbation_on_two_backends_is_filed_under_two_labels(
@@ -195,7 +197,7 @@ def test_unknown_names_are_caught_before_running(
     change: dict[str, Any], message: str, tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path]
 ) -> None:
     with pytest.raises(ConfigError, match=None) as info:
-        resolve(load_config(write_yaml({**tiny_experiment, **change})))
+        resolve_experiment(load_config(write_yaml({**tiny_experiment, **change})))
     assert message in str(info.value)
 
 
@@ -271,7 +273,7 @@ def test_seeds_override_seed_and_the_reference_defaults_to_the_baseline(
 
 
 def test_the_committed_remedies_report_is_its_experiment_with_three_seeds_from_a_clean_cache() -> None:
-    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.bundle import read_data
 
     reference = read_data(REPORTS / "remedies")
     experiment = load_config(EXPERIMENT_DIR / "remedies.yaml")
@@ -294,7 +296,7 @@ ZOO_REPORTS = sorted(p.parent for p in (REPORTS / "zoo").glob("*/run.json"))
 @pytest.mark.parametrize("folder", ZOO_REPORTS, ids=lambda p: p.name)
 def test_each_committed_zoo_report_is_its_model_of_the_zoo_on_the_remedies_cells(folder: Path) -> None:
     from robustbench_fmnist.config import select_models
-    from robustbench_fmnist.report import read_data
+    from robustbench_fmnist.report.bundle import read_data
 
     reference = read_data(folder)
     zoo = load_config(EXPERIMENT_DIR / "zoo.yaml")

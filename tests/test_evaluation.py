@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_fmnist.evaluation import CLEAN, evaluate_cells, perturbation_cells, sweep_cells
+from robustbench_fmnist.evaluation.cells import CLEAN, perturbation_cells, sweep_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations import apply_perturbation
 from tests.conftest import synthetic_split

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from robustbench_fmnist.evaluation.throughput import inference_model
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.baseline import PoolAlignedConv2d
 from robustbench_fmnist.models.fusion import ConvPoolReLU, fuse_conv_pool
-from robustbench_fmnist.throughput import inference_model
 
 
 @pytest.mark.parametrize("pool_first", [True, False])

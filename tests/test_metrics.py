@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_fmnist.metrics import (
+from robustbench_fmnist.evaluation.metrics import (
     area_under_curve,
     calibration_bins,
     confusion_matrix,

@@ -17,8 +17,8 @@ import pytest
 
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import parse_config
-from robustbench_fmnist.experiment import plan_experiment, run_experiment
-from robustbench_fmnist.report import read_data
+from robustbench_fmnist.orchestration.experiment import plan_experiment, run_experiment
+from robustbench_fmnist.report.bundle import read_data
 
 ADDRESS = os.environ.get("RBFM_RAY_ADDRESS")
 pytestmark = [

@@ -14,7 +14,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from robustbench_fmnist.adaptation import (
+from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TrainRecipe, load_config
+from robustbench_fmnist.data import Split
+from robustbench_fmnist.evaluation.adaptation import (
     AdaptationSettings,
     batch_norm_predict,
     configure_tent,
@@ -23,7 +25,13 @@ from robustbench_fmnist.adaptation import (
     reestimate_batch_norm,
     tent_predict,
 )
-from robustbench_fmnist.augmentation import (
+from robustbench_fmnist.evaluation.cells import sweep_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
+from robustbench_fmnist.models import create_model
+from robustbench_fmnist.orchestration.experiment import run_experiment
+from robustbench_fmnist.report.bundle import read_data
+from robustbench_fmnist.report.remedies import gap_closed_table
+from robustbench_fmnist.training.augmentation import (
     HELD_OUT,
     PARTLY,
     SEEN,
@@ -36,14 +44,7 @@ from robustbench_fmnist.augmentation import (
     solarize,
     training_exposure,
 )
-from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TrainRecipe, load_config
-from robustbench_fmnist.data import Split
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
-from robustbench_fmnist.experiment import run_experiment
-from robustbench_fmnist.models import create_model
-from robustbench_fmnist.report import read_data
-from robustbench_fmnist.report.remedies import gap_closed_table
-from robustbench_fmnist.training import train_model
+from robustbench_fmnist.training.loop import train_model
 
 CPU = torch.device("cpu")
 
@@ -415,7 +416,7 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
 
 
 def test_tent_and_bn_handle_a_last_batch_of_one_image_and_odd_halves() -> None:
-    from robustbench_fmnist.adaptation import batch_bounds
+    from robustbench_fmnist.evaluation.adaptation import batch_bounds
 
     assert batch_bounds(129, 128) == [(0, 129)]
     assert batch_bounds(130, 128) == [(0, 128), (128, 130)]

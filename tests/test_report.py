@@ -12,19 +12,22 @@ import pytest
 import torch
 
 from robustbench_fmnist.errors import HarnessError
-from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult
-from robustbench_fmnist.report import Examples, ReportData, frame, read_data, rerender_report, seed_mean, write_report
+from robustbench_fmnist.evaluation.cells import CLEAN, Cell
+from robustbench_fmnist.evaluation.scoring import ScoredCells, score_cells
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
 from robustbench_fmnist.report import writer as writer_module
+from robustbench_fmnist.report.bundle import Examples, ReportData, frame, read_data
 from robustbench_fmnist.report.compare import compare_runs
 from robustbench_fmnist.report.tables import (
     confusion_growth,
     headline_spread,
     headline_table,
+    seed_mean,
     severity_table,
     summary_spread,
     summary_table,
 )
-from robustbench_fmnist.scoring import ScoredCells, score_cells
+from robustbench_fmnist.report.writer import rerender_report, write_report
 from tests.browser import chromium_binary, render_in_chromium
 
 CLASSES = ("zero", "one")

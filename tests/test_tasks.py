@@ -16,10 +16,10 @@ import torch
 
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import parse_config
-from robustbench_fmnist.experiment import plan_experiment, run_experiment
-from robustbench_fmnist.plan import EvaluateTask, TrainTask, cell_groups
-from robustbench_fmnist.report import read_data
-from robustbench_fmnist.task_store import TaskStore
+from robustbench_fmnist.orchestration.experiment import plan_experiment, run_experiment
+from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask, cell_groups
+from robustbench_fmnist.orchestration.task_store import TaskStore
+from robustbench_fmnist.report.bundle import read_data
 from tests.conftest import requires_real_data
 
 FAULTS = Path(__file__).parent / "fault_models.py"
@@ -162,7 +162,7 @@ def test_a_failing_task_is_retried_then_reported_while_the_others_land(
 def test_a_training_that_fails_fails_its_evaluations_and_keeps_the_other_models(
     tiny_experiment: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import robustbench_fmnist.tasks as tasks
+    import robustbench_fmnist.orchestration.tasks as tasks
 
     real = tasks.train_weights
 
@@ -217,7 +217,8 @@ def test_a_corrupt_stored_evaluation_is_done_again(tiny_experiment: dict[str, An
 
 def test_the_compiled_sweep_predicts_what_the_plain_model_predicts(synthetic_dir: Path) -> None:
     """The one inference path compiled (folded, fused, channels_last) gives the plain fp32 model's classes."""
-    from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+    from robustbench_fmnist.evaluation.cells import sweep_cells
+    from robustbench_fmnist.evaluation.sweep import evaluate_cells
     from robustbench_fmnist.models import create_model
 
     torch.manual_seed(0)
@@ -230,7 +231,7 @@ def test_the_compiled_sweep_predicts_what_the_plain_model_predicts(synthetic_dir
     )
     with torch.inference_mode():
         for cell, outputs in compiled.items():
-            from robustbench_fmnist.evaluation import perturb_cell
+            from robustbench_fmnist.evaluation.cells import perturb_cell
 
             batch = images if cell.is_clean else perturb_cell(cell, images, seed=0, indices=torch.arange(512))
             plain = model(batch).argmax(1).to(torch.uint8)
@@ -241,11 +242,12 @@ def test_the_compiled_sweep_predicts_what_the_plain_model_predicts(synthetic_dir
 @pytest.mark.slow
 def test_on_the_test_set_the_prepared_model_predicts_what_the_plain_model_predicts() -> None:
     """A briefly trained baseline, every one of the 10,000 test images clean and under two shifts."""
-    from robustbench_fmnist.data import load_fashion_mnist
-    from robustbench_fmnist.evaluation import evaluate_cells, perturb_cell, sweep_cells
+    from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+    from robustbench_fmnist.evaluation.cells import perturb_cell, sweep_cells
+    from robustbench_fmnist.evaluation.sweep import evaluate_cells
     from robustbench_fmnist.models import create_model
     from robustbench_fmnist.models.baseline import BASELINE_RECIPE
-    from robustbench_fmnist.training import to_float_images, train_model
+    from robustbench_fmnist.training.loop import train_model
 
     data = load_fashion_mnist()
     torch.manual_seed(0)

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_fmnist import throughput
-from robustbench_fmnist.bench import _throughput_plan
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import ExperimentConfig
-from robustbench_fmnist.evaluation import CLEAN, Cell
+from robustbench_fmnist.evaluation import throughput
+from robustbench_fmnist.evaluation.cells import CLEAN, Cell
 from robustbench_fmnist.models import count_macs, create_model
+from robustbench_fmnist.orchestration.bench import _throughput_plan
 
 CPU = torch.device("cpu")
 

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustbench_fmnist.checkpoints import cache_key, load_user_checkpoint
 from robustbench_fmnist.config import ModelSpec, TrainRecipe
-from robustbench_fmnist.data import load_fashion_mnist
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.errors import CheckpointError
 from robustbench_fmnist.models import MODELS, create_model
-from robustbench_fmnist.resolution import ResolvedModel
-from robustbench_fmnist.training import _flip_crop, to_float_images, train_model
-from robustbench_fmnist.weights import obtain_model as prepare_model
+from robustbench_fmnist.training.checkpoints import cache_key, load_user_checkpoint
+from robustbench_fmnist.training.loop import _flip_crop, train_model
+from robustbench_fmnist.training.resolution import ResolvedModel
+from robustbench_fmnist.training.weights import obtain_model as prepare_model
 
 CPU = torch.device("cpu")
 RECIPE = TrainRecipe(epochs=3, batch_size=32, lr=1e-2)
@@ -115,7 +115,7 @@ def test_a_factory_s_source_is_part_of_its_key(tmp_path: Path, monkeypatch: pyte
     import importlib
     import sys
 
-    from robustbench_fmnist.checkpoints import code_digest
+    from robustbench_fmnist.training.checkpoints import code_digest
 
     module = tmp_path / "my_factory_module.py"
     source = (
@@ -134,7 +134,7 @@ def test_a_factory_s_source_is_part_of_its_key(tmp_path: Path, monkeypatch: pyte
 
 
 def test_weights_have_an_identity_and_a_training_record(synthetic_dir: Path, tmp_path: Path) -> None:
-    from robustbench_fmnist.checkpoints import weights_sha256
+    from robustbench_fmnist.training.checkpoints import weights_sha256
 
     data = load_fashion_mnist(synthetic_dir, verify=False)
     model, info = prepare_model(_resolved(), data, seed=0, device=CPU, cache_dir=tmp_path, retrain=False)
@@ -217,10 +217,10 @@ def test_very_short_runs_train_with_every_schedule(synthetic_dir: Path, steps: i
 
 
 def _cached_path(data: object, tmp_path: Path, name: str = "baseline_cnn_tiny") -> Path:
-    from robustbench_fmnist.checkpoints import checkpoint_dir
+    from robustbench_fmnist.training.checkpoints import checkpoint_dir
 
     resolved = _resolved(name)
-    from robustbench_fmnist.checkpoints import code_digest
+    from robustbench_fmnist.training.checkpoints import code_digest
 
     key = cache_key(name, {}, resolved.recipe, data.checksum, 0, code=code_digest(resolved.builder), device_type="cpu")  # type: ignore[attr-defined]
     return checkpoint_dir(tmp_path) / key.filename
@@ -244,7 +244,7 @@ def _spoil(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
 def test_a_rejected_cache_entry_leaves_no_tensor_behind_and_is_replaced_by_good_weights(
     synthetic_dir: Path, tmp_path: Path, how: str
 ) -> None:
-    from robustbench_fmnist.checkpoints import load_cached, save_checkpoint
+    from robustbench_fmnist.training.checkpoints import load_cached, save_checkpoint
 
     data = load_fashion_mnist(synthetic_dir, verify=False)
     path = _cached_path(data, tmp_path)

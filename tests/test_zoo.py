@@ -14,7 +14,7 @@ from robustbench_fmnist.cli import main
 from robustbench_fmnist.config import load_config, parse_config, select_models
 from robustbench_fmnist.models import MODELS, count_parameters, create_model
 from robustbench_fmnist.models.timm_models import adapted_timm_model, timm_adaptation
-from robustbench_fmnist.resolution import resolve
+from robustbench_fmnist.training.resolution import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def _experiment(tmp_path: Path, models: list[Any]) -> dict[str, Any]:
 
 
 def test_timm_names_resolve_with_timms_recipe_and_a_cache_key_of_their_own(tmp_path: Path) -> None:
-    from robustbench_fmnist.checkpoints import code_digest
+    from robustbench_fmnist.training.checkpoints import code_digest
 
     config = parse_config(_experiment(tmp_path, ["timm:resnet18", {"name": "r", "architecture": "timm:resnet18"}]))
     first, second = resolve(config)

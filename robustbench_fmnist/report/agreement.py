@@ -9,6 +9,7 @@ one is training noise: the new mean of m seeds falls within the reference mean o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ import pandas as pd
 from pydantic import ValidationError
 
 from robustbench_fmnist.config import TrainRecipe
-from robustbench_fmnist.report.bundle import REFERENCE_COLUMNS, ReportData
+from robustbench_fmnist.errors import ConfigError, HarnessError
+from robustbench_fmnist.report.bundle import REFERENCE_COLUMNS, ReportData, read_data
 from robustbench_fmnist.report.tables import CELL, seed_mean
 from robustbench_fmnist.statistics import LEVEL, excess_outside_p, prediction_half_width
 
@@ -115,3 +117,19 @@ def agreement_verdict(table: pd.DataFrame, level: float = LEVEL) -> Verdict:
     cells, outside = len(table), int((~table["inside"].astype(bool)).sum())
     p = excess_outside_p(outside, cells, level)
     return Verdict(cells, outside, p, agrees=cells > 0 and p >= EXCESS_P)
+
+
+def read_noise_report(path: Path, folder: Path | None = None, key: str = "noise_from") -> ReportData:
+    """The multi-seed report whose seed spread a run or comparison is set against, checked."""
+    if folder is not None and Path(path).resolve() == folder.resolve():
+        raise ConfigError(f"{key}: {path} is this run's own report folder; name a report the run does not replace")
+    try:
+        report = read_data(path)
+    except HarnessError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    seeds = report.results["seed"].nunique()
+    if seeds < 2:
+        raise ConfigError(
+            f"{key}: {path} has {seeds} seed; its spread between trainings needs a report of at least 2 seeds"
+        )
+    return report

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_fmnist.errors import HarnessError
-from robustbench_fmnist.throughput import THROUGHPUT_COLUMNS
+from robustbench_fmnist.evaluation.throughput import THROUGHPUT_COLUMNS
 
 RESULT_COLUMNS = [
     "model",

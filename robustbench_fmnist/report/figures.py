@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.report.leaderboard import ROLES
 from robustbench_fmnist.report.tables import (
     class_drop_matrix,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.report.tables import headline_table, seed_mean, with_sampling_term
 from robustbench_fmnist.statistics import LEVEL, across_seeds, seed_half_width
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
 from robustbench_fmnist.report.bundle import ReportData
 from robustbench_fmnist.report.remedies import (
@@ -605,6 +605,10 @@ def _lock_row(lock: dict[str, Any] | None) -> str:
     return f"{lock['file']}: {len(lock['differences'])} packages differ (see the warning at the top)"
 
 
+def _cpu_row(cpu: dict[str, Any]) -> str:
+    return f"{cpu.get('model', 'n/a')}, {cpu.get('cores', 'n/a')} cores, {cpu.get('capability', 'n/a')}"
+
+
 def _environment(run: dict[str, Any]) -> list[str]:
     env = run["environment"]
     threads = env.get("threads", {})
@@ -614,6 +618,7 @@ def _environment(run: dict[str, Any]) -> list[str]:
     rows = [
         ["device", f"{env['device']} ({env.get('device_name', 'n/a')})"],
         ["threads", ", ".join(f"{k} {v}" for k, v in threads.items()) or "n/a"],
+        *([["cpu", _cpu_row(env["cpu"])]] if "cpu" in env else []),
         ["platform", f"{env.get('platform', 'n/a')}, Python {env.get('python', 'n/a')}"],
         ["packages", versions or "n/a"],
         ["lock", _lock_row(env.get("lock"))],

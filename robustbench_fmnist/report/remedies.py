@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustbench_fmnist.augmentation import HELD_OUT, PARTLY, SEEN
-from robustbench_fmnist.evaluation import CLEAN
+from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.statistics import across_seeds
+from robustbench_fmnist.training.augmentation import HELD_OUT, PARTLY, SEEN
 
 __all__ = ["HELD_OUT", "PARTLY", "SEEN", "cell_gap_table", "gap_closed_table", "not_applicable", "remedies"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robustbench_fmnist.evaluation import CLEAN
-from robustbench_fmnist.metrics import area_under_curve, corruption_errors, mean_corruption_errors
+from robustbench_fmnist.evaluation.cells import CLEAN
+from robustbench_fmnist.evaluation.metrics import area_under_curve, corruption_errors, mean_corruption_errors
 from robustbench_fmnist.statistics import accuracy_half_width, across_seeds, seed_half_width
 
 CELL = ["model", "perturbation", "severity"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_fmnist.data import CLASS_NAMES
-from robustbench_fmnist.files import MARKER, replace_folder, safe_file_name
+from robustbench_fmnist.files import MARKER, REPORT, replace_folder, safe_file_name
 from robustbench_fmnist.report import figures
 from robustbench_fmnist.report.bundle import (
     DATA_FILES,
@@ -27,7 +27,6 @@ from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
-REPORT = "report"  # the kind of folder `run`, `bench` and `report` write (see files.MARKER)
 
 
 def write_report(folder: str | Path, data: ReportData) -> Path:

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
-from robustbench_fmnist.inference import prepare_for_inference
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.cells import sweep_cells
+from robustbench_fmnist.evaluation.inference import prepare_for_inference
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
+from robustbench_fmnist.evaluation.throughput import inference_model
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.throughput import inference_model
-from robustbench_fmnist.training import to_float_images
 from tests.benchmarks.conftest import Regression
 from tests.benchmarks.gate import Calibration, judge, min_seconds, paired_ratio
 

@@ -21,9 +21,10 @@ import torch
 
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import Split
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
+from robustbench_fmnist.evaluation.cells import sweep_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.models import MODELS, create_model
-from robustbench_fmnist.training import train_model
+from robustbench_fmnist.training.loop import train_model
 from tests.conftest import synthetic_split
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]

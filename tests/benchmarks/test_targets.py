@@ -13,15 +13,21 @@ import statistics
 import pytest
 import torch
 
-from robustbench_fmnist.data import CLASS_NAMES, load_fashion_mnist
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
-from robustbench_fmnist.inference import prepare_for_inference
+from robustbench_fmnist.data import CLASS_NAMES, load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.cells import sweep_cells
+from robustbench_fmnist.evaluation.inference import prepare_for_inference
+from robustbench_fmnist.evaluation.scoring import score_cells
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
+from robustbench_fmnist.evaluation.throughput import (
+    inference_model,
+    measure_conv_ceiling,
+    measure_sweep_overhead,
+    time_calls,
+)
 from robustbench_fmnist.models import count_macs, create_model
 from robustbench_fmnist.models.baseline import BASELINE_RECIPE
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.scoring import score_cells
-from robustbench_fmnist.throughput import inference_model, measure_conv_ceiling, measure_sweep_overhead, time_calls
-from robustbench_fmnist.training import to_float_images, train_model
+from robustbench_fmnist.training.loop import train_model
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The sweep: every (model, perturbation, severity) cell on the test set -> tidy rows."""
+"""The sweep: one model through every cell on the test set -> tidy rows and per-image outputs."""
 
 from __future__ import annotations
 
@@ -11,65 +11,16 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from robustbench_fmnist.adaptation import ADAPTATIONS, AdaptationSettings
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.inference import Compile, PreparedModel, memory_format_of, prepare_for_inference
+from robustbench_fmnist.evaluation.adaptation import ADAPTATIONS, AdaptationSettings
+from robustbench_fmnist.evaluation.cells import Cell, perturb_cell
+from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, memory_format_of, prepare_for_inference
 from robustbench_fmnist.models.output import check_logits
-from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.perturbations.backends import apply_backend
 from robustbench_fmnist.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-CLEAN = "clean"
 NO_PREDICTION = 255  # the predicted class of an image whose logits hold NaN or inf: it has none
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One column of the sweep: the clean test set (CLEAN_CELL) or one perturbation at one severity."""
-
-    perturbation: str  # the label results are filed under: CLEAN, a perturbation, or name@albumentations
-    severity: int  # the table's severity, or the position 1..k in a custom list of values
-    parameter: float | None = None  # the kernel's parameter (None for clean)
-    name: str | None = None  # the registered perturbation (None for clean)
-    backend: str = "torch"
-
-    @property
-    def is_clean(self) -> bool:
-        """Whether this is the unperturbed test set."""
-        return self.perturbation == CLEAN and self.name is None
-
-    @property
-    def label(self) -> str:
-        """'clean' or 'perturbation s3', for progress and log lines."""
-        return CLEAN if self.is_clean else f"{self.perturbation} s{self.severity}"
-
-
-CLEAN_CELL = Cell(CLEAN, 0)
-
-
-def perturbation_cells(
-    name: str,
-    *,
-    severities: Sequence[int] | None = None,
-    values: Sequence[float] | None = None,
-    backend: str = "torch",
-    label: str | None = None,
-) -> list[Cell]:
-    """The cells of one perturbation: its table's severities (default all), or custom values.
-
-    Raises ValueError naming the problem for a severity beyond the table or a value the kernel
-    rejects; severity 0 is clean and is skipped.
-    """
-    entry = PERTURBATIONS.get(name)
-    if values is not None:
-        pairs = [(position, entry.check_value(v)) for position, v in enumerate(values, start=1)]
-    else:
-        chosen = range(1, entry.max_severity + 1) if severities is None else severities
-        pairs = [(s, entry.parameter(s)) for s in chosen]  # parameter() rejects a severity beyond the table
-        pairs = [(s, v) for s, v in pairs if s != 0]
-    return [Cell(label or name, s, v, name, backend) for s, v in pairs]
 
 
 @dataclass
@@ -104,19 +55,6 @@ class CellOutputs:
     predictions: torch.Tensor  # (N,) uint8 top-1 class, NO_PREDICTION where the logits were not finite
     confidence: torch.Tensor  # (N,) float32 top-1 softmax probability
     true_probability: torch.Tensor  # (N,) float32 softmax probability of the true class
-
-
-def perturb_cell(cell: Cell, images: torch.Tensor, *, seed: int, indices: torch.Tensor) -> torch.Tensor:
-    """The cell's perturbation of a batch, by the cell's backend."""
-    return apply_backend(cell.backend, PERTURBATIONS.get(cell.name), images, cell.parameter, seed=seed, indices=indices)
-
-
-def sweep_cells(perturbations: Sequence[tuple[str, Sequence[int] | None]]) -> list[Cell]:
-    """Clean first, then each (perturbation, severities) pair's cells; severities None means all."""
-    cells = [CLEAN_CELL]
-    for name, severities in perturbations:
-        cells += perturbation_cells(name, severities=severities)
-    return cells
 
 
 def evaluate_cells(

@@ -1,7 +1,8 @@
-"""Everything about an experiment that can be checked in seconds, checked before any training.
+"""The experiment's own checks, in seconds, before any training: its names, device, folders and models.
 
-`validate` runs exactly these checks, and `run` and `bench` run them first, so a mistake that
-would only surface after minutes of training stops the command at once with one line.
+checks.py adds the executor's and the `noise_from:` report's; `validate` runs all of them, and
+`run` and `bench` run them first, so a mistake that would only surface after minutes of
+training stops the command at once with one line.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from pathlib import Path
 
 import torch
 
-from robustbench_fmnist.checkpoints import checkpoint_dir, read_user_checkpoint
 from robustbench_fmnist.config import ExperimentConfig, shorten
 from robustbench_fmnist.data import IMAGE_SIZE
-from robustbench_fmnist.errors import ConfigError, HarnessError, ModelError
-from robustbench_fmnist.evaluation import Cell
-from robustbench_fmnist.files import check_replaceable, check_writable_folder
+from robustbench_fmnist.errors import HarnessError, ModelError
+from robustbench_fmnist.evaluation.cells import Cell, experiment_cells
+from robustbench_fmnist.files import REPORT, check_replaceable, check_writable_folder
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.models.timm_models import timm_architecture
-from robustbench_fmnist.report.bundle import ReportData, read_data
-from robustbench_fmnist.report.writer import REPORT
-from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, resolve
+from robustbench_fmnist.report.bundle import ReportData
 from robustbench_fmnist.runtime import resolve_device
+from robustbench_fmnist.training.checkpoints import checkpoint_dir, read_user_checkpoint
+from robustbench_fmnist.training.resolution import ResolvedModel, resolve
 
 PROBE_IMAGES = 2
 
@@ -38,58 +38,29 @@ class CheckedExperiment:
     cells: list[Cell]
     device: torch.device
     folder: Path  # the report folder: output_dir / name
-    noise: ReportData | None = None  # the `noise_from:` report, read and checked
+    noise: ReportData | None = None  # the `noise_from:` report, read and checked (checks.py)
 
 
 def preflight(config: ExperimentConfig) -> CheckedExperiment:
-    """Check names, device, output and cache folders, checkpoints and every model's output.
+    """Check names, device, output and cache folders, checkpoints and every model's output (no `noise` yet).
 
     Raises ConfigError (exit 2) naming the key and the fix; creates and changes nothing.
     """
-    models = resolve(config)
-    cells = experiment_cells(config)
+    cells, models = resolve_experiment(config)
     device = resolve_device(config.device)
     check_writable_folder(config.output_dir, "output_dir")
     folder = Path(config.output_dir) / config.name
     check_replaceable(folder, REPORT)
     # trained weights and every finished task's result are stored under the cache
     check_writable_folder(checkpoint_dir(config.cache_dir), "cache_dir")
-    check_executor(config)
-    noise = read_noise_report(config.noise_from, folder) if config.noise_from else None
     for model in models:
         probe_model(model)
-    return CheckedExperiment(config, models, cells, device, folder, noise)
+    return CheckedExperiment(config, models, cells, device, folder)
 
 
-def check_executor(config: ExperimentConfig) -> None:
-    """The executor is registered, and Ray installed where it is asked for (the cluster is joined as the run starts)."""
-    from robustbench_fmnist.execution import EXECUTORS
-
-    kind = config.executor.kind
-    if kind not in EXECUTORS:
-        raise ConfigError(f"executor.kind: {EXECUTORS.unknown_message(kind)}")
-    if kind == "ray":
-        from robustbench_fmnist.ray_executor import import_ray
-
-        import_ray()
-    elif config.executor.address is not None:
-        raise ConfigError(f"executor.address: {config.executor.address!r} is for kind: ray; drop it or set kind: ray")
-
-
-def read_noise_report(path: Path, folder: Path | None = None, key: str = "noise_from") -> ReportData:
-    """The multi-seed report whose seed spread a run or comparison is set against, checked."""
-    if folder is not None and Path(path).resolve() == folder.resolve():
-        raise ConfigError(f"{key}: {path} is this run's own report folder; name a report the run does not replace")
-    try:
-        report = read_data(path)
-    except HarnessError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-    seeds = report.results["seed"].nunique()
-    if seeds < 2:
-        raise ConfigError(
-            f"{key}: {path} has {seeds} seed; its spread between trainings needs a report of at least 2 seeds"
-        )
-    return report
+def resolve_experiment(config: ExperimentConfig) -> tuple[list[Cell], list[ResolvedModel]]:
+    """Every cell and model the config names, checked against the registries: cells first, one ConfigError."""
+    return experiment_cells(config), resolve(config)
 
 
 def probe_model(resolved: ResolvedModel) -> None:

@@ -1,4 +1,4 @@
-"""From a checked config to what runs: each model's builder and recipe, each perturbation cell.
+"""From a checked config to the models it trains or loads: each model's builder and training recipe.
 
 Every name the config uses is checked against its registry here, with one ConfigError naming
 the key; a model named by `factory:` is imported here, which runs that module's code.
@@ -6,7 +6,6 @@ the key; a model named by `factory:` is imported here, which runs that module's 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -17,17 +16,14 @@ from torch import nn
 from robustbench_fmnist.config import (
     ExperimentConfig,
     ModelSpec,
-    PerturbationSpec,
     SuiteAugment,
     TrainRecipe,
     shorten,
 )
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.evaluation import CLEAN_CELL, Cell, perturbation_cells
 from robustbench_fmnist.models import MODELS
 from robustbench_fmnist.models.timm_models import TIMM_RECIPE, check_timm_name, timm_architecture, timm_builder
 from robustbench_fmnist.perturbations import PERTURBATIONS
-from robustbench_fmnist.perturbations.backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -80,48 +76,8 @@ class ResolvedModel:
 
 
 def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
-    """Check every name the config uses against the registries; raise one clear ConfigError."""
-    experiment_cells(config)
+    """Check every model the config names against the registries; raise one clear ConfigError."""
     return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
-
-
-def experiment_cells(config: ExperimentConfig) -> list[Cell]:
-    """Clean plus every perturbation cell the config asks for, checked against the registry."""
-    cells = [CLEAN_CELL]
-    for i, spec in enumerate(config.perturbations):
-        cells += _perturbation_cells(i, spec, config.evaluation.backend)
-    return cells
-
-
-def _perturbation_cells(index: int, spec: PerturbationSpec, default_backend: str) -> list[Cell]:
-    where = f"perturbations[{index}]"
-    if spec.name not in PERTURBATIONS:
-        raise ConfigError(f"{where}.name: {PERTURBATIONS.unknown_message(spec.name)}")
-    entry = PERTURBATIONS.get(spec.name)
-    if spec.values_key is not None and spec.values_key != entry.values_key:
-        accepted = ["severities", "backend"] + ([entry.values_key] if entry.values_key else [])
-        close = difflib.get_close_matches(spec.values_key, accepted, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        custom = f"custom values go under {entry.values_key!r}" if entry.values_key else "it is a fixed probe"
-        raise ConfigError(f"{where}.{spec.values_key}: unknown key for {spec.name}; {hint}({custom})")
-    backend = spec.backend or default_backend
-    if backend not in BACKENDS:
-        key = f"{where}.backend" if spec.backend else "evaluation.backend"
-        raise ConfigError(f"{key}: {BACKENDS.unknown_message(backend)}")
-    reason = BACKENDS.get(backend).unsupported(spec.name)
-    if reason is not None:
-        raise ConfigError(f"{where}.backend: {spec.name} has no {backend} backend ({reason}); use torch")
-    try:
-        return perturbation_cells(
-            spec.name,
-            severities=spec.severities,
-            values=spec.values,
-            backend=backend,
-            label=spec.label(default_backend),
-        )
-    except ValueError as exc:
-        key = (spec.values_key or "values") if spec.values is not None else "severities"
-        raise ConfigError(f"{where}.{key}: {exc}") from None
 
 
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:

@@ -12,15 +12,9 @@ import torch
 from torch import nn
 
 from robustbench_fmnist.config import ExperimentConfig
-from robustbench_fmnist.data import load_fashion_mnist
-from robustbench_fmnist.evaluation import Cell
-from robustbench_fmnist.files import hold_folder
-from robustbench_fmnist.models import count_macs
-from robustbench_fmnist.preflight import preflight
-from robustbench_fmnist.progress import progress_bar
-from robustbench_fmnist.report.writer import add_throughput
-from robustbench_fmnist.runtime import cpu_settings, seed_everything
-from robustbench_fmnist.throughput import (
+from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.cells import Cell
+from robustbench_fmnist.evaluation.throughput import (
     THROUGHPUT_COLUMNS,
     ThroughputRow,
     measure_conv_ceiling,
@@ -30,13 +24,18 @@ from robustbench_fmnist.throughput import (
     measure_sweep_overhead,
     measure_training,
 )
-from robustbench_fmnist.training import to_float_images
-from robustbench_fmnist.weights import obtain_model
+from robustbench_fmnist.files import hold_folder
+from robustbench_fmnist.models import count_macs
+from robustbench_fmnist.orchestration.checks import check_experiment
+from robustbench_fmnist.progress import progress_bar
+from robustbench_fmnist.report.writer import add_throughput
+from robustbench_fmnist.runtime import cpu_settings, seed_everything
+from robustbench_fmnist.training.weights import obtain_model
 
 
 def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path, pd.DataFrame]:
     """Measure throughput for the experiment's models (first seed) into reports/<name>/throughput.csv."""
-    checked = preflight(config)
+    checked = check_experiment(config)
     with hold_folder(checked.folder), cpu_settings(config.threads):
         seed = config.run_seeds[0]
         seed_everything(seed)

@@ -21,14 +21,21 @@ import torch
 from robustbench_fmnist.config import ExecutorConfig
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.execution import Failure, OnResult, Task, Work, reason_of, training_failed
-from robustbench_fmnist.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.tasks import Evaluation, EvaluationSettings, run_evaluation, run_training
+from robustbench_fmnist.orchestration.work import (
+    Failure,
+    OnResult,
+    Task,
+    Work,
+    reason_of,
+    register_executor,
+    training_failed,
+)
 from robustbench_fmnist.progress import progress_bar, set_progress
-from robustbench_fmnist.resolution import ResolvedModel
 from robustbench_fmnist.runtime import apply_cpu_settings
-from robustbench_fmnist.task_store import Evaluation
-from robustbench_fmnist.tasks import EvaluationSettings, run_evaluation, run_training
-from robustbench_fmnist.weights import TrainedWeights
+from robustbench_fmnist.training.resolution import ResolvedModel
+from robustbench_fmnist.training.weights import TrainedWeights
 
 log = logging.getLogger(__name__)
 DEFAULT_ADDRESS = "auto"
@@ -108,8 +115,9 @@ def connect(ray: Any, config: ExecutorConfig, models: dict[str, ResolvedModel]) 
         signal.signal(signal.SIGTERM, terminate)
 
 
-def run_ray(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[Failure]:
-    """Run the work on the Ray cluster at `config.address`; see the module docstring."""
+@register_executor("ray")
+def run_on_ray(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[Failure]:
+    """On a Ray cluster: tasks with retries, the data shipped once through the object store."""
     ray = import_ray()
     connect(ray, config, work.models)
     try:

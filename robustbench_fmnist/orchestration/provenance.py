@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
-import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from robustbench_fmnist.config import ExperimentConfig
 from robustbench_fmnist.data import FashionMNIST
-from robustbench_fmnist.evaluation import Cell
+from robustbench_fmnist.environment import cpu_description, device_name, git_commit, package_versions
+from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.lock import lock_status
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.runtime import thread_info
@@ -35,9 +33,8 @@ def run_record(
         "seeds": list(config.run_seeds),
         "environment": {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine(),
+            "device_name": device_name(device),
+            "cpu": cpu_description(),
             "threads": thread_info(),
             "allocator_tuned": cpu_settings["allocator_tuned"],
             "cpu_settings": cpu_settings,
@@ -77,34 +74,3 @@ def perturbation_records(cells: Sequence[Cell]) -> list[dict[str, Any]]:
         records[cell.perturbation]["severities"].append(cell.severity)
         records[cell.perturbation]["parameters"].append(cell.parameter)
     return list(records.values())
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages whose numerics or output the report depends on."""
-    versions = {}
-    packages = ("robustbench_fmnist", "torch", "torchvision", "timm", "numpy", "pandas", "pydantic", "matplotlib")
-    for name in (*packages, "markdown", "pillow", "albumentations", "ray"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_commit() -> str:
-    """HEAD of the checkout the package runs from, '+dirty' if tracked code has changed."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")

@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import json
 import logging
-import platform
 import re
 import sys
 import types
@@ -20,6 +19,7 @@ from torch import nn
 
 from robustbench_fmnist.config import TrainRecipe
 from robustbench_fmnist.data import user_cache_dir
+from robustbench_fmnist.environment import device_name
 from robustbench_fmnist.errors import CheckpointError
 from robustbench_fmnist.files import atomic_path, safe_file_name
 
@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 # bump when the meaning of a cached checkpoint changes in a way the source hashes below miss
 CACHE_FORMAT = 2
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent
 # the code whose numerics decide trained weights: the training loop (augmentation included) and
 # every registered model's definition; a factory's own module is added per model
 _TRAINING_SOURCES = (
-    _PACKAGE / "training.py",
-    _PACKAGE / "augmentation.py",
+    _PACKAGE / "training" / "loop.py",
+    _PACKAGE / "training" / "augmentation.py",
     *sorted((_PACKAGE / "models").glob("*.py")),
 )
 
@@ -141,9 +141,7 @@ def training_environment(device: torch.device) -> dict[str, Any]:
     return {
         "torch": str(torch.__version__),  # a TorchVersion would not load back with weights_only
         "device_type": device.type,
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "threads": torch.get_num_threads(),
         "harness": __version__,

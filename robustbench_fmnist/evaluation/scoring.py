@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robustbench_fmnist.evaluation import Cell, CellOutputs, CellResult
-from robustbench_fmnist.metrics import (
+from robustbench_fmnist.evaluation.cells import Cell
+from robustbench_fmnist.evaluation.metrics import (
     calibration_bins,
     confusion_matrix,
     expected_calibration_error,
@@ -18,6 +18,7 @@ from robustbench_fmnist.metrics import (
     per_class_accuracy,
     wilson_interval,
 )
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
 
 # what an invalid cell (NaN or infinite logits, or a task that failed) leaves empty in results.csv
 UNSCORED = (

@@ -15,19 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustbench_fmnist.adaptation import not_applicable
 from robustbench_fmnist.config import ExperimentConfig
-from robustbench_fmnist.evaluation import Cell
-from robustbench_fmnist.preflight import CheckedExperiment
-from robustbench_fmnist.resolution import ResolvedModel
-from robustbench_fmnist.weights import checkpoint_path, seeded_model, weights_key
+from robustbench_fmnist.evaluation.adaptation import not_applicable
+from robustbench_fmnist.evaluation.cells import Cell
+from robustbench_fmnist.orchestration.preflight import CheckedExperiment
+from robustbench_fmnist.training.resolution import ResolvedModel
+from robustbench_fmnist.training.weights import checkpoint_path, seeded_model, weights_key
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent
 # the code whose numerics decide an evaluation's result, beside the weights
 _EVALUATION_SOURCES = (
-    _PACKAGE / "evaluation.py",
-    _PACKAGE / "inference.py",
-    _PACKAGE / "adaptation.py",
+    _PACKAGE / "evaluation" / "cells.py",
+    _PACKAGE / "evaluation" / "sweep.py",
+    _PACKAGE / "evaluation" / "inference.py",
+    _PACKAGE / "evaluation" / "adaptation.py",
     _PACKAGE / "models" / "fusion.py",
     *sorted((_PACKAGE / "perturbations").glob("*.py")),
 )

@@ -1,45 +1,42 @@
-"""The public API and the orchestration of a run: preflight -> plan -> execute -> assemble -> report.
+"""A run, top to bottom: checks -> plan -> executor -> task store -> assembly -> report.
 
-Each step is another module's job: preflight.py checks, plan.py lists the tasks, execution.py
-(and ray_executor.py) runs the missing ones, task_store.py keeps their results, assembly.py
-builds the report's rows from them and report/ writes it. This module only sequences them.
+Each step is another module's job, and each module below imports only those below it:
+checks.py (preflight.py, the executor's and the reference's checks), plan.py (the tasks and
+their identity keys), executors.py (local_executor.py, ray_executor.py: run the missing
+tasks, whose bodies are tasks.py), task_store.py (their stored results), assembly.py (the
+report's rows from those results) and report/ (writes it). This module only sequences them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
-from torch import nn
 
-from robustbench_fmnist.adaptation import AdaptationSettings
-from robustbench_fmnist.assembly import assemble
-from robustbench_fmnist.bench import benchmark, run_bench
-from robustbench_fmnist.config import DEVICE_PATTERN, MAX_BATCH, MAX_SEED, MAX_SEVERITY, ExperimentConfig, shorten
-from robustbench_fmnist.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
-from robustbench_fmnist.errors import ConfigError, HarnessError
-from robustbench_fmnist.evaluation import evaluate_cells, sweep_cells
-from robustbench_fmnist.execution import EXECUTORS, Work
+from robustbench_fmnist.config import ExperimentConfig
+from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist, to_float_images
+from robustbench_fmnist.errors import HarnessError
+from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
 from robustbench_fmnist.files import hold_folder
-from robustbench_fmnist.inference import PRECISIONS
-from robustbench_fmnist.plan import EvaluateTask, Plan, TrainTask, build_plan
-from robustbench_fmnist.preflight import CheckedExperiment, preflight
-from robustbench_fmnist.provenance import run_record
-from robustbench_fmnist.report import ReportData, frame, write_report
+from robustbench_fmnist.orchestration.assembly import assemble
+from robustbench_fmnist.orchestration.bench import benchmark
+from robustbench_fmnist.orchestration.checks import check_experiment
+from robustbench_fmnist.orchestration.executors import EXECUTORS
+from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask, build_plan
+from robustbench_fmnist.orchestration.preflight import CheckedExperiment
+from robustbench_fmnist.orchestration.provenance import run_record
+from robustbench_fmnist.orchestration.task_store import TaskStore
+from robustbench_fmnist.orchestration.tasks import EvaluationSettings
+from robustbench_fmnist.orchestration.work import Work
 from robustbench_fmnist.report.agreement import reference_cells
-from robustbench_fmnist.report.bundle import outcomes_from
-from robustbench_fmnist.resolution import ResolvedModel, experiment_cells, import_factory, resolve
-from robustbench_fmnist.runtime import cpu_settings, resolve_device
-from robustbench_fmnist.scoring import score_cells
-from robustbench_fmnist.task_store import TaskStore
-from robustbench_fmnist.tasks import EvaluationSettings
-from robustbench_fmnist.training import to_float_images
-from robustbench_fmnist.weights import cached_weights, user_weights
+from robustbench_fmnist.report.bundle import ReportData, frame, outcomes_from
+from robustbench_fmnist.report.writer import write_report
+from robustbench_fmnist.runtime import cpu_settings
+from robustbench_fmnist.training.weights import cached_weights, user_weights
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +74,7 @@ def plan_experiment(
     config: ExperimentConfig, *, retrain: bool = False, checked: CheckedExperiment | None = None
 ) -> PlannedExperiment:
     """Preflight, load the data and plan the experiment; with `retrain`, every task is to do."""
-    checked = checked or preflight(config)
+    checked = checked or check_experiment(config)
     data = load_fashion_mnist(config.data.dir, download=config.data.download, verify=config.data.verify)
     count = min(len(data.test), config.evaluation.test_images or len(data.test))
     plan = build_plan(checked, data.checksum, count)
@@ -95,7 +92,7 @@ def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     flushing are restored on return.
     """
     started = time.perf_counter()
-    checked = preflight(config)
+    checked = check_experiment(config)
     with hold_folder(checked.folder), cpu_settings(config.threads) as applied:
         return _run_checked(checked, applied, started, retrain=retrain)
 
@@ -205,112 +202,4 @@ def _stored_weights_reader(checked: CheckedExperiment) -> Callable[[EvaluateTask
     return stored_weights
 
 
-def evaluate_module(
-    model: nn.Module,
-    *,
-    name: str = "model",
-    perturbations: Sequence[str] = ("brightness_up", "contrast_down", "rotation"),
-    severities: Sequence[int] | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    data_dir: str | Path | None = None,
-    batch_size: int = 1000,
-    precision: str = "float32",
-    test_images: int | None = None,
-) -> pd.DataFrame:
-    """Evaluate any trained nn.Module (taking (N, 1, 28, 28) images in [0, 1]) on the sweep.
-
-    `severities` None means every level of each perturbation's table. Returns the tidy rows
-    of results.csv as a DataFrame: one row per perturbation and severity. Bad arguments raise
-    ConfigError (a ValueError) naming the argument, before any data is read. Thread count and
-    denormal flushing are restored on return; glibc's allocator stays tuned (see runtime.py).
-    """
-    perturbations = _check_api_arguments(
-        model, name, perturbations, severities, device, seed, data_dir, batch_size, precision, test_images
-    )
-    cells = sweep_cells([(p, severities) for p in perturbations])  # checks names and severities first
-    if len(cells) == 1:
-        raise ConfigError(f"severities: {list(severities or [])} leaves no perturbed cell; give levels 1..5")
-    torch_device = resolve_device(device)
-    with cpu_settings():
-        data = load_fashion_mnist(data_dir)
-        count = min(len(data.test), test_images or len(data.test))
-        labels = data.test.labels[:count]
-        results, outputs = evaluate_cells(
-            model,
-            name,
-            to_float_images(data.test.images[:count], torch_device),
-            labels,
-            cells,
-            device=torch_device,
-            seed=seed,
-            batch_size=batch_size,
-            precision=precision,
-            compile="auto",
-        )
-    scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
-    return frame(scored.results, "results")
-
-
-def _check_api_arguments(
-    model: object,
-    name: object,
-    perturbations: object,
-    severities: object,
-    device: object,
-    seed: object,
-    data_dir: object,
-    batch_size: object,
-    precision: object,
-    test_images: object,
-) -> list[str]:
-    """ConfigError (a ValueError) naming the first bad argument of `evaluate_module`; the perturbations as a list."""
-
-    def integer(value: object, low: int, high: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-    def names(value: object) -> list[str] | None:
-        if isinstance(value, str) or not isinstance(value, Iterable):
-            return None
-        listed = list(value)  # once: an iterator would be used up by the check
-        return listed if all(isinstance(p, str) for p in listed) else None
-
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model: expected a torch nn.Module, got {type(model).__name__}")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"name: expected a non-empty string, got {name!r}")
-    listed = names(perturbations)
-    if not listed:
-        raise ConfigError(f"perturbations: expected a non-empty list of names, got {shorten(perturbations)}")
-    if severities is not None and (
-        isinstance(severities, str)
-        or not isinstance(severities, Iterable)
-        or not all(integer(s, 0, MAX_SEVERITY) for s in severities)
-    ):
-        raise ConfigError(f"severities: expected None or a list of levels 0..{MAX_SEVERITY}, got {severities!r}")
-    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
-    if not integer(seed, 0, MAX_SEED):
-        raise ConfigError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
-    if data_dir is not None and not isinstance(data_dir, str | Path):
-        raise ConfigError(f"data_dir: expected None or a path, got {type(data_dir).__name__}")
-    if not integer(batch_size, 1, MAX_BATCH):
-        raise ConfigError(f"batch_size: expected an integer in 1..{MAX_BATCH}, got {batch_size!r}")
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if test_images is not None and not integer(test_images, 1, 10**9):
-        raise ConfigError(f"test_images: expected None (all) or a positive integer, got {test_images!r}")
-    return listed
-
-
-__all__ = [
-    "HarnessError",
-    "ResolvedModel",
-    "evaluate_module",
-    "experiment_cells",
-    "import_factory",
-    "plan_experiment",
-    "resolve",
-    "run_bench",
-    "run_experiment",
-]
+__all__ = ["PlannedExperiment", "plan_experiment", "run_experiment"]

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from robustbench_fmnist.evaluation import Cell, evaluate_cells, perturb_cell
-from robustbench_fmnist.inference import Compile, PreparedModel, prepare_for_inference
+from robustbench_fmnist.evaluation.cells import Cell, perturb_cell
+from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
+from robustbench_fmnist.evaluation.sweep import evaluate_cells
 
 THROUGHPUT_COLUMNS = [
     "kind",

@@ -11,16 +11,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustbench_fmnist.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.config import ExperimentConfig, TrainRecipe
 from robustbench_fmnist.data import CLASS_NAMES
-from robustbench_fmnist.evaluation import CLEAN, Cell, CellOutputs, CellResult, perturb_cell
-from robustbench_fmnist.plan import EvaluateTask, Plan, TrainTask
-from robustbench_fmnist.report import Examples
-from robustbench_fmnist.resolution import ResolvedModel
-from robustbench_fmnist.scoring import ScoredCells, score_cells
-from robustbench_fmnist.task_store import Evaluation, TaskStore
-from robustbench_fmnist.weights import cached_weights, seeded_model, user_weights, weights_record
+from robustbench_fmnist.evaluation.cells import CLEAN, Cell, perturb_cell
+from robustbench_fmnist.evaluation.scoring import ScoredCells, score_cells
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
+from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
+from robustbench_fmnist.orchestration.task_store import TaskStore
+from robustbench_fmnist.orchestration.tasks import Evaluation
+from robustbench_fmnist.report.bundle import Examples
+from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
+from robustbench_fmnist.training.resolution import ResolvedModel
+from robustbench_fmnist.training.weights import cached_weights, seeded_model, user_weights, weights_record
 
 
 @dataclass

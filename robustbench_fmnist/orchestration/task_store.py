@@ -7,33 +7,20 @@ absent, and the next run redoes only the absent ones.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustbench_fmnist.checkpoints import save_checkpoint_state
 from robustbench_fmnist.data import user_cache_dir
-from robustbench_fmnist.evaluation import Cell, CellOutputs, CellResult
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
 from robustbench_fmnist.files import atomic_path, safe_file_name
-from robustbench_fmnist.plan import EvaluateTask, TrainTask
-from robustbench_fmnist.weights import TrainedWeights
+from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.tasks import Evaluation
+from robustbench_fmnist.training.checkpoints import save_checkpoint_state
+from robustbench_fmnist.training.weights import TrainedWeights
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What an evaluation task gives back: each cell's result and per-image outputs, in the task's cell order."""
-
-    results: list[CellResult]
-    outputs: list[CellOutputs]
-    seconds: float
-    compiled: bool
-
-    def by_cell(self, cells: tuple[Cell, ...]) -> dict[Cell, CellOutputs]:
-        return dict(zip(cells, self.outputs, strict=True))
 
 
 class TaskStore:

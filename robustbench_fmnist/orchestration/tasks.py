@@ -11,16 +11,28 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_fmnist.adaptation import AdaptationSettings
-from robustbench_fmnist.data import Split
-from robustbench_fmnist.evaluation import evaluate_cells
-from robustbench_fmnist.inference import Compile, PreparedModel, prepare_for_inference
-from robustbench_fmnist.plan import EvaluateTask, TrainTask
-from robustbench_fmnist.resolution import ResolvedModel
+from robustbench_fmnist.data import Split, to_float_images
+from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
+from robustbench_fmnist.evaluation.cells import Cell
+from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, evaluate_cells
+from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
 from robustbench_fmnist.runtime import seed_everything
-from robustbench_fmnist.task_store import Evaluation
-from robustbench_fmnist.training import to_float_images
-from robustbench_fmnist.weights import TrainedWeights, model_with, train_weights
+from robustbench_fmnist.training.resolution import ResolvedModel
+from robustbench_fmnist.training.weights import TrainedWeights, model_with, train_weights
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluation task gives back: each cell's result and per-image outputs, in the task's cell order."""
+
+    results: list[CellResult]
+    outputs: list[CellOutputs]
+    seconds: float
+    compiled: bool
+
+    def by_cell(self, cells: tuple[Cell, ...]) -> dict[Cell, CellOutputs]:
+        return dict(zip(cells, self.outputs, strict=True))
 
 
 @dataclass(frozen=True)

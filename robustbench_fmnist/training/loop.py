@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_fmnist.augmentation import augmentation_random, build_augmentation, jensen_shannon
 from robustbench_fmnist.config import TrainRecipe
-from robustbench_fmnist.data import Split
+from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.errors import ModelError
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.progress import progress_bar
+from robustbench_fmnist.training.augmentation import augmentation_random, build_augmentation, jensen_shannon
 
 
 @dataclass
@@ -35,11 +35,6 @@ class TrainSummary:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def to_float_images(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1] on `device`."""
-    return images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
 
 
 def _flip_crop(batch: torch.Tensor, generator: torch.Generator, crop: bool, pad: int = 2) -> torch.Tensor:

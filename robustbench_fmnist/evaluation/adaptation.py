@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.inference import prepare_for_inference
+from robustbench_fmnist.evaluation.inference import prepare_for_inference
 from robustbench_fmnist.registry import Registry
 
 # predict(model, cell images (N, 1, 28, 28) on the device, settings) -> (N, classes) float32 logits

@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_fmnist.checkpoints import (
+from robustbench_fmnist.data import FashionMNIST, Split
+from robustbench_fmnist.environment import git_commit
+from robustbench_fmnist.models import count_macs, count_parameters
+from robustbench_fmnist.training.checkpoints import (
     CacheKey,
     cache_key,
     checkpoint_dir,
@@ -21,11 +24,8 @@ from robustbench_fmnist.checkpoints import (
     training_environment,
     weights_sha256,
 )
-from robustbench_fmnist.data import FashionMNIST, Split
-from robustbench_fmnist.models import count_macs, count_parameters
-from robustbench_fmnist.provenance import git_commit
-from robustbench_fmnist.resolution import ResolvedModel
-from robustbench_fmnist.training import train_model
+from robustbench_fmnist.training.loop import train_model
+from robustbench_fmnist.training.resolution import ResolvedModel
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: cells, the sweep, inference, test-time adaptation, scoring, metrics and throughput."""
