@@ -86,7 +86,6 @@ def assemble(
     `ran` are the training tasks this run did (their weights are "trained", the others' "cached");
     `failures` the tasks that failed, with their reasons.
     """
-    count = len(labels)
     scored = ScoredCells()
     models_info: list[dict[str, Any]] = []
     example_outputs: dict[str, dict[Cell, CellOutputs]] = {}
@@ -98,17 +97,7 @@ def assemble(
     first_seed = config.run_seeds[0]
     for seed in config.run_seeds:
         for resolved in models:
-            train = trainings.get((resolved.name, seed))
-            model, info = _model_entry(resolved, seed, train, ran, failures)
-            exposure = training_exposure(resolved.recipe)
-            info.update(
-                seed=seed,
-                architecture=resolved.architecture,
-                training=training_method(resolved),
-                in_training=exposure,
-                adaptation="none",
-                base_model=resolved.name,
-            )
+            model, info = _model_entry(resolved, seed, trainings.get((resolved.name, seed)), ran, failures)
             if resolved.name in plan.not_applicable:
                 info["not_applicable"] = dict(plan.not_applicable[resolved.name])
             entries = [info]
@@ -116,36 +105,52 @@ def assemble(
                 tasks = evaluations.get((resolved.name, seed, adaptation), [])
                 if not tasks:
                     continue  # not applicable to this model
-                results: list[CellResult] = []
-                outputs: dict[Cell, CellOutputs] = {}
-                seconds = 0.0
-                for task in tasks:
-                    evaluation = None if task in failures else store.load_evaluation(task)
-                    if evaluation is None:
-                        results += failed_results(task, count, failures.get(task, "its result is missing"))
-                        continue
-                    results += evaluation.results
-                    outputs.update(evaluation.by_cell(task.cells))
-                    seconds += evaluation.seconds
-                label = resolved.label(adaptation)
-                model_scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
-                for row in model_scored.results:
-                    row["in_training"] = in_training(row["perturbation"], exposure, resolved.recipe)
+                model_scored, outputs, seconds = _score_stored(resolved, seed, tasks, store, failures, cells, labels)
                 scored.extend(model_scored)
                 label_info = info
                 if adaptation != "none":
                     settings = getattr(config.evaluation, adaptation).model_dump(mode="json")
+                    label = resolved.label(adaptation)
                     label_info = {**info, "name": label, "adaptation": adaptation, "adaptation_settings": settings}
                     entries.append(label_info)
                 label_info["eval_seconds"] = seconds
-                label_info["eval_images_per_second"] = len(outputs) * count / seconds if seconds > 0 else None
+                label_info["eval_images_per_second"] = len(outputs) * len(labels) / seconds if seconds > 0 else None
                 if seed == first_seed and len(outputs) == len(cells):
-                    example_outputs[label] = outputs
+                    example_outputs[resolved.label(adaptation)] = outputs
             if seed == first_seed and model is not None:
                 first_seed_models.append((resolved.name, model, info["macs"]))
             models_info += entries
     examples = collect_examples(cells, test_images, labels, example_outputs, first_seed)
     return Assembled(scored, models_info, examples, first_seed_models)
+
+
+def _score_stored(
+    resolved: ResolvedModel,
+    seed: int,
+    tasks: list[EvaluateTask],
+    store: TaskStore,
+    failures: dict[TrainTask | EvaluateTask, str],
+    cells: Sequence[Cell],
+    labels: torch.Tensor,
+) -> tuple[ScoredCells, dict[Cell, CellOutputs], float]:
+    """One model-seed-adaptation's rows scored from its stored evaluations (a missing or failed one's cells
+    marked failed), its per-image outputs by cell, and the seconds its evaluations took."""
+    results: list[CellResult] = []
+    outputs: dict[Cell, CellOutputs] = {}
+    seconds = 0.0
+    for task in tasks:
+        evaluation = None if task in failures else store.load_evaluation(task)
+        if evaluation is None:
+            results += failed_results(task, len(labels), failures.get(task, "its result is missing"))
+            continue
+        results += evaluation.results
+        outputs.update(evaluation.by_cell(task.cells))
+        seconds += evaluation.seconds
+    scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
+    exposure = training_exposure(resolved.recipe)
+    for row in scored.results:
+        row["in_training"] = in_training(row["perturbation"], exposure, resolved.recipe)
+    return scored, outputs, seconds
 
 
 def _model_entry(
@@ -156,6 +161,25 @@ def _model_entry(
     failures: dict[TrainTask | EvaluateTask, str],
 ) -> tuple[nn.Module | None, dict[str, Any]]:
     """The model with its weights (None if its training failed) and its run.json entry."""
+    model, info = _weights_entry(resolved, seed, train, ran, failures)
+    info.update(
+        seed=seed,
+        architecture=resolved.architecture,
+        training=training_method(resolved),
+        in_training=training_exposure(resolved.recipe),
+        adaptation="none",
+        base_model=resolved.name,
+    )
+    return model, info
+
+
+def _weights_entry(
+    resolved: ResolvedModel,
+    seed: int,
+    train: TrainTask | None,
+    ran: set[TrainTask],
+    failures: dict[TrainTask | EvaluateTask, str],
+) -> tuple[nn.Module | None, dict[str, Any]]:
     if train is None:
         model = user_weights(resolved, seed)
         return model, weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)

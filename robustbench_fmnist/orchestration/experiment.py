@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 
 from robustbench_fmnist.config import ExperimentConfig
@@ -22,7 +24,7 @@ from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist, to_float_i
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
 from robustbench_fmnist.files import hold_folder
-from robustbench_fmnist.orchestration.assembly import assemble
+from robustbench_fmnist.orchestration.assembly import Assembled, assemble
 from robustbench_fmnist.orchestration.bench import benchmark
 from robustbench_fmnist.orchestration.checks import check_experiment
 from robustbench_fmnist.orchestration.executors import EXECUTORS
@@ -31,7 +33,7 @@ from robustbench_fmnist.orchestration.preflight import CheckedExperiment
 from robustbench_fmnist.orchestration.provenance import run_record
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import EvaluationSettings
-from robustbench_fmnist.orchestration.work import Work
+from robustbench_fmnist.orchestration.work import Failure, Work
 from robustbench_fmnist.report.agreement import reference_cells
 from robustbench_fmnist.report.bundle import ReportData, frame, outcomes_from
 from robustbench_fmnist.report.writer import write_report
@@ -86,79 +88,123 @@ def plan_experiment(
 def run_experiment(config: ExperimentConfig, *, retrain: bool = False) -> Path:
     """Run every model (once per seed) through every cell and write reports/<name>/. Returns that folder.
 
-    Every check of `preflight` runs first; the report folder stays locked against other runs
-    until the new report is in place. Only the plan's missing tasks run; each result is stored
-    as it finishes, so an interrupted run resumes where it stopped. Thread count and denormal
-    flushing are restored on return.
+    Every check of `check_experiment` runs first; the report folder stays locked against other
+    runs until the new report is in place. Only the plan's missing tasks run; each result is
+    stored as it finishes, so an interrupted run resumes where it stopped. Thread count and
+    denormal flushing are restored on return.
     """
     started = time.perf_counter()
     checked = check_experiment(config)
     with hold_folder(checked.folder), cpu_settings(config.threads) as applied:
-        return _run_checked(checked, applied, started, retrain=retrain)
+        planned = plan_experiment(config, retrain=retrain, checked=checked)
+        timings = {"load_data": time.perf_counter() - started}
+        executed = execute(planned, timings)
+        count = planned.test_images
+        test = planned.data.test
+        assembled = assemble(
+            config, checked.models, checked.cells, planned.plan, planned.store, executed.trained,
+            executed.reasons, test.images[:count], test.labels[:count],
+        )  # fmt: skip
+        throughput = _measure_throughput(planned, assembled, timings)
+        timings["total"] = time.perf_counter() - started
+        run = run_record(config, checked.device, planned.data, assembled.models_info, timings, applied, checked.cells)
+        run["tasks"] = executed.record(planned)
+        reference = None
+        if checked.noise is not None:
+            reference, run["noise_from"] = _against_reference(checked, assembled.models_info)
+        write_report(checked.folder, _report_data(assembled, run, throughput, reference))
+    return checked.folder
 
 
-def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started: float, *, retrain: bool) -> Path:
-    config, device = checked.config, checked.device
-    timings: dict[str, float] = {}
-    planned = plan_experiment(config, retrain=retrain, checked=checked)
-    data, count = planned.data, planned.test_images
-    timings["load_data"] = time.perf_counter() - started
-    missing = planned.missing
-    log.info("%d of %d tasks to do (%d stored)", len(missing), len(planned.plan.tasks), len(planned.done))
-    ran: set[TrainTask] = set()
+@dataclass
+class Executed:
+    """What the executor did with the plan's missing tasks."""
+
+    trained: set[TrainTask]  # the trainings this run did (their weights are "trained", the others' "cached")
+    failures: list[Failure]
+
+    @property
+    def reasons(self) -> dict[TrainTask | EvaluateTask, str]:
+        return {f.task: f.reason for f in self.failures}
+
+    def record(self, planned: PlannedExperiment) -> dict[str, object]:
+        """run.json's `tasks`: how many were planned, stored before, ran and failed, and on which executor."""
+        return {
+            "planned": len(planned.plan.tasks),
+            "stored_before": len(planned.done),
+            "ran": len(planned.missing) - len(self.failures),
+            "failed": [f.line for f in self.failures],
+            "executor": planned.checked.config.executor.kind,
+        }
+
+
+def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
+    """Hand the missing tasks to the config's executor; store each result in the task store as it comes back."""
+    checked = planned.checked
+    config = checked.config
+    executed = Executed(set(), [])
 
     def store_result(task: TrainTask | EvaluateTask, result: object) -> None:
         if isinstance(task, TrainTask):
             planned.store.save_training(task, result)
-            ran.add(task)
+            executed.trained.add(task)
             timings[f"train {task.model} seed {task.seed}"] = result.metadata["train_seconds"]
         else:
             planned.store.save_evaluation(task, result)
 
-    stage = time.perf_counter()
-    work = Work(
-        missing,
-        {m.name: m for m in checked.models},
-        data,
-        _evaluation_settings(config, device, count),
-        stored_weights=_stored_weights_reader(checked),
-        threads=config.threads,
-    )
-    failures = EXECUTORS.get(config.executor.kind).run(work, config.executor, store_result) if missing else []
-    timings["execute"] = time.perf_counter() - stage
-    labels = data.test.labels[:count]
-    assembled = assemble(
-        config, checked.models, checked.cells, planned.plan, planned.store, ran,
-        {f.task: f.reason for f in failures}, data.test.images[:count], labels,
-    )  # fmt: skip
-    throughput = None
-    if config.throughput.enabled:
-        stage = time.perf_counter()
-        images = to_float_images(data.test.images[:count], device)
-        throughput = benchmark(config, assembled.first_seed_models, images, labels, checked.cells)
-        timings["throughput"] = time.perf_counter() - stage
-    timings["total"] = time.perf_counter() - started
-    run = run_record(config, device, data, assembled.models_info, timings, applied, checked.cells)
-    run["tasks"] = {
-        "planned": len(planned.plan.tasks),
-        "stored_before": len(planned.done),
-        "ran": len(missing) - len(failures),
-        "failed": [f.line for f in failures],
-        "executor": config.executor.kind,
+    missing = planned.missing
+    log.info("%d of %d tasks to do (%d stored)", len(missing), len(planned.plan.tasks), len(planned.done))
+    started = time.perf_counter()
+    if missing:
+        work = Work(
+            missing,
+            {m.name: m for m in checked.models},
+            planned.data,
+            _evaluation_settings(config, checked.device, planned.test_images),
+            stored_weights=_stored_weights_reader(checked),
+            threads=config.threads,
+        )
+        executed.failures = EXECUTORS.get(config.executor.kind).run(work, config.executor, store_result)
+    timings["execute"] = time.perf_counter() - started
+    return executed
+
+
+def _measure_throughput(
+    planned: PlannedExperiment, assembled: Assembled, timings: dict[str, float]
+) -> pd.DataFrame | None:
+    """`throughput:` of the config, on the first seed's models; None when it is off."""
+    config = planned.checked.config
+    if not config.throughput.enabled:
+        return None
+    started = time.perf_counter()
+    test, count = planned.data.test, planned.test_images
+    images = to_float_images(test.images[:count], planned.checked.device)
+    throughput = benchmark(config, assembled.first_seed_models, images, test.labels[:count], planned.checked.cells)
+    timings["throughput"] = time.perf_counter() - started
+    return throughput
+
+
+def _against_reference(
+    checked: CheckedExperiment, models_info: list[dict[str, Any]]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The `noise_from:` report's cells this run's models can be set against, and run.json's note of that report."""
+    assert checked.noise is not None
+    reference, skipped = reference_cells(checked.noise, models_info)
+    env = checked.noise.run["environment"]
+    return reference, {
+        "path": str(checked.config.noise_from),
+        "name": checked.noise.run["config"].get("name"),
+        "git_commit": env.get("git_commit"),
+        "seeds": sorted(int(s) for s in checked.noise.results["seed"].unique()),
+        "skipped_models": skipped,
     }
-    reference = None
-    if checked.noise is not None:
-        reference, skipped = reference_cells(checked.noise, assembled.models_info)
-        env = checked.noise.run["environment"]
-        run["noise_from"] = {
-            "path": str(config.noise_from),
-            "name": checked.noise.run["config"].get("name"),
-            "git_commit": env.get("git_commit"),
-            "seeds": sorted(int(s) for s in checked.noise.results["seed"].unique()),
-            "skipped_models": skipped,
-        }
+
+
+def _report_data(
+    assembled: Assembled, run: dict[str, Any], throughput: pd.DataFrame | None, reference: pd.DataFrame | None
+) -> ReportData:
     scored = assembled.scored
-    report = ReportData(
+    return ReportData(
         results=frame(scored.results, "results"),
         per_class=frame(scored.per_class, "per_class"),
         confusion=frame(scored.confusion, "confusion"),
@@ -169,8 +215,6 @@ def _run_checked(checked: CheckedExperiment, applied: dict[str, object], started
         outcomes=outcomes_from(scored.outcomes),
         reference=reference,
     )
-    write_report(checked.folder, report)
-    return checked.folder
 
 
 def _evaluation_settings(config: ExperimentConfig, device: torch.device, count: int) -> EvaluationSettings:
