@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,43 @@ requires_real_data = pytest.mark.skipif(
     not real_data_available() and not os.environ.get("CI"),
     reason="Fashion-MNIST not installed (make test installs it; in CI its absence fails)",
 )
+
+# one epoch of baseline_cnn's own recipe: what the accuracy bands, the backend comparison and the
+# short real run all need, so the session trains it once (about 30 s) and they share it
+ONE_EPOCH_BASELINE = {"name": "baseline_cnn", "train": {"epochs": 1}}
+
+
+@dataclass(frozen=True)
+class SharedCheckpoint:
+    """A model trained once per test session, and the checkpoint cache that holds its weights under their key."""
+
+    model: torch.nn.Module
+    cache_dir: Path
+    record: dict[str, Any]  # its run.json entry, as the harness wrote it when it trained the model
+
+
+@pytest.fixture(scope="session")
+def one_epoch_baseline(tmp_path_factory: pytest.TempPathFactory) -> SharedCheckpoint:
+    """baseline_cnn after one epoch on the real training set, seed 0, trained through the harness's own cache.
+
+    A run whose config names ONE_EPOCH_BASELINE with `cache_dir` set to this cache loads these
+    weights instead of training them again. Tests must not change the model in place.
+    """
+    if not real_data_available():
+        pytest.skip("the shared one-epoch baseline trains on the real Fashion-MNIST files")
+    from robustbench_fmnist.config import parse_config
+    from robustbench_fmnist.runtime import apply_cpu_settings
+    from robustbench_fmnist.training.resolution import resolve
+    from robustbench_fmnist.training.weights import obtain_model
+
+    apply_cpu_settings()  # as every run does: the bands were recorded with it
+    cache_dir = tmp_path_factory.mktemp("shared-checkpoints")
+    config = parse_config({"name": "shared", "models": [ONE_EPOCH_BASELINE], "perturbations": ["rotation"]})
+    (resolved,) = resolve(config)
+    data = data_module.load_fashion_mnist()
+    model, record = obtain_model(resolved, data, seed=0, device=torch.device("cpu"), cache_dir=cache_dir)
+    return SharedCheckpoint(model.eval(), cache_dir, record)
+
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

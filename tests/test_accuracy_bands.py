@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from robustbench_fmnist.evaluation import sweep as evaluation
-from tests.accuracy_bands import BANDS_PATH, bands, cells, evaluate, load_bands, train
-from tests.conftest import requires_real_data
+from tests.accuracy_bands import BANDS_PATH, bands, cells, evaluate, load_bands
+from tests.conftest import SharedCheckpoint, requires_real_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    return train(seed=0)
+def trained(one_epoch_baseline: SharedCheckpoint) -> torch.nn.Module:
+    """`train(seed=0)`, the model the bands were recorded for, as the session trained it once for every test."""
+    return one_epoch_baseline.model
 
 
 @requires_real_data

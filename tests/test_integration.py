@@ -12,7 +12,7 @@ import torch
 
 from robustbench_fmnist.cli import main
 from robustbench_fmnist.data import load_fashion_mnist
-from tests.conftest import requires_real_data
+from tests.conftest import ONE_EPOCH_BASELINE, SharedCheckpoint, requires_real_data
 
 pytestmark = [pytest.mark.integration, requires_real_data]
 
@@ -28,14 +28,17 @@ def test_real_data_is_verified_and_balanced() -> None:
 
 
 @pytest.mark.slow
-def test_short_real_run_learns_and_degrades_under_shift(write_yaml: Callable[..., Path], tmp_path: Path) -> None:
+def test_short_real_run_learns_and_degrades_under_shift(
+    write_yaml: Callable[..., Path], tmp_path: Path, one_epoch_baseline: SharedCheckpoint
+) -> None:
+    """The one-epoch baseline the session trained, found in the cache by its key, run through a real sweep."""
     config = {
         "name": "smoke",
         "device": "cpu",
-        "models": [{"name": "baseline_cnn", "train": {"epochs": 1}}],
+        "models": [ONE_EPOCH_BASELINE],
         "perturbations": ["brightness_up", "contrast_down", "rotation"],
         "output_dir": str(tmp_path / "reports"),
-        "cache_dir": str(tmp_path / "cache"),
+        "cache_dir": str(one_epoch_baseline.cache_dir),
     }
     assert main(["-q", "run", str(write_yaml(config))]) == 0
     folder = tmp_path / "reports" / "smoke"
@@ -50,3 +53,6 @@ def test_short_real_run_learns_and_degrades_under_shift(write_yaml: Callable[...
     assert rotation == sorted(rotation, reverse=True)
     run = json.loads((folder / "run.json").read_text())
     assert run["data"]["verified"] and len(run["data"]["checksum"]) == 64
+    # `run` found the weights `obtain_model` (bench's path) cached: both key them alike
+    (entry,) = run["models"]
+    assert entry["weights"] == "cached" and entry["weights_sha256"] == one_epoch_baseline.record["weights_sha256"]
