@@ -7,16 +7,21 @@ STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/quickstart.yaml
 LOCK := constraints.txt
 
-.PHONY: run test gpu-check bench bench-baseline lint format data browser setup lock clean
+.PHONY: run test test-fast gpu-check bench bench-baseline lint format data browser setup lock clean
 
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
 
-# unit and integration tests (beside a local 2-CPU Ray cluster for the Ray executor's), then the
-# regression benchmarks (speed ratios and targets)
+# unit and integration tests on every core (pytest-xdist; a group's tests share one worker) beside a
+# local 2-CPU Ray cluster for the Ray executor's, then the regression benchmarks alone, on a quiet machine
+PARALLEL := -n auto --dist loadgroup
 test: setup data browser
-	BIN=$(BIN) bash scripts/with-ray-cluster.sh $(BIN)/python -m pytest
+	BIN=$(BIN) bash scripts/with-ray-cluster.sh $(BIN)/python -m pytest $(PARALLEL)
 	$(BIN)/python -m pytest -m benchmark tests/benchmarks
+
+# the edit loop: everything not marked slow or integration (no Ray cluster, no browser, no benchmarks)
+test-fast: setup data
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow and not integration and not benchmark"
 
 # on a machine with a CUDA GPU: CUDA property tests, bench on cuda, the lighting sweep on cuda vs cpu
 gpu-check: setup data

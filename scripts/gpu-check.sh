@@ -4,19 +4,27 @@
 #   2. `bench` on cuda for every registered model (throughput.csv under $OUT or /tmp);
 #   3. the lighting sweep on cuda with CPU-trained weights (trained here on the CPU first, a short
 #      recipe), whose accuracies must equal the CPU sweep's within 0.05 points in every cell.
-# Prints one summary line per step; exits non-zero if a step fails.
+# Prints one summary line per step; exits non-zero if a step fails. DATA_DIR, where the full data
+# cannot travel, names a subset (scripts/data_subset.py) that steps 2 and 3 read unverified.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
 OUT="${OUT:-/tmp/rbfm-gpu-check}"
 mkdir -p "$OUT"
+experiment=experiments/gpu_check.yaml
+sweep_data=()
+if [[ -n "${DATA_DIR:-}" ]]; then
+  experiment="$OUT/gpu_check.yaml"
+  printf '%s\ndata: {dir: %s, verify: false}\n' "$(cat experiments/gpu_check.yaml)" "$DATA_DIR" > "$experiment"
+  sweep_data=(--data-dir "$DATA_DIR")
+fi
 "$BIN/python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA device visible")'
 "$BIN/python" -c 'import torch; print("gpu-check:", torch.cuda.get_device_name(0), "torch", torch.__version__)'
 start=$(date +%s)
 timeout 180 "$BIN/python" -m pytest -q -p no:cacheprovider -m gpu tests/test_perturbations.py 2>&1 | tail -3
 echo "gpu-check: CUDA property tests done in $(( $(date +%s) - start )) s"
-timeout 240 "$BIN/python" -m robustbench_fmnist -q bench experiments/gpu_check.yaml --device cuda \
+timeout 240 "$BIN/python" -m robustbench_fmnist -q bench "$experiment" --device cuda \
   --output-dir "$OUT" --cache-dir "$OUT/cache" | tee "$OUT/bench.txt" | tail -40
 echo "gpu-check: bench on cuda done in $(( $(date +%s) - start )) s"
-timeout 300 "$BIN/python" scripts/gpu_sweep_check.py --output-dir "$OUT"
+timeout 300 "$BIN/python" scripts/gpu_sweep_check.py --output-dir "$OUT" "${sweep_data[@]}"
 echo "gpu-check: all steps passed in $(( $(date +%s) - start )) s"

@@ -29,11 +29,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/rbfm-gpu-check"))
     parser.add_argument("--experiment", type=Path, default=Path("experiments/lighting.yaml"))
+    parser.add_argument("--data-dir", type=Path, help="a subset of the data (scripts/data_subset.py), read unverified")
     args = parser.parse_args()
     apply_cpu_settings()
     config = load_config(args.experiment)
     cells = experiment_cells(config)
-    data = load_fashion_mnist()
+    data = load_fashion_mnist(args.data_dir, verify=args.data_dir is None)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     worst = 0.0
     lines = []

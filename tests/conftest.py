@@ -140,6 +140,26 @@ def one_epoch_baseline(tmp_path_factory: pytest.TempPathFactory) -> SharedCheckp
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker takes its share of the cores.
+
+    Two workers with every core each would oversubscribe the machine: torch's OpenMP threads
+    spin while they wait, so two 2-thread workers on 2 cores run slower than one at a time.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        from robustbench_fmnist.runtime import usable_cpus
+
+        torch.set_num_threads(max(1, usable_cpus() // workers))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # a session fixture is built once per xdist worker: keep its users on one worker (--dist loadgroup)
+    for item in items:
+        if "one_epoch_baseline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("one_epoch_baseline"))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     # here, not in tests/benchmarks/conftest.py: pytest only reads options from the root conftest
     parser.addoption(

@@ -27,6 +27,7 @@ pytestmark = [
         ADDRESS is None, reason="no Ray cluster: run under scripts/with-ray-cluster.sh (make test does)"
     ),
     pytest.mark.slow,
+    pytest.mark.xdist_group("ray"),  # one worker at a time on the one 2-CPU cluster
 ]
 
 
