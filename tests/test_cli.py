@@ -133,6 +133,7 @@ def test_preview_of_an_unknown_perturbation_fails_with_a_suggestion(capsys: pyte
     assert "did you mean 'rotation'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_seeds_report_and_compare_from_the_command_line(
     tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -174,6 +175,7 @@ def test_seeds_report_and_compare_from_the_command_line(
     assert "Rule: **seeds**" in text and "baseline_cnn_tiny vs deep_cnn_tiny" in text
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_reproduce_retrains_from_run_json_and_checks_each_cell(
     tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

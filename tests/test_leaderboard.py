@@ -231,6 +231,7 @@ def _board_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_the_board_ranks_every_model_and_re_renders_byte_for_byte(two_reports: tuple[Path, Path, Path]) -> None:
     first, second, board = two_reports
     write_leaderboard([first, second], board, reference="baseline_cnn_tiny", resamples=200)
@@ -262,6 +263,7 @@ def test_the_cli_takes_an_experiment_yaml_for_its_one_model_reports(
     assert "No fit: it needs 4 standard-trained models" in (board / "leaderboard.md").read_text()
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_bad_board_inputs_stop_with_one_line_before_writing(
     two_reports: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -372,6 +372,7 @@ def remedy_experiment(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
     return tiny_experiment
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     remedy_experiment: dict[str, Any], write_yaml: Callable[..., Path]
 ) -> None:

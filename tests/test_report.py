@@ -337,6 +337,7 @@ def test_the_browser_check_sees_a_broken_image(tmp_path: Path) -> None:
     assert not result["images"][0]["ok"] and result["errors"]
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 @pytest.mark.parametrize("name", ["lighting", "viewpoint", "remedies"])
 def test_the_committed_references_re_render_byte_for_byte(tmp_path: Path, name: str) -> None:
     import shutil

@@ -93,6 +93,7 @@ def _yaml(tmp_path: Path, config: dict[str, Any], name: str = "grid.yaml") -> Pa
     return path
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_a_run_killed_midway_resumes_with_only_the_missing_tasks(
     tiny_experiment: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -109,6 +109,7 @@ def test_latency_training_sweep_and_perturbation_rows() -> None:
     assert row.model == "rotation/s3" and row.reason == "torch" and row.images_per_second > 0
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_bench_writes_throughput_csv_and_a_report_section(
     tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
