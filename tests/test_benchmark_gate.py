@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from robustbench_fmnist.environment import cpu_cores, cpu_model
 from tests.benchmarks.gate import (
     TOLERANCE,
     Calibration,
@@ -68,6 +69,7 @@ def test_update_keeps_benchmarks_that_did_not_run_and_other_machine_kinds(tmp_pa
     assert mine["benchmarks"]["perturbation/y"] == {"ratio": 2.0, "calibration": "memory", "samples": [2.0]}
     assert saved["machines"][other]["benchmarks"]["forward/x"]["ratio"] == 9.0
     assert saved["tolerance"] == 1.5 and mine["machine"]["threads"] >= 1
+    assert mine["machine"]["processor"] == cpu_model() and mine["machine"]["cores"] == cpu_cores()
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from robustbench_fmnist.environment import cpu_cores, cpu_model
+
 BASELINE_PATH = Path(__file__).with_name("baseline.json")
 TOLERANCE = 1.5  # fail above 1.5x the committed ratio; a 2x slowdown clears it even with 25 % noise
 CALIBRATIONS = ("compute", "memory", "mixed")
@@ -192,23 +194,15 @@ def machine_kind(described: dict | None = None) -> str:
 
 
 def machine() -> dict[str, object]:
+    """This machine as baseline.json and the terminal summary describe it: CPU model and cores, threads, torch."""
     return {
-        "processor": _cpu_model(),
+        "processor": cpu_model(),
+        "cores": cpu_cores(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def updated_baseline(old: dict, verdicts: list[Verdict], *, mode: str = "reset", keep: int = 3) -> dict:
