@@ -27,11 +27,13 @@ test-fast: setup data
 gpu-check: setup data
 	BIN=$(BIN) bash scripts/gpu-check.sh
 
+# every machine kind is gated: by its own committed ratios, or where it has none by every recorded
+# kind's (tests/benchmarks/gate.py: the envelope as each benchmark runs, the scaled bound at the end)
 bench: setup data
 	$(BIN)/python -m pytest -m benchmark tests/benchmarks
 
-# after an intended speed change: record this machine's ratios (median of three runs), then commit
-# tests/benchmarks/baseline.json
+# on a new machine kind, or after an intended speed change: record this kind's ratios (median of three
+# runs; the other kinds are kept), then commit tests/benchmarks/baseline.json
 BENCH_REGRESSION := $(BIN)/python -m pytest -q -m benchmark tests/benchmarks/test_regression.py
 bench-baseline: setup data
 	$(BENCH_REGRESSION) --update-baseline reset
