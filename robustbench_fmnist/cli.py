@@ -20,6 +20,8 @@ from robustbench_fmnist.errors import ConfigError, HarnessError
 
 log = logging.getLogger("robustbench_fmnist")
 
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns; argparse has no public name for it
+
 
 def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", type=Path, help="experiment YAML, e.g. experiments/lighting.yaml")
@@ -46,6 +48,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: global flags, then every command's parser."""
     parser = argparse.ArgumentParser(
         prog="robustbench_fmnist",
         description="Robustness benchmarks for Fashion-MNIST classifiers under lighting and viewpoint shifts.",
@@ -53,7 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in the order `--help` lists them
+    _add_experiment_commands(commands)
+    _add_lookup_commands(commands)
+    _add_bench_command(commands)
+    _add_report_commands(commands)
+    _add_reproduce_command(commands)
+    return parser
 
+
+def _add_experiment_commands(commands: Subcommands) -> None:
+    """run, plan and validate: an experiment YAML in, a report (or its plan, or a check) out."""
     run = commands.add_parser("run", help="train (or load cached) models, sweep perturbations, write the report")
     _add_experiment_flags(run)
     run.add_argument("--retrain", action="store_true", help="ignore stored results and train and evaluate again")
@@ -66,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check an experiment YAML without running it")
     _add_experiment_flags(validate)
 
+
+def _add_lookup_commands(commands: Subcommands) -> None:
+    """ls and preview: what is registered, and what a perturbation looks like."""
     ls = commands.add_parser("ls", help="list registered models, perturbations, adaptations and augmentations")
     ls.add_argument(
         "words",
@@ -92,12 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     preview.add_argument("--no-verify", action="store_true", help="skip the count and checksum checks (custom data)")
 
+
+def _add_bench_command(commands: Subcommands) -> None:
+    """bench: throughput of an experiment's models."""
     bench = commands.add_parser(
         "bench", help="measure images/s, latency, training speed and memory of the experiment's models"
     )
     _add_experiment_flags(bench)
     bench.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
 
+
+def _add_report_commands(commands: Subcommands) -> None:
+    """report, leaderboard and compare: report folders in, no model needed."""
     report = commands.add_parser("report", help="re-render a report folder from its saved rows (no model needed)")
     report.add_argument("folder", type=Path, help="a report folder, e.g. reports/lighting")
 
@@ -126,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model-a", help="compare this model of A ...")
     compare.add_argument("--model-b", help="... with this model of B (default: the same name as --model-a)")
 
+
+def _add_reproduce_command(commands: Subcommands) -> None:
+    """reproduce: a report's experiment run again here and checked against its seed spread."""
     reproduce = commands.add_parser(
         "reproduce", help="re-run a report's experiment here and check each cell against its seed spread"
     )
@@ -137,7 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--output-dir", type=Path, help="parent folder of <name>-reproduced/ (default reports/)")
     reproduce.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
     reproduce.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -67,9 +67,7 @@ def score_cells(
     """
     scored = ScoredCells()
     labels = labels.cpu()
-    classes = len(class_names)
-    clean_valid = results[0].valid
-    clean = outputs[cells[0]].predictions if clean_valid else None
+    clean = outputs[cells[0]].predictions if results[0].valid else None
     previous: dict[str, torch.Tensor] = {}
     for cell, result in zip(cells, results, strict=True):
         key = {"model": result.model, "seed": seed, "perturbation": cell.perturbation, "severity": cell.severity}
@@ -82,43 +80,82 @@ def score_cells(
             # NaN logits have no class: nothing about this cell is scored (REFERENCE: never an accuracy)
             row.update({column: math.nan for column in UNSCORED})
             scored.results.append(row)
-            images = torch.bincount(labels.long(), minlength=classes).tolist()
-            scored.per_class += [
-                {**key, "class": name, "n_images": images[c], "n_correct": math.nan, "accuracy": math.nan}
-                for c, name in enumerate(class_names)
-            ]
+            scored.per_class += _unscored_per_class(key, labels, class_names)
             continue
-        confusion = confusion_matrix(out.predictions, labels, classes)
-        images, hits = per_class_accuracy(confusion)
-        correct = out.predictions.long() == labels.long()
-        bins = calibration_bins(out.confidence, correct)
+        confusion = confusion_matrix(out.predictions, labels, len(class_names))
+        bins = calibration_bins(out.confidence, out.predictions.long() == labels.long())
         low, high = wilson_interval(result.n_correct, result.n_images)
+        against_clean, against_previous = _flip_rates(cell, out.predictions, clean, previous)
         row.update(
             accuracy_low=low,
             accuracy_high=high,
-            flip_rate=flip_rate(out.predictions, clean) if not cell.is_clean and clean_valid else math.nan,
-            flip_rate_step=flip_rate(out.predictions, previous.get(cell.perturbation, clean))
-            if not cell.is_clean and (cell.perturbation in previous or clean_valid)
-            else math.nan,
+            flip_rate=against_clean,
+            flip_rate_step=against_previous,
             ece=expected_calibration_error(bins),
             mean_confidence=float(out.confidence.double().mean()),
             nll=negative_log_likelihood(out.true_probability),
         )
         previous[cell.perturbation] = out.predictions
         scored.results.append(row)
-        for c, name in enumerate(class_names):
-            accuracy = hits[c] / images[c] if images[c] else math.nan
-            scored.per_class.append(
-                {**key, "class": name, "n_images": images[c], "n_correct": hits[c], "accuracy": accuracy}
-            )
-        for true, predicted in confusion.nonzero().tolist():
-            scored.confusion.append(
-                {
-                    **key,
-                    "true": class_names[true],
-                    "predicted": class_names[predicted],
-                    "count": int(confusion[true, predicted]),
-                }
-            )
+        scored.per_class += _per_class_rows(key, confusion, class_names)
+        scored.confusion += _confusion_rows(key, confusion, class_names)
         scored.calibration += [{**key, **bin_row} for bin_row in bins.to_dict("records")]
     return scored
+
+
+def _flip_rates(
+    cell: Cell, predictions: torch.Tensor, clean: torch.Tensor | None, previous: dict[str, torch.Tensor]
+) -> tuple[float, float]:
+    """The cell's flip rate against the clean predictions and against its perturbation's previous severity.
+
+    NaN for the clean cell, and where what it is compared with has no valid predictions (`clean` None).
+    """
+    if cell.is_clean:
+        return math.nan, math.nan
+    before = previous.get(cell.perturbation, clean)
+    against_clean = flip_rate(predictions, clean) if clean is not None else math.nan
+    against_previous = flip_rate(predictions, before) if before is not None else math.nan
+    return against_clean, against_previous
+
+
+def _unscored_per_class(
+    key: dict[str, object], labels: torch.Tensor, class_names: Sequence[str]
+) -> list[dict[str, object]]:
+    """per_class.csv rows of an invalid cell: how many images each class has, nothing scored."""
+    images = torch.bincount(labels.long(), minlength=len(class_names)).tolist()
+    return [
+        {**key, "class": name, "n_images": images[c], "n_correct": math.nan, "accuracy": math.nan}
+        for c, name in enumerate(class_names)
+    ]
+
+
+def _per_class_rows(
+    key: dict[str, object], confusion: torch.Tensor, class_names: Sequence[str]
+) -> list[dict[str, object]]:
+    """per_class.csv rows of a scored cell; accuracy NaN for a class without images."""
+    images, hits = per_class_accuracy(confusion)
+    return [
+        {
+            **key,
+            "class": name,
+            "n_images": images[c],
+            "n_correct": hits[c],
+            "accuracy": hits[c] / images[c] if images[c] else math.nan,
+        }
+        for c, name in enumerate(class_names)
+    ]
+
+
+def _confusion_rows(
+    key: dict[str, object], confusion: torch.Tensor, class_names: Sequence[str]
+) -> list[dict[str, object]]:
+    """confusion.csv rows of a scored cell: its non-zero (true, predicted) counts."""
+    return [
+        {
+            **key,
+            "true": class_names[true],
+            "predicted": class_names[predicted],
+            "count": int(confusion[true, predicted]),
+        }
+        for true, predicted in confusion.nonzero().tolist()
+    ]

@@ -7,16 +7,20 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.evaluation.adaptation import ADAPTATIONS, AdaptationSettings
+from robustbench_fmnist.evaluation.adaptation import ADAPTATIONS, AdaptationSettings, Predict
 from robustbench_fmnist.evaluation.cells import Cell, perturb_cell
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, memory_format_of, prepare_for_inference
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.progress import progress_bar
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -88,72 +92,122 @@ def evaluate_cells(
     adapt = ADAPTATIONS.get(adaptation).predict
     settings = adaptation_settings or AdaptationSettings(BatchNormAdaptation(), TentAdaptation())
     settings = replace(settings, batch_size=batch_size, memory_format=memory_format)
-    count = len(labels)
     if adapt is None and prepared is None:
-        images_planned = count * len(cells)
+        images_planned = len(labels) * len(cells)
         prepared = prepare_for_inference(
             model, device, precision=precision, channels_last=channels_last, compile=compile, images=images_planned
         )
     # adaptations start from this unadapted copy in every cell; the caller's model is not touched
     source = None if adapt is None else copy.deepcopy(model).to(device=device, memory_format=memory_format).eval()
-    images, labels = images.to(device), labels.to(device)
-    batches = range(0, count, batch_size)
-    results: list[CellResult] = []
-    outputs: dict[Cell, CellOutputs] = {}
+    sweep = _Sweep(
+        model_name=model_name,
+        adaptation=adaptation,
+        images=images.to(device),
+        labels=labels.to(device),
+        device=device,
+        seed=seed,
+        batch_size=batch_size,
+        memory_format=memory_format,
+        prepared=prepared,
+        adapt=adapt,
+        source=source,
+        settings=settings,
+    )
+    return sweep.run(cells, show_progress=show_progress)
 
-    def perturbed(cell: Cell, first: int) -> torch.Tensor:
-        batch = images[first : first + batch_size]
-        if not cell.is_clean:
-            indices = torch.arange(first, first + len(batch), device=device)
-            batch = perturb_cell(cell, batch, seed=seed, indices=indices)
-        return batch.contiguous(memory_format=memory_format)
 
-    bar = progress_bar(len(cells) * len(batches), f"eval {model_name}", unit="batch", enabled=show_progress)
-    with bar, torch.inference_mode():
-        for cell in cells:
-            start = time.perf_counter()
-            scores = _CellScores(count, labels)
-            if prepared is not None:
-                for first in batches:
-                    scores.add(first, prepared(perturbed(cell, first)), model_name)
-                    bar.update(1)
-            else:
-                cell_logits = adapt(source, torch.cat([perturbed(cell, first) for first in batches]), settings)
-                for first in batches:
-                    scores.add(first, cell_logits[first : first + batch_size], model_name)
-                    bar.update(1)
-            correct = int((scores.predicted == labels).sum())
-            invalid = int(scores.nonfinite)
-            if invalid:
-                log.warning(
-                    "%s seed %d %s s%d: %d of %d images gave NaN or infinite logits; the cell is marked invalid",
-                    model_name,
-                    seed,
-                    cell.perturbation,
-                    cell.severity,
-                    invalid,
-                    count,
-                )
-            outputs[cell] = CellOutputs(scores.predicted.cpu(), scores.confidence.cpu(), scores.true_probability.cpu())
-            results.append(
-                CellResult(
-                    model=model_name,
-                    perturbation=cell.perturbation,
-                    severity=cell.severity,
-                    parameter=cell.parameter,
-                    backend="" if cell.is_clean else cell.backend,
-                    n_images=count,
-                    n_correct=correct,
-                    accuracy=correct / count,
-                    error=1.0 - correct / count,
-                    seconds=time.perf_counter() - start,
-                    nonfinite_images=invalid,
-                    adaptation=adaptation,
-                )
+@dataclass
+class _Sweep:
+    """What one `evaluate_cells` call shares across its cells: the test set on the device and how to predict."""
+
+    model_name: str
+    adaptation: str
+    images: torch.Tensor  # on `device`
+    labels: torch.Tensor  # on `device`
+    device: torch.device
+    seed: int
+    batch_size: int
+    memory_format: torch.memory_format
+    prepared: PreparedModel | None  # predicts batch by batch; None where the adaptation predicts
+    adapt: Predict | None  # predicts a whole cell at once, starting from `source`
+    source: nn.Module | None
+    settings: AdaptationSettings
+
+    @property
+    def batches(self) -> range:
+        """The first image of every batch."""
+        return range(0, len(self.labels), self.batch_size)
+
+    def run(self, cells: Sequence[Cell], *, show_progress: bool) -> tuple[list[CellResult], dict[Cell, CellOutputs]]:
+        """Every cell's row and per-image outputs, in the order of `cells`."""
+        results: list[CellResult] = []
+        outputs: dict[Cell, CellOutputs] = {}
+        total = len(cells) * len(self.batches)
+        bar = progress_bar(total, f"eval {self.model_name}", unit="batch", enabled=show_progress)
+        with bar, torch.inference_mode():
+            for cell in cells:
+                result, outputs[cell] = self.evaluate(cell, bar)
+                results.append(result)
+                shown = "invalid" if result.nonfinite_images else f"{result.accuracy:.3f}"
+                bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=shown)
+        return results, outputs
+
+    def evaluate(self, cell: Cell, bar: tqdm) -> tuple[CellResult, CellOutputs]:
+        """The cell's row and its per-image outputs (on the CPU); NaN or infinite logits mark it invalid."""
+        start = time.perf_counter()
+        scores = self._scores(cell, bar)
+        count = len(self.labels)
+        correct = int((scores.predicted == self.labels).sum())
+        invalid = int(scores.nonfinite)
+        if invalid:
+            log.warning(
+                "%s seed %d %s s%d: %d of %d images gave NaN or infinite logits; the cell is marked invalid",
+                self.model_name,
+                self.seed,
+                cell.perturbation,
+                cell.severity,
+                invalid,
+                count,
             )
-            shown = "invalid" if invalid else f"{correct / count:.3f}"
-            bar.set_postfix(last=f"{cell.perturbation}/{cell.severity}", acc=shown)
-    return results, outputs
+        outputs = CellOutputs(scores.predicted.cpu(), scores.confidence.cpu(), scores.true_probability.cpu())
+        result = CellResult(
+            model=self.model_name,
+            perturbation=cell.perturbation,
+            severity=cell.severity,
+            parameter=cell.parameter,
+            backend="" if cell.is_clean else cell.backend,
+            n_images=count,
+            n_correct=correct,
+            accuracy=correct / count,
+            error=1.0 - correct / count,
+            seconds=time.perf_counter() - start,
+            nonfinite_images=invalid,
+            adaptation=self.adaptation,
+        )
+        return result, outputs
+
+    def _scores(self, cell: Cell, bar: tqdm) -> _CellScores:
+        """The cell's predictions, batch by batch, or from the adaptation over the whole cell at once."""
+        scores = _CellScores(len(self.labels), self.labels)
+        if self.prepared is not None:
+            for first in self.batches:
+                scores.add(first, self.prepared(self._perturbed(cell, first)), self.model_name)
+                bar.update(1)
+        else:
+            whole = torch.cat([self._perturbed(cell, first) for first in self.batches])
+            cell_logits = self.adapt(self.source, whole, self.settings)
+            for first in self.batches:
+                scores.add(first, cell_logits[first : first + self.batch_size], self.model_name)
+                bar.update(1)
+        return scores
+
+    def _perturbed(self, cell: Cell, first: int) -> torch.Tensor:
+        """The batch of images first.. as the cell shows them, in the model's memory layout."""
+        batch = self.images[first : first + self.batch_size]
+        if not cell.is_clean:
+            indices = torch.arange(first, first + len(batch), device=self.device)
+            batch = perturb_cell(cell, batch, seed=self.seed, indices=indices)
+        return batch.contiguous(memory_format=self.memory_format)
 
 
 class _CellScores:

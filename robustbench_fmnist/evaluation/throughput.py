@@ -97,6 +97,23 @@ def time_calls(function: Callable[[], object], device: torch.device, *, warmup: 
     return times
 
 
+def _alternated_times(
+    functions: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each of `repeats` calls of every function, after one untimed call of each.
+
+    The calls alternate, so a shared machine's drift over seconds slows every function alike and
+    their ratios hold.
+    """
+    times: dict[str, list[float]] = {kind: [] for kind in functions}
+    for function in functions.values():
+        time_calls(function, device, warmup=1, repeats=0)
+    for _ in range(repeats):
+        for kind, function in functions.items():
+            times[kind] += time_calls(function, device, warmup=0, repeats=1)
+    return times
+
+
 def device_skip_reason(device: torch.device) -> str | None:
     """Why `device` cannot be measured here, or None if it can."""
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -328,16 +345,9 @@ def measure_sweep_overhead(
         )
 
     total = len(cells) * len(images)
-    measured = {"forward": forward, "sweep": sweep}
-    times: dict[str, list[float]] = {kind: [] for kind in measured}
-    for function in measured.values():
-        time_calls(function, device, warmup=1, repeats=0)
-    # alternated, so a shared machine's drift over seconds slows both sides alike and the ratio holds
-    for _ in range(repeats):
-        for kind, function in measured.items():
-            times[kind] += time_calls(function, device, warmup=0, repeats=1)
+    times = _alternated_times({"forward": forward, "sweep": sweep}, device, repeats)
     rows = []
-    for kind in measured:
+    for kind in times:
         row = ThroughputRow(kind, name, str(device), batch_size, channels_last=channels_last, compiled=runner.compiled)
         row.__dict__.update(_rates(total, times[kind]))
         row.ms_per_batch = 1000 * statistics.median(times[kind]) / (len(cells) * len(batches))

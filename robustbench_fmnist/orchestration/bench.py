@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustbench_fmnist.config import ExperimentConfig
+from robustbench_fmnist.config import ExperimentConfig, ThroughputConfig
 from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.evaluation.throughput import (
@@ -93,45 +93,10 @@ def _throughput_plan(
     plan: list[tuple[str, Measurement]] = [
         (f"conv ceiling {d}", partial(measure_conv_ceiling, d, repeats=settings.repeats)) for d in devices
     ]
-    # one cell per perturbation (its most severe), to keep the sweep comparison short
-    last: dict[str, Cell] = {}
-    for cell in cells:
-        last[cell.perturbation] = cell
-    shown = list(last.values())
+    shown = _most_severe(cells)
     for name, model, macs in models:
         for device in devices:
-            for dtype, batch_size, compiled in itertools.product(
-                settings.dtypes, settings.batch_sizes, (False, True) if settings.compile else (False,)
-            ):
-                label = f"{name} {device} {dtype} batch {batch_size}" + (" compiled" if compiled else "")
-                measure = partial(
-                    measure_inference,
-                    name,
-                    model,
-                    device,
-                    batch_size,
-                    dtype=dtype,
-                    channels_last=settings.channels_last,
-                    compiled=compiled,
-                    images=settings.images,
-                    repeats=settings.repeats,
-                    macs=macs,
-                    seconds_per_repeat=settings.seconds_per_repeat,
-                )
-                plan.append((label, measure))
-            if settings.latency:
-                measure = partial(measure_latency, name, model, device, channels_last=settings.channels_last)
-                plan.append((f"{name} {device} latency", measure))
-            if settings.training_batch_size:
-                measure = partial(
-                    measure_training,
-                    name,
-                    model,
-                    device,
-                    settings.training_batch_size,
-                    channels_last=settings.channels_last,
-                )
-                plan.append((f"{name} {device} training", measure))
+            plan += _device_plan(settings, name, model, macs, device)
         if settings.sweep:
             measure = partial(
                 measure_sweep_overhead,
@@ -153,4 +118,47 @@ def _throughput_plan(
             for c in shown
             if not c.is_clean
         ]
+    return plan
+
+
+def _most_severe(cells: Sequence[Cell]) -> list[Cell]:
+    """One cell per perturbation, its last (most severe), in the sweep's order: keeps the sweep comparison short."""
+    last: dict[str, Cell] = {}
+    for cell in cells:
+        last[cell.perturbation] = cell
+    return list(last.values())
+
+
+def _device_plan(
+    settings: ThroughputConfig, name: str, model: nn.Module, macs: int, device: torch.device
+) -> list[tuple[str, Measurement]]:
+    """One model's measurements on one device: inference per dtype, batch size and compiling, latency, training."""
+    plan: list[tuple[str, Measurement]] = []
+    for dtype, batch_size, compiled in itertools.product(
+        settings.dtypes, settings.batch_sizes, (False, True) if settings.compile else (False,)
+    ):
+        label = f"{name} {device} {dtype} batch {batch_size}" + (" compiled" if compiled else "")
+        measure = partial(
+            measure_inference,
+            name,
+            model,
+            device,
+            batch_size,
+            dtype=dtype,
+            channels_last=settings.channels_last,
+            compiled=compiled,
+            images=settings.images,
+            repeats=settings.repeats,
+            macs=macs,
+            seconds_per_repeat=settings.seconds_per_repeat,
+        )
+        plan.append((label, measure))
+    if settings.latency:
+        measure = partial(measure_latency, name, model, device, channels_last=settings.channels_last)
+        plan.append((f"{name} {device} latency", measure))
+    if settings.training_batch_size:
+        measure = partial(
+            measure_training, name, model, device, settings.training_batch_size, channels_last=settings.channels_last
+        )
+        plan.append((f"{name} {device} training", measure))
     return plan

@@ -250,9 +250,37 @@ def render_board(
     drawn: dict[str, tuple[str, str]],
 ) -> str:
     """The whole leaderboard.md."""
+    lines = _board_intro(entries, sources, reference, scale, resamples)
+    for family, (ranking, line) in drawn.items():
+        rows = board[board.family == family].to_dict("records")
+        perturbations = sorted({c[0] for c in cells[family]})
+        lines += [
+            f"## {family}",
+            "",
+            f"{len(cells[family])} cells: {', '.join(perturbations)}."
+            + (f" {dropped[family]} cells some model lacks are left out for all." if dropped.get(family) else ""),
+            "",
+            _family_table(rows),
+            "",
+            f"![{family}: ranking]({ranking})",
+            "",
+            "### Accuracy on the line",
+            "",
+        ]
+        lines += _line_text(rows, next((f for f in fits if f.family == family), None), scale)
+        lines += ["", f"![{family}: accuracy on the line]({line})", ""]
+    lines += _models_table(entries, board)
+    lines += _sources_table(sources)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _board_intro(
+    entries: list[Entry], sources: list[Source], reference: str | None, scale: str, resamples: int
+) -> list[str]:
+    """The board's title and how to read it: what the intervals, ranks, mCE and effective robustness are."""
     seeds = sorted({e.seeds for e in entries})
     standard = sum(e.role == STANDARD for e in entries)
-    lines = [
+    return [
         "# Robustness leaderboard",
         "",
         f"{len(entries)} models from {len(sources)} report folders ({standard} trained the standard way), "
@@ -276,60 +304,44 @@ def render_board(
         "**images/s** is the evaluation sweep's rate in its own report's run (2 CPU cores where the reports say so).",
         "",
     ]
-    for family, (ranking, line) in drawn.items():
-        rows = board[board.family == family].to_dict("records")
-        perturbations = sorted({c[0] for c in cells[family]})
-        lines += [
-            f"## {family}",
-            "",
-            f"{len(cells[family])} cells: {', '.join(perturbations)}."
-            + (f" {dropped[family]} cells some model lacks are left out for all." if dropped.get(family) else ""),
-            "",
-            markdown_table(
-                [
-                    "rank",
-                    "model",
-                    "role",
-                    "clean %",
-                    "under shift %",
-                    "worst cell %",
-                    "mCE",
-                    "rel. mCE",
-                    "ECE under shift %",
-                    "eff. robustness (points)",
-                    "images/s",
-                    "parameters",
-                ],
-                [
-                    [
-                        r["rank_label"],
-                        f"`{r['model']}`",
-                        _role(r),
-                        _with_interval(r, "clean_accuracy"),
-                        _with_interval(r, "shifted_accuracy"),
-                        _with_interval(r, "worst_accuracy"),
-                        _with_interval(r, "mce", ratio),
-                        _with_interval(r, "relative_mce", ratio),
-                        _with_interval(r, "shifted_ece"),
-                        _with_interval(r, "effective_robustness", points),
-                        _rate(r),
-                        _count(r["parameters"]),
-                    ]
-                    for r in rows
-                ],
-                align="rllrrrrrrrrr",
-            ),
-            "",
-            f"![{family}: ranking]({ranking})",
-            "",
-            "### Accuracy on the line",
-            "",
-        ]
-        lines += _line_text(rows, next((f for f in fits if f.family == family), None), scale)
-        lines += ["", f"![{family}: accuracy on the line]({line})", ""]
-    lines += _models_table(entries, board)
-    lines += _sources_table(sources)
-    return "\n".join(lines).rstrip() + "\n"
+
+
+def _family_table(rows: list[dict[str, Any]]) -> str:
+    """One family's ranking: a row per model with every metric and its interval."""
+    return markdown_table(
+        [
+            "rank",
+            "model",
+            "role",
+            "clean %",
+            "under shift %",
+            "worst cell %",
+            "mCE",
+            "rel. mCE",
+            "ECE under shift %",
+            "eff. robustness (points)",
+            "images/s",
+            "parameters",
+        ],
+        [
+            [
+                r["rank_label"],
+                f"`{r['model']}`",
+                _role(r),
+                _with_interval(r, "clean_accuracy"),
+                _with_interval(r, "shifted_accuracy"),
+                _with_interval(r, "worst_accuracy"),
+                _with_interval(r, "mce", ratio),
+                _with_interval(r, "relative_mce", ratio),
+                _with_interval(r, "shifted_ece"),
+                _with_interval(r, "effective_robustness", points),
+                _rate(r),
+                _count(r["parameters"]),
+            ]
+            for r in rows
+        ],
+        align="rllrrrrrrrrr",
+    )
 
 
 def _line_text(rows: list[dict[str, Any]], fit: LineFit | None, scale: str) -> list[str]:

@@ -176,65 +176,29 @@ def _lock_warning(env: dict[str, Any]) -> list[str]:
     ]
 
 
+_HEADLINE_COLUMNS = ["model", "clean (95 % CI)", "shifted mean", "mCE", "relative mCE", "flip rate", "confidence",
+                     "ECE", "NLL (nats)"]  # fmt: skip
+
+
 def _headline(results: pd.DataFrame, cells: pd.DataFrame, reference: str | None, seen_too: bool = False) -> list[str]:
-    several = int(cells["seeds"].max()) > 1
     note = (
         f"mCE and relative mCE (Hendrycks & Dietterich 2019) are normalised by `{reference}`, so it scores 100."
         if reference and reference in set(cells["model"])
         else "mCE needs a reference model in the experiment (`reference_model`); none is, so it is n/a."
     )
-    if several:
-        table = headline_spread(results, reference)
-        rows = [
-            [
-                r["model"],
-                spread(r, "clean_accuracy"),
-                spread(r, "shifted_accuracy"),
-                spread(r, "mce", ratio),
-                spread(r, "relative_mce", ratio),
-                spread(r, "flip_rate"),
-                f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
-                f"{spread(r, 'clean_ece', with_interval=False)} → {spread(r, 'shifted_ece')}",
-                f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])} ± {plain(r['shifted_nll_std'])}",
-            ]
-            for r in table.to_dict("records")
-        ]
+    if int(cells["seeds"].max()) > 1:
+        rows = _headline_rows_over_seeds(results, reference)
         seeds_note = (
             " Each seed's headline is computed from its own cells (so mCE is each seed's mCE), then summarised "
             "across seeds."
         )
     else:
-        table = headline_table(cells, reference)
-        rows = [
-            [
-                r["model"],
-                f"{pct(r['clean_accuracy'])} ({interval(r['clean_low'], r['clean_high'])})",
-                pct(r["shifted_accuracy"]),
-                ratio(r["mce"]),
-                ratio(r["relative_mce"]),
-                pct(r["flip_rate"]),
-                f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
-                f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
-                f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
-            ]
-            for r in table.to_dict("records")
-        ]
+        rows = _headline_rows_one_seed(cells, reference)
         seeds_note = " The clean interval is the Wilson interval over the test images."
-    headers = [
-        "model",
-        "clean (95 % CI)",
-        "shifted mean",
-        "mCE",
-        "relative mCE",
-        "flip rate",
-        "confidence",
-        "ECE",
-        "NLL (nats)",
-    ]
     return [
         "## Headline",
         "",
-        markdown_table(headers, rows),
+        markdown_table(_HEADLINE_COLUMNS, rows),
         "",
         f"Shifted mean and flip rate (share of images whose prediction differs from the clean one) are means "
         f"over every perturbed cell. Confidence (mean top-1 probability), ECE (15 equal-width confidence bins) and "
@@ -245,6 +209,42 @@ def _headline(results: pd.DataFrame, cells: pd.DataFrame, reference: str | None,
             else ""
         ),
         "",
+    ]
+
+
+def _headline_rows_over_seeds(results: pd.DataFrame, reference: str | None) -> list[list[str]]:
+    """One row per model: each seed's headline, as mean ± sd over seeds with its interval."""
+    return [
+        [
+            r["model"],
+            spread(r, "clean_accuracy"),
+            spread(r, "shifted_accuracy"),
+            spread(r, "mce", ratio),
+            spread(r, "relative_mce", ratio),
+            spread(r, "flip_rate"),
+            f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
+            f"{spread(r, 'clean_ece', with_interval=False)} → {spread(r, 'shifted_ece')}",
+            f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])} ± {plain(r['shifted_nll_std'])}",
+        ]
+        for r in headline_spread(results, reference).to_dict("records")
+    ]
+
+
+def _headline_rows_one_seed(cells: pd.DataFrame, reference: str | None) -> list[list[str]]:
+    """One row per model of a single-seed run, the clean accuracy with its Wilson interval."""
+    return [
+        [
+            r["model"],
+            f"{pct(r['clean_accuracy'])} ({interval(r['clean_low'], r['clean_high'])})",
+            pct(r["shifted_accuracy"]),
+            ratio(r["mce"]),
+            ratio(r["relative_mce"]),
+            pct(r["flip_rate"]),
+            f"{pct(r['clean_confidence'])} → {pct(r['shifted_confidence'])}",
+            f"{pct(r['clean_ece'])} → {pct(r['shifted_ece'])}",
+            f"{plain(r['clean_nll'])} → {plain(r['shifted_nll'])}",
+        ]
+        for r in headline_table(cells, reference).to_dict("records")
     ]
 
 
@@ -522,8 +522,24 @@ def _rate_with_spread(row: dict[str, Any]) -> str:
 
 def _throughput(throughput: pd.DataFrame) -> list[str]:
     ok = throughput[throughput["status"] == "ok"]
+    out = _inference_table(ok)
+    out += _latency_and_training_table(ok)
+    out += _sweep_table(ok)
+    out += _perturbation_table(ok)
+    skipped = throughput[throughput["status"] == "skipped"]
+    if len(skipped):
+        reasons = skipped.groupby(["device", "reason"], sort=False).size()
+        out += [
+            "Skipped: "
+            + "; ".join(f"{device}: {reason} ({n} measurements)" for (device, reason), n in reasons.items()),
+            "",
+        ]
+    return out
+
+
+def _inference_table(ok: pd.DataFrame) -> list[str]:
+    """The section's heading and its inference rows, each set against the device's convolution ceiling."""
     ceilings = ok[ok["kind"] == "ceiling"].set_index("device")["gflops"]
-    inference = ok[ok["kind"] == "inference"]
     rows = [
         [
             r["model"],
@@ -538,9 +554,9 @@ def _throughput(throughput: pd.DataFrame) -> list[str]:
             else "n/a",
             plain(r["peak_memory_mb"], 0),
         ]
-        for r in inference.to_dict("records")
+        for r in ok[ok["kind"] == "inference"].to_dict("records")
     ]
-    out = [
+    return [
         "## Throughput",
         "",
         "Inference: median images/s over repeats (slowest–fastest), BatchNorm folded into the convolutions, "
@@ -552,47 +568,53 @@ def _throughput(throughput: pd.DataFrame) -> list[str]:
         ),
         "",
     ]
+
+
+def _latency_and_training_table(ok: pd.DataFrame) -> list[str]:
+    """Single-image latency and training speed, where measured."""
     other = ok[ok["kind"].isin(["latency", "training"])]
-    if len(other):
-        lines = [
-            [
-                r["model"],
-                r["device"],
-                r["kind"],
-                int(r["batch_size"]),
-                _rate(r["images_per_second"]),
-                f"{plain(r['latency_p50_ms'], 2)} / {plain(r['latency_p95_ms'], 2)}" if r["kind"] == "latency" else "",
-            ]
-            for r in other.to_dict("records")
+    if not len(other):
+        return []
+    lines = [
+        [
+            r["model"],
+            r["device"],
+            r["kind"],
+            int(r["batch_size"]),
+            _rate(r["images_per_second"]),
+            f"{plain(r['latency_p50_ms'], 2)} / {plain(r['latency_p95_ms'], 2)}" if r["kind"] == "latency" else "",
         ]
-        out += [markdown_table(["model", "device", "what", "batch", "images/s", "p50 / p95 ms"], lines), ""]
+        for r in other.to_dict("records")
+    ]
+    return [markdown_table(["model", "device", "what", "batch", "images/s", "p50 / p95 ms"], lines), ""]
+
+
+def _sweep_table(ok: pd.DataFrame) -> list[str]:
+    """The sweep's images/s against the bare forward pass, where both were measured."""
     sweep = ok[ok["kind"].isin(["sweep", "forward"])].pivot_table(
         index="model", columns="kind", values="images_per_second", sort=False
     )
-    if {"sweep", "forward"} <= set(sweep.columns):
-        lines = [
-            [model, _rate(r["forward"]), _rate(r["sweep"]), ratio(r["sweep"] / r["forward"])]
-            for model, r in sweep.iterrows()
-        ]
-        out += [
-            "The evaluation sweep (perturb, forward, score) against the bare forward pass over the same batches:",
-            "",
-            markdown_table(["model", "forward images/s", "sweep images/s", "sweep / forward (%)"], lines),
-            "",
-        ]
+    if not {"sweep", "forward"} <= set(sweep.columns):
+        return []
+    lines = [
+        [model, _rate(r["forward"]), _rate(r["sweep"]), ratio(r["sweep"] / r["forward"])]
+        for model, r in sweep.iterrows()
+    ]
+    return [
+        "The evaluation sweep (perturb, forward, score) against the bare forward pass over the same batches:",
+        "",
+        markdown_table(["model", "forward images/s", "sweep images/s", "sweep / forward (%)"], lines),
+        "",
+    ]
+
+
+def _perturbation_table(ok: pd.DataFrame) -> list[str]:
+    """Each perturbation's images/s by its backend, where measured."""
     perturbations = ok[ok["kind"] == "perturbation"]
-    if len(perturbations):
-        lines = [[r["model"], r["reason"], _rate(r["images_per_second"])] for r in perturbations.to_dict("records")]
-        out += [markdown_table(["perturbation", "backend", "images/s"], lines), ""]
-    skipped = throughput[throughput["status"] == "skipped"]
-    if len(skipped):
-        reasons = skipped.groupby(["device", "reason"], sort=False).size()
-        out += [
-            "Skipped: "
-            + "; ".join(f"{device}: {reason} ({n} measurements)" for (device, reason), n in reasons.items()),
-            "",
-        ]
-    return out
+    if not len(perturbations):
+        return []
+    lines = [[r["model"], r["reason"], _rate(r["images_per_second"])] for r in perturbations.to_dict("records")]
+    return [markdown_table(["perturbation", "backend", "images/s"], lines), ""]
 
 
 def _lock_row(lock: dict[str, Any] | None) -> str:

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from robustbench_fmnist.errors import ModelError
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.training.augmentation import augmentation_random, build_augmentation, jensen_shannon
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 
 @dataclass
@@ -91,6 +95,23 @@ def _scheduler(
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+@dataclass
+class _Training:
+    """What every step of one training run shares: the model, its optimiser and how batches are built."""
+
+    model: nn.Module
+    recipe: TrainRecipe
+    name: str
+    seed: int
+    device: torch.device
+    generator: torch.Generator  # shuffles, flips and crops
+    memory_format: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    robust: Callable[..., list[torch.Tensor]] | None  # the robust augmentation, if the recipe has one
+    jsd: bool  # AugMix's Jensen-Shannon consistency loss over the clean image and two views
+
+
 def train_model(
     model: nn.Module,
     train: Split,
@@ -105,62 +126,16 @@ def train_model(
     A loss or weights that turn NaN or infinite raise ModelError naming `name`, the seed and the epoch.
     """
     torch.manual_seed(seed)
-    # shuffles and augmentation draws come from a CPU generator, so they do not depend on the device
-    generator = torch.Generator().manual_seed(seed)
     count = min(len(train), recipe.train_images or len(train))
     images = to_float_images(train.images[:count], device)
     labels = train.labels[:count].to(device)
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).train()
     steps_per_epoch = math.ceil(count / recipe.batch_size)
-    optimizer = _optimizer(model, recipe)
-    scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
-    autocast = recipe.precision == "bfloat16"
-    robust = build_augmentation(recipe)
-    jsd = robust is not None and getattr(recipe.robust_augment, "jsd", False)
+    run = _start_training(model, recipe, seed=seed, device=device, name=name, steps=recipe.epochs * steps_per_epoch)
     summary = TrainSummary(seconds=0.0, images_per_second=0.0)
     start = time.perf_counter()
     with progress_bar(recipe.epochs * steps_per_epoch, f"train {name}", unit="batch") as bar:
         for epoch in range(1, recipe.epochs + 1):
-            epoch_start = time.perf_counter()
-            order = torch.randperm(count, generator=generator).to(device)
-            # the whole epoch's robust augmentation in one batched call: keyed per image, it is what
-            # batch-by-batch calls would give, without a dozen small kernel launches per step
-            views = _augmented_epoch(robust, images, seed, recipe, epoch) if robust is not None else []
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            for first in range(0, count, recipe.batch_size):
-                index = order[first : first + recipe.batch_size]
-                target = labels[index]
-                # AugMix's JSD trains on the clean images and two views; otherwise the view replaces the image
-                sources = [images, *views] if jsd else views[:1] or [images]
-                stacked = torch.cat([source[index] for source in sources], dim=1)
-                if recipe.augment != "none":
-                    # along channels, so the clean image and its views take the same flip and crop
-                    stacked = _flip_crop(stacked, generator, crop=recipe.augment == "flip_crop")
-                inputs = torch.cat(stacked.split(1, dim=1)).contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    all_logits = model(inputs)
-                    check_logits(all_logits, len(inputs), name)
-                    logits = all_logits[: len(index)]
-                    loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
-                    if jsd:
-                        consistency = jensen_shannon(all_logits.float().split(len(index)))
-                        loss = loss + recipe.robust_augment.jsd_weight * consistency
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                # accumulate on the device; reading .item() every step would stall a GPU
-                loss_sum += loss.detach() * len(target)
-                correct += (logits.argmax(1) == target).sum()
-                bar.update(1)
-            stats = EpochStats(
-                epoch=epoch,
-                loss=loss_sum.item() / count,
-                train_accuracy=correct.item() / count,
-                seconds=time.perf_counter() - epoch_start,
-            )
+            stats = _train_epoch(run, images, labels, epoch, bar)
             summary.history.append(stats)
             bar.set_postfix(epoch=epoch, loss=f"{stats.loss:.3f}", acc=f"{stats.train_accuracy:.3f}")
             if not math.isfinite(stats.loss):
@@ -176,3 +151,84 @@ def train_model(
     summary.images_per_second = recipe.epochs * count / summary.seconds
     model.eval()
     return summary
+
+
+def _start_training(
+    model: nn.Module, recipe: TrainRecipe, *, seed: int, device: torch.device, name: str, steps: int
+) -> _Training:
+    """`model` on `device` in training mode, with its optimiser, its schedule over `steps` steps and augmentation."""
+    # shuffles and augmentation draws come from a CPU generator, so they do not depend on the device
+    generator = torch.Generator().manual_seed(seed)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
+    optimizer = _optimizer(model, recipe)
+    scheduler = _scheduler(optimizer, recipe, steps)
+    robust = build_augmentation(recipe)
+    return _Training(
+        model=model,
+        recipe=recipe,
+        name=name,
+        seed=seed,
+        device=device,
+        generator=generator,
+        memory_format=memory_format,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        robust=robust,
+        jsd=robust is not None and getattr(recipe.robust_augment, "jsd", False),
+    )
+
+
+def _train_epoch(run: _Training, images: torch.Tensor, labels: torch.Tensor, epoch: int, bar: tqdm) -> EpochStats:
+    """One pass over the training set in a fresh random order; its mean loss and accuracy."""
+    epoch_start = time.perf_counter()
+    count, recipe = len(images), run.recipe
+    order = torch.randperm(count, generator=run.generator).to(run.device)
+    # the whole epoch's robust augmentation in one batched call: keyed per image, it is what
+    # batch-by-batch calls would give, without a dozen small kernel launches per step
+    views = _augmented_epoch(run.robust, images, run.seed, recipe, epoch) if run.robust is not None else []
+    # AugMix's JSD trains on the clean images and two views; otherwise the view replaces the image
+    sources = [images, *views] if run.jsd else views[:1] or [images]
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    for first in range(0, count, recipe.batch_size):
+        index = order[first : first + recipe.batch_size]
+        target = labels[index]
+        loss, logits = _train_step(run, _batch_inputs(run, sources, index), target)
+        # accumulate on the device; reading .item() every step would stall a GPU
+        loss_sum += loss.detach() * len(target)
+        correct += (logits.argmax(1) == target).sum()
+        bar.update(1)
+    return EpochStats(
+        epoch=epoch,
+        loss=loss_sum.item() / count,
+        train_accuracy=correct.item() / count,
+        seconds=time.perf_counter() - epoch_start,
+    )
+
+
+def _batch_inputs(run: _Training, sources: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """The batch's images from every source (clean and/or augmented views), flipped and cropped, one after another."""
+    stacked = torch.cat([source[index] for source in sources], dim=1)
+    if run.recipe.augment != "none":
+        # along channels, so the clean image and its views take the same flip and crop
+        stacked = _flip_crop(stacked, run.generator, crop=run.recipe.augment == "flip_crop")
+    return torch.cat(stacked.split(1, dim=1)).contiguous(memory_format=run.memory_format)
+
+
+def _train_step(run: _Training, inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on `inputs`; returns the loss and the logits of the first source's images."""
+    recipe = run.recipe
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bfloat16"):
+        all_logits = run.model(inputs)
+        check_logits(all_logits, len(inputs), run.name)
+        logits = all_logits[: len(target)]
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
+        if run.jsd:
+            consistency = jensen_shannon(all_logits.float().split(len(target)))
+            loss = loss + recipe.robust_augment.jsd_weight * consistency
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss, logits
