@@ -315,7 +315,10 @@ def test_the_fixture_gates_an_unrecorded_machine_kind(
     pytester.makepyfile(fakeclock=FAKE_CLOCK, test_synthetic=SYNTHETIC_BENCHMARKS)
     pytester.syspathinsert()
     monkeypatch.setattr(gate, "BASELINE_PATH", tmp_path / "baseline.json")
-    options = ["-p", "no:cacheprovider", "-v", "--benchmark-timer=fakeclock.clock"]
+    # pytest-benchmark switches itself off inside an xdist worker (make test runs under xdist)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    options = ["-p", "no:cacheprovider", "-p", "no:xdist", "-v", "--benchmark-timer=fakeclock.clock"]
     with cpu_settings():  # the benchmarks' session fixture changes threads and denormals; put them back
         recorded = pytester.runpytest(*options, "--update-baseline", "reset")
         mine = load_baseline()["machines"][machine_kind()]["benchmarks"]

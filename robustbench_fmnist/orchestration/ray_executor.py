@@ -156,14 +156,15 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
         pending[ref] = task
     failures: list[Failure] = []
     failed_training: dict[TrainTask, Failure] = {}
+    waiting = list(pending)  # the tasks whose results have not come back
     try:
         with progress_bar(len(pending), "tasks (ray)", unit="task") as bar:
-            waiting = list(pending)
             while waiting:
                 # a bounded wait: a signal is handled between waits, not after the next task finishes
-                ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.5)
+                ready, still_waiting = ray.wait(waiting, num_returns=1, timeout=0.5)
                 if not ready:
                     continue
+                waiting = still_waiting
                 task = pending[ready[0]]
                 try:
                     result = ray.get(ready[0])
@@ -174,7 +175,9 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
                 bar.set_postfix_str(task.title)
                 bar.update(1)
     except KeyboardInterrupt:
-        for ref in pending:
+        # only what has not come back: force-cancelling a finished task can trip Ray's own
+        # bookkeeping ("Tried to complete task that was not pending"), which aborts the driver
+        for ref in waiting:
             ray.cancel(ref, force=True)
         raise
     return failures
