@@ -27,6 +27,7 @@ from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.albumentations_backend import ADAPTERS, apply_albumentations
+from tests.benchmarks.gate import min_seconds
 from tests.conftest import real_data_available, synthetic_split
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -58,15 +59,6 @@ def _albumentations_suite(images: torch.Tensor, cells: list[tuple[str, int]]) ->
         apply_albumentations(entry, images, entry.parameter(severity), seed=0)
 
 
-def _median_seconds(function: object, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _baseline_forward_seconds(images: torch.Tensor) -> float:
     model = fold_batch_norm(create_model("baseline_cnn").eval()).to(memory_format=torch.channels_last)
 
@@ -75,8 +67,8 @@ def _baseline_forward_seconds(images: torch.Tensor) -> float:
             for first in range(0, len(images), 1000):
                 model(images[first : first + 1000].contiguous(memory_format=torch.channels_last)).argmax(1)
 
-    forward()  # warm-up: oneDNN primitives and the allocator
-    return _median_seconds(forward, repeats=5)
+    # the fastest of 5 after a warm-up (oneDNN primitives, the allocator): a shared VM only ever adds time
+    return min_seconds(forward, rounds=5)
 
 
 def test_torch_suite_is_20x_faster_than_albumentations(benchmark: object, test_images: torch.Tensor) -> None:
@@ -111,7 +103,8 @@ def test_one_perturbation_costs_under_15_percent_of_the_baseline_forward(test_im
         entry = PERTURBATIONS.get(name)
         entry(test_images, entry.max_severity, seed=0)  # warm-up
         per_severity = [
-            _median_seconds(lambda s=s, e=entry: e(test_images, s, seed=0)) for s in range(1, entry.max_severity + 1)
+            min_seconds(lambda s=s, e=entry: e(test_images, s, seed=0), rounds=3, warmup=0)
+            for s in range(1, entry.max_severity + 1)
         ]
         shares[name] = statistics.mean(per_severity) / forward
     print(f"\nbaseline forward over {len(test_images)} images: {1000 * forward:.0f} ms")
