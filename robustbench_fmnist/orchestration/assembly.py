@@ -161,7 +161,20 @@ def _model_entry(
     failures: dict[TrainTask | EvaluateTask, str],
 ) -> tuple[nn.Module | None, dict[str, Any]]:
     """The model with its weights (None if its training failed) and its run.json entry."""
-    model, info = _weights_entry(resolved, seed, train, ran, failures)
+    model: nn.Module | None = None
+    loaded = None if train is None or train in failures else cached_weights(resolved, seed, train.path)
+    if train is None:
+        model = user_weights(resolved, seed)
+        info = weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)
+    elif loaded is None:
+        info = weights_record(
+            resolved, seeded_model(resolved, seed), weights="failed", checkpoint=train.path, key=train.key
+        )
+        info["failed"] = failures.get(train, "its checkpoint is missing")
+    else:
+        model, metadata = loaded
+        kind = "trained" if train in ran else "cached"
+        info = weights_record(resolved, model, weights=kind, checkpoint=train.path, key=train.key, metadata=metadata)
     info.update(
         seed=seed,
         architecture=resolved.architecture,
@@ -171,28 +184,6 @@ def _model_entry(
         base_model=resolved.name,
     )
     return model, info
-
-
-def _weights_entry(
-    resolved: ResolvedModel,
-    seed: int,
-    train: TrainTask | None,
-    ran: set[TrainTask],
-    failures: dict[TrainTask | EvaluateTask, str],
-) -> tuple[nn.Module | None, dict[str, Any]]:
-    if train is None:
-        model = user_weights(resolved, seed)
-        return model, weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)
-    loaded = None if train in failures else cached_weights(resolved, seed, train.path)
-    if loaded is None:
-        info = weights_record(
-            resolved, seeded_model(resolved, seed), weights="failed", checkpoint=train.path, key=train.key
-        )
-        info["failed"] = failures.get(train, "its checkpoint is missing")
-        return None, info
-    model, metadata = loaded
-    kind = "trained" if train in ran else "cached"
-    return model, weights_record(resolved, model, weights=kind, checkpoint=train.path, key=train.key, metadata=metadata)
 
 
 def collect_examples(
