@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
 COUNT = 10_000
 SHARED = [n for n in PERTURBATIONS.names() if n in ADAPTERS]
+ALBUMENTATIONS_SHARE = 4  # albumentations is timed on 1/4 of the images (see the 20x test)
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +81,23 @@ def test_torch_suite_is_20x_faster_than_albumentations(benchmark: object, test_i
     # Fastest of three torch rounds still measured 19.6x and 19.7x in two fresh-clone CI runs where the
     # same code measured 21.5x alone: a 1.4 s side needs more draws than a 30 s side to reach its floor
     torch_seconds = benchmark.stats.stats.min
+    # albumentations perturbs image by image in a Python loop, so its time is the same per image at
+    # any count: the fastest of two runs over a quarter of the images, times four, is the whole
+    # set's (two full runs were 100 of this module's 115 s)
+    sample = test_images[: len(test_images) // ALBUMENTATIONS_SHARE]
     albumentations_seconds = math.inf
     for _ in range(2):
         start = time.perf_counter()
-        _albumentations_suite(test_images, cells)
+        _albumentations_suite(sample, cells)
         albumentations_seconds = min(albumentations_seconds, time.perf_counter() - start)
+    albumentations_seconds *= len(test_images) / len(sample)
     ratio = albumentations_seconds / torch_seconds
     benchmark.extra_info.update(
         cells=len(cells), torch_s=torch_seconds, albumentations_s=albumentations_seconds, speedup=ratio
     )
     print(
         f"\nsuite of {len(cells)} cells x {len(test_images)} images: torch {torch_seconds:.2f} s, "
-        f"albumentations {albumentations_seconds:.2f} s, speedup {ratio:.1f}x"
+        f"albumentations {albumentations_seconds:.2f} s (timed on {len(sample):,}, scaled), speedup {ratio:.1f}x"
     )
     assert ratio >= 20, f"torch backend only {ratio:.1f}x faster than albumentations over the suite"
 
