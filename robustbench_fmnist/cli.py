@@ -1,4 +1,4 @@
-"""Command line: run | validate | ls | preview | report | compare | reproduce | bench.
+"""Command line: run | validate | ls | preview | report | compare | reproduce | bench | verify.
 
 User errors print one line and exit non-zero.
 """
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_command(commands)
     _add_report_commands(commands)
     _add_reproduce_command(commands)
+    _add_verify_command(commands)
     return parser
 
 
@@ -162,6 +163,20 @@ def _add_reproduce_command(commands: Subcommands) -> None:
     reproduce.add_argument("--output-dir", type=Path, help="parent folder of <name>-reproduced/ (default reports/)")
     reproduce.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
     reproduce.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
+
+
+def _add_verify_command(commands: Subcommands) -> None:
+    """verify: stored evaluation records evaluated again from their weights, like `git fsck`."""
+    verify = commands.add_parser(
+        "verify", help="re-evaluate a sample of a cache's or report's stored records and compare predictions"
+    )
+    verify.add_argument("path", type=Path, help="a cache folder (--cache-dir of a run) or a report folder")
+    verify.add_argument("--sample", type=int, default=300, help="images re-evaluated per record (default 300)")
+    verify.add_argument("--all", action="store_true", help="every image of every record, adapted ones too")
+    verify.add_argument("--seed", type=int, default=0, help="which images the sample takes")
+    verify.add_argument("--cache-dir", type=Path, help="for a report: the cache holding its records")
+    verify.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
+    verify.add_argument("--trust-code", action="store_true", help="import the factory a record's model names")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -353,6 +368,32 @@ def _identical_weights(reference: list[dict[str, Any]], again: list[dict[str, An
     return f"{same} of {len(shared)} (model, seed) trainings bit-identical to the reference's"
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from robustbench_fmnist.data import load_fashion_mnist
+    from robustbench_fmnist.orchestration.verify import report_data_dir, verify_path
+
+    if not args.path.is_dir():
+        raise ConfigError(f"verify: {args.path} is not a folder; give a cache folder or a report folder")
+    if args.sample < 1:
+        raise ConfigError(f"--sample: give at least 1 image per record, got {args.sample}")
+    # the records name the data's checksum and are checked against it, so other data is refused there
+    data = load_fashion_mnist(args.data_dir or report_data_dir(args.path), verify=False)
+    sample = None if args.all else args.sample
+    found = verify_path(
+        args.path, data, cache_dir=args.cache_dir, sample=sample, seed=args.seed, trust_code=args.trust_code
+    )
+    for problem in found.problems:
+        print(f"MISMATCH {problem}")
+    if found.integrity_only:
+        print(f"{len(found.integrity_only)} adapted records checked for integrity only (their predictions depend "
+              "on the whole cell; --all evaluates them again)")  # fmt: skip
+    print(
+        f"verified {found.checked} records ({found.images:,} image-cells evaluated again): "
+        + ("every prediction matches" if found.ok else f"{len(found.problems)} problems")
+    )
+    return 0 if found.ok else 1
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from robustbench_fmnist.report.leaderboard_files import write_leaderboard
 
@@ -527,6 +568,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "leaderboard": cmd_leaderboard,
     "reproduce": cmd_reproduce,
+    "verify": cmd_verify,
 }
 
 

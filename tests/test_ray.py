@@ -131,7 +131,7 @@ def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
-        if evaluations.is_dir() and list(evaluations.glob("*.pt")):
+        if evaluations.is_dir() and list(evaluations.glob("*.safetensors")):
             process.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)

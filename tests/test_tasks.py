@@ -107,13 +107,13 @@ def test_a_run_killed_midway_resumes_with_only_the_missing_tasks(
     )
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
-        if evaluations.is_dir() and len(list(evaluations.glob("*.pt"))) >= 4:
+        if evaluations.is_dir() and len(list(evaluations.glob("*.safetensors"))) >= 4:
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    stored = len(list(evaluations.glob("*.pt")))
+    stored = len(list(evaluations.glob("*.safetensors")))
     assert not list(Path(grid["cache_dir"]).rglob("*.tmp")), "no half-written result"
     assert not (Path(grid["output_dir"]) / "tiny" / "results.csv").exists(), "no report from a killed run"
     planned = plan_experiment(parse_config(grid))
@@ -208,8 +208,8 @@ def test_ctrl_c_keeps_finished_tasks_and_writes_no_report(
 def test_a_corrupt_stored_evaluation_is_done_again(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
     grid = _grid(tiny_experiment, tmp_path, seeds=[0], models=["baseline_cnn_tiny"])
     first = _results(run_experiment(parse_config(grid)))
-    stored = sorted((Path(grid["cache_dir"]) / "evaluations").glob("*.pt"))
-    stored[0].write_bytes(b"not a torch file")
+    stored = sorted((Path(grid["cache_dir"]) / "evaluations").glob("*.safetensors"))
+    stored[0].write_bytes(b"not a safetensors file")
     folder = run_experiment(parse_config(grid))
     run = pd.read_json(folder / "run.json", typ="series")
     assert run["tasks"]["ran"] == 1 and run["tasks"]["stored_before"] == 3  # the unreadable one is done again

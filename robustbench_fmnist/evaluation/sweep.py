@@ -78,6 +78,7 @@ def evaluate_cells(
     compile: Compile = "never",
     prepared: PreparedModel | None = None,
     show_progress: bool = True,
+    image_indices: torch.Tensor | None = None,
 ) -> tuple[list[CellResult], dict[Cell, CellOutputs]]:
     """Accuracy of `model` in every cell, plus its per-image outputs per cell (on the CPU).
 
@@ -86,7 +87,9 @@ def evaluate_cells(
     `inference.prepare_for_inference` prepares it (`compile` as there), or as `prepared` when
     given (prepared once for several calls: compiling is paid once). With an `adaptation` other
     than none, each cell's images are perturbed whole and the adaptation predicts them, starting
-    from `model`'s own weights in every cell.
+    from `model`'s own weights in every cell. `image_indices` are the images' positions in the test
+    set (default 0..N-1): a perturbation's random draws are keyed by them, so a sample of the test
+    set is perturbed exactly as the whole set's sweep perturbs those images.
     """
     memory_format = memory_format_of(channels_last)
     adapt = ADAPTATIONS.get(adaptation).predict
@@ -104,6 +107,7 @@ def evaluate_cells(
         adaptation=adaptation,
         images=images.to(device),
         labels=labels.to(device),
+        image_indices=(torch.arange(len(labels)) if image_indices is None else image_indices).to(device),
         device=device,
         seed=seed,
         batch_size=batch_size,
@@ -116,6 +120,30 @@ def evaluate_cells(
     return sweep.run(cells, show_progress=show_progress)
 
 
+def cell_result(
+    model_name: str, cell: Cell, outputs: CellOutputs, labels: torch.Tensor, seconds: float, adaptation: str
+) -> CellResult:
+    """A cell's row derived from its per-image outputs and the true labels: the one way every count is made."""
+    predictions = outputs.predictions.to(labels.device)
+    count = len(labels)
+    # NO_PREDICTION never equals a label, so an image without a prediction counts as not correct
+    correct = int((predictions.long() == labels.long()).sum())
+    return CellResult(
+        model=model_name,
+        perturbation=cell.perturbation,
+        severity=cell.severity,
+        parameter=cell.parameter,
+        backend="" if cell.is_clean else cell.backend,
+        n_images=count,
+        n_correct=correct,
+        accuracy=correct / count,
+        error=1.0 - correct / count,
+        seconds=seconds,
+        nonfinite_images=int((predictions == NO_PREDICTION).sum()),
+        adaptation=adaptation,
+    )
+
+
 @dataclass
 class _Sweep:
     """What one `evaluate_cells` call shares across its cells: the test set on the device and how to predict."""
@@ -124,6 +152,7 @@ class _Sweep:
     adaptation: str
     images: torch.Tensor  # on `device`
     labels: torch.Tensor  # on `device`
+    image_indices: torch.Tensor  # on `device`: each image's position in the test set
     device: torch.device
     seed: int
     batch_size: int
@@ -157,7 +186,6 @@ class _Sweep:
         start = time.perf_counter()
         scores = self._scores(cell, bar)
         count = len(self.labels)
-        correct = int((scores.predicted == self.labels).sum())
         invalid = int(scores.nonfinite)
         if invalid:
             log.warning(
@@ -170,21 +198,8 @@ class _Sweep:
                 count,
             )
         outputs = CellOutputs(scores.predicted.cpu(), scores.confidence.cpu(), scores.true_probability.cpu())
-        result = CellResult(
-            model=self.model_name,
-            perturbation=cell.perturbation,
-            severity=cell.severity,
-            parameter=cell.parameter,
-            backend="" if cell.is_clean else cell.backend,
-            n_images=count,
-            n_correct=correct,
-            accuracy=correct / count,
-            error=1.0 - correct / count,
-            seconds=time.perf_counter() - start,
-            nonfinite_images=invalid,
-            adaptation=self.adaptation,
-        )
-        return result, outputs
+        seconds = time.perf_counter() - start
+        return cell_result(self.model_name, cell, outputs, self.labels, seconds, self.adaptation), outputs
 
     def _scores(self, cell: Cell, bar: tqdm) -> _CellScores:
         """The cell's predictions, batch by batch, or from the adaptation over the whole cell at once."""
@@ -205,7 +220,7 @@ class _Sweep:
         """The batch of images first.. as the cell shows them, in the model's memory layout."""
         batch = self.images[first : first + self.batch_size]
         if not cell.is_clean:
-            indices = torch.arange(first, first + len(batch), device=self.device)
+            indices = self.image_indices[first : first + len(batch)]
             batch = perturb_cell(cell, batch, seed=self.seed, indices=indices)
         return batch.contiguous(memory_format=self.memory_format)
 

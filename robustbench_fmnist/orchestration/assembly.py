@@ -15,7 +15,7 @@ from robustbench_fmnist.config import ExperimentConfig, TrainRecipe
 from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.evaluation.cells import CLEAN, Cell, perturb_cell
 from robustbench_fmnist.evaluation.scoring import ScoredCells, score_cells
-from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
+from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, cell_result
 from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
@@ -143,8 +143,12 @@ def _score_stored(
         if evaluation is None:
             results += failed_results(task, len(labels), failures.get(task, "its result is missing"))
             continue
-        results += evaluation.results
-        outputs.update(evaluation.by_cell(task.cells))
+        # every count and metric is derived here from the stored per-image outputs and the true labels
+        for cell, cell_outputs, cell_seconds in zip(
+            task.cells, evaluation.outputs, evaluation.cell_seconds, strict=True
+        ):
+            results.append(cell_result(task.label, cell, cell_outputs, labels, cell_seconds, task.adaptation))
+            outputs[cell] = cell_outputs
         seconds += evaluation.seconds
     scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
     exposure = training_exposure(resolved.recipe)

@@ -135,6 +135,8 @@ class Executed:
             "ran": len(planned.missing) - len(self.failures),
             "failed": [f.line for f in self.failures],
             "executor": planned.checked.config.executor.kind,
+            # the evaluation records the report was derived from: `verify <report>` checks them and results.csv
+            "records": planned.store.record_checksums(planned.plan.evaluate),
         }
 
 

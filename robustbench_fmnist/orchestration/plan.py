@@ -32,7 +32,7 @@ _EVALUATION_SOURCES = (
     _PACKAGE / "models" / "fusion.py",
     *sorted((_PACKAGE / "perturbations").glob("*.py")),
 )
-EVALUATION_FORMAT = 1  # bump when a stored evaluation's meaning changes in a way the sources above miss
+EVALUATION_FORMAT = 2  # bump when a stored evaluation's meaning changes in a way the sources above miss
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class EvaluateTask:
     key: str
     images_planned: int  # images this model's weights go through in the whole plan (decides compiling)
     train: TrainTask | None = None  # the task that makes the weights; None for a user checkpoint
+    # everything `key` digests (and where a user's weights file is), as its stored record names it;
+    # the key alone decides equality
+    identity: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def title(self) -> str:
@@ -128,7 +131,14 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                     identity = _evaluation_identity(
                         config, adaptation, seed, group, weights, data_checksum, test_images
                     )
-                    identity.update(device=device.type, images_planned=test_images * len(checked.cells))
+                    identity.update(
+                        device=device.type,
+                        images_planned=test_images * len(checked.cells),
+                        model=_model_identity(resolved),
+                    )
+                    key = _digest(identity)
+                    if resolved.spec.checkpoint is not None:  # where `verify` finds the user's weights; not identity
+                        identity["model"]["checkpoint"] = str(Path(resolved.spec.checkpoint).resolve())
                     plan.evaluate.append(
                         EvaluateTask(
                             model=resolved.name,
@@ -137,12 +147,19 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                             seed=seed,
                             cells=group,
                             weights=weights,
-                            key=_digest(identity),
+                            key=key,
                             images_planned=test_images * len(checked.cells),
                             train=train,
+                            identity=identity,
                         )
                     )
     return plan
+
+
+def _model_identity(resolved: ResolvedModel) -> dict[str, Any]:
+    """What builds the evaluated model: enough for `verify` to build it again from a registry name."""
+    spec = resolved.spec
+    return {"name": spec.name, "architecture": resolved.architecture, "kwargs": spec.kwargs, "factory": spec.factory}
 
 
 def _applicable(resolved: ResolvedModel, config: ExperimentConfig) -> tuple[list[str], dict[str, str]]:

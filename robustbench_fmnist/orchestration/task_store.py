@@ -1,7 +1,11 @@
-"""Where finished tasks keep their results: checkpoints in the cache, evaluations beside them.
+"""Where finished tasks keep their results: checkpoints in the cache, evaluation records beside them.
 
 Every file is written atomically, so an interrupted run leaves each task's result whole or
-absent, and the next run redoes only the absent ones.
+absent, and the next run redoes only the absent ones. Nothing stored is believed unchecked: a
+checkpoint's weights must match the SHA-256 recorded when it was written, and an evaluation
+record must pass its own checksum, name this very task and have been made from the weights the
+checkpoint now holds. A stored result that fails is not used: its task is done again, with one
+line naming the file and why.
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from robustbench_fmnist.data import user_cache_dir
-from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult
-from robustbench_fmnist.files import atomic_path, safe_file_name
+from robustbench_fmnist.errors import CheckpointError, ConfigError
+from robustbench_fmnist.files import safe_file_name
 from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.records import (
+    SUFFIX,
+    RecordError,
+    check_identity,
+    read_record,
+    record_from_outputs,
+    write_record,
+)
 from robustbench_fmnist.orchestration.tasks import Evaluation
-from robustbench_fmnist.training.checkpoints import save_checkpoint_state
+from robustbench_fmnist.training.checkpoints import read_checkpoint, save_checkpoint_state
 from robustbench_fmnist.training.weights import TrainedWeights
 
 log = logging.getLogger(__name__)
@@ -28,62 +38,93 @@ class TaskStore:
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.root = (Path(cache_dir) if cache_dir else user_cache_dir()) / "evaluations"
-        # evaluations read or written by this store: planning reads each one to see that it loads,
-        # and the report needs it again
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(
+                f"{self.root} is a file, where the cache keeps its evaluation records; move it away or "
+                "choose another --cache-dir"
+            )
+        # evaluations read or written by this store: planning reads each one to check it, and the report needs it
         self._evaluations: dict[str, Evaluation] = {}
+        self._weights: dict[str, str | None] = {}  # training key -> the checked SHA-256 of its checkpoint
+        self._checksums: dict[str, str] = {}  # evaluation key -> its record's content SHA-256
 
     def evaluation_path(self, task: EvaluateTask) -> Path:
-        return self.root / f"{safe_file_name(task.label)}-{task.key[:24]}.pt"
+        return self.root / f"{safe_file_name(task.label)}-{task.key[:24]}{SUFFIX}"
 
     def is_done(self, task: TrainTask | EvaluateTask) -> bool:
-        """Whether the task's result is stored and loads: a truncated or foreign file is done again."""
+        """Whether the task's result is stored and checks out: anything else is done again."""
         if isinstance(task, EvaluateTask):
             return self.load_evaluation(task) is not None
-        if not task.path.is_file():
-            return False
-        try:
-            return "state_dict" in torch.load(task.path, map_location="cpu", weights_only=True)
-        except Exception:
-            return False
+        return self.checkpoint_sha256(task) is not None
+
+    def checkpoint_sha256(self, task: TrainTask) -> str | None:
+        """The SHA-256 of the task's checkpoint, checked against the one written with it; None if absent or not."""
+        if task.key not in self._weights:
+            sha = None
+            if task.path.is_file():
+                try:
+                    sha = read_checkpoint(task.path)[1]["weights_sha256"]
+                except CheckpointError as exc:
+                    log.warning("cached checkpoint %s is not used (%s); training again", task.path, exc)
+            self._weights[task.key] = sha
+        return self._weights[task.key]
 
     def save_training(self, task: TrainTask, trained: TrainedWeights) -> None:
-        save_checkpoint_state(task.path, trained.state, trained.metadata)
+        self._weights[task.key] = save_checkpoint_state(task.path, trained.state, trained.metadata)
 
     def save_evaluation(self, task: EvaluateTask, evaluation: Evaluation) -> None:
-        payload: dict[str, Any] = {
-            "key": task.key,
-            "results": [r.to_row() for r in evaluation.results],
-            "predictions": torch.stack([o.predictions for o in evaluation.outputs]),
-            "confidence": torch.stack([o.confidence for o in evaluation.outputs]),
-            "true_probability": torch.stack([o.true_probability for o in evaluation.outputs]),
-            "seconds": evaluation.seconds,
-            "compiled": evaluation.compiled,
-        }
-        with atomic_path(self.evaluation_path(task)) as tmp:
-            torch.save(payload, tmp)
+        identity = {**self.expected_identity(task), **_observed(evaluation)}
+        identity["weights_sha256"] = evaluation.weights_sha256
+        record = record_from_outputs(identity, evaluation.outputs, evaluation.cell_seconds)
+        self._checksums[task.key] = write_record(self.evaluation_path(task), record)
         self._evaluations[task.key] = evaluation
 
+    def record_checksums(self, tasks: list[EvaluateTask]) -> dict[str, str]:
+        """The record file name and content SHA-256 of each of `tasks` this store has read or written."""
+        return {self.evaluation_path(t).name: self._checksums[t.key] for t in tasks if t.key in self._checksums}
+
+    def expected_identity(self, task: EvaluateTask) -> dict[str, Any]:
+        """What the task's record must name: the task, its cells, data, code, and the weights it is tied to."""
+        identity = {"task_key": task.key, **task.identity, "model_label": task.label}  # another task's: said first
+        if task.train is not None:
+            identity["checkpoint"] = task.train.path.name
+            identity["weights_sha256"] = self.checkpoint_sha256(task.train)
+        return identity
+
     def load_evaluation(self, task: EvaluateTask) -> Evaluation | None:
-        """The stored evaluation of `task`; None if absent or unreadable (it is then done again)."""
+        """The stored evaluation of `task`; None if absent or not usable (it is then done again)."""
         if task.key in self._evaluations:
             return self._evaluations[task.key]
         path = self.evaluation_path(task)
         if not path.is_file():
             return None
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload["key"] != task.key or len(payload["results"]) != len(task.cells):
-                raise ValueError("it belongs to another task")
-            results = [CellResult(**row) for row in payload["results"]]
-            outputs = [
-                CellOutputs(p, c, t)
-                for p, c, t in zip(
-                    payload["predictions"], payload["confidence"], payload["true_probability"], strict=True
-                )
-            ]
-            evaluation = Evaluation(results, outputs, float(payload["seconds"]), bool(payload["compiled"]))
-        except Exception as exc:
-            log.warning("stored evaluation %s is unusable (%s); evaluating again", path, str(exc)[:200])
+            evaluation = self._checked(task, path)
+        except RecordError as exc:
+            log.warning("stored evaluation %s is not used (%s); evaluating again", path, exc)
             return None
         self._evaluations[task.key] = evaluation
         return evaluation
+
+    def _checked(self, task: EvaluateTask, path: Path) -> Evaluation:
+        if task.train is not None and self.checkpoint_sha256(task.train) is None:
+            raise RecordError("the checkpoint of the weights it was made from is missing or unusable")
+        record = read_record(path)
+        check_identity(record, self.expected_identity(task))
+        shape = (len(task.cells), task.identity["test_images"])
+        if tuple(record.predictions.shape) != shape:
+            raise RecordError(f"it holds {tuple(record.predictions.shape)} outputs, this task {shape}")
+        identity = record.identity
+        self._checksums[task.key] = record.sha256
+        return Evaluation(
+            record.outputs,
+            record.cell_seconds.tolist(),
+            float(identity["seconds"]),
+            bool(identity["compiled"]),
+            str(identity["weights_sha256"]),
+        )
+
+
+def _observed(evaluation: Evaluation) -> dict[str, Any]:
+    """What the record notes of how the evaluation ran (observations, not part of what the task is)."""
+    return {"seconds": evaluation.seconds, "compiled": evaluation.compiled}

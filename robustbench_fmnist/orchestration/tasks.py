@@ -13,26 +13,26 @@ import torch
 
 from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
-from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
-from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, evaluate_cells
+from robustbench_fmnist.evaluation.sweep import CellOutputs, evaluate_cells
 from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
 from robustbench_fmnist.runtime import seed_everything
+from robustbench_fmnist.training.checkpoints import state_sha256
 from robustbench_fmnist.training.resolution import ResolvedModel
 from robustbench_fmnist.training.weights import TrainedWeights, model_with, train_weights
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What an evaluation task gives back: each cell's result and per-image outputs, in the task's cell order."""
+    """What an evaluation task observed: each cell's per-image outputs and seconds, in the task's cell order.
 
-    results: list[CellResult]
+    No metric travels with it: assembly derives every one from the outputs and the true labels."""
+
     outputs: list[CellOutputs]
+    cell_seconds: list[float]
     seconds: float
     compiled: bool
-
-    def by_cell(self, cells: tuple[Cell, ...]) -> dict[Cell, CellOutputs]:
-        return dict(zip(cells, self.outputs, strict=True))
+    weights_sha256: str  # of the weights evaluated, hashed where they were evaluated
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def run_training(task: TrainTask, resolved: ResolvedModel, train: Split, device:
     return train_weights(resolved, train, seed=task.seed, device=device, key=task.key)
 
 
-# The model prepared for the last weights this process evaluated: the plan runs a model-seed's
+# The model prepared for the last weights this process evaluated (by their SHA-256): the plan runs a model-seed's
 # evaluations one after another, so compiling (seconds) is paid once per model and batch shape
 _prepared: dict[tuple[str, str], PreparedModel] = {}  # at most one entry
 
@@ -70,6 +70,9 @@ def run_evaluation(
     """Evaluate the task's weights on its cells (adapted as the task says)."""
     started = time.perf_counter()
     device = settings.device
+    # hashed here, where they are evaluated: the record is tied to these weights, whatever the plan expected,
+    # and the prepared model is reused only for these very weights
+    weights_sha256 = state_sha256(state)
     model = model_with(resolved, task.seed, state).eval()
     images = to_float_images(test.images[: settings.test_images], device)
     labels = test.labels[: settings.test_images]
@@ -77,7 +80,8 @@ def run_evaluation(
     if task.adaptation == "none":
         # the same weights file can be loaded into different architectures: both name the prepared model
         built = f"{resolved.architecture}|{sorted(resolved.spec.kwargs.items())}"
-        identity = (task.weights, f"{built}|{device}|{settings.precision}|{settings.channels_last}|{settings.compile}")
+        how = f"{device}|{settings.precision}|{settings.channels_last}|{settings.compile}"
+        identity = (weights_sha256, f"{built}|{how}")
         prepared = _prepared.get(identity)
         if prepared is None:
             _prepared.clear()
@@ -107,4 +111,6 @@ def run_evaluation(
         show_progress=settings.show_progress,
     )
     compiled = prepared is not None and prepared.compiled
-    return Evaluation(results, [outputs[c] for c in task.cells], time.perf_counter() - started, compiled)
+    seconds = [r.seconds for r in results]
+    outputs_in_order = [outputs[c] for c in task.cells]
+    return Evaluation(outputs_in_order, seconds, time.perf_counter() - started, compiled, weights_sha256)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # bump when the meaning of a cached checkpoint changes in a way the source hashes below miss
 CACHE_FORMAT = 2
+WEIGHTS_SHA256 = "weights_sha256"  # the metadata key of the SHA-256 a checkpoint's weights had when written
 _PACKAGE = Path(__file__).resolve().parent.parent
 # the code whose numerics decide trained weights: the training loop (augmentation included) and
 # every registered model's definition; a factory's own module is added per model
@@ -126,8 +127,13 @@ def cache_key(
 
 def weights_sha256(model: nn.Module) -> str:
     """SHA-256 over the state_dict (names, dtypes, shapes, bytes): equal only for identical weights."""
+    return state_sha256(model.state_dict())
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """`weights_sha256` of a state_dict itself: what a checkpoint records, and an evaluation is tied to."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -162,10 +168,35 @@ def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> N
     save_checkpoint_state(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, metadata)
 
 
-def save_checkpoint_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """`save_checkpoint` for a state_dict already on the CPU (weights a training task sent back)."""
+def save_checkpoint_state(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    """`save_checkpoint` for a state_dict already on the CPU (weights a training task sent back).
+
+    The weights' SHA-256 is recorded beside them and checked whenever they are read back, so an
+    edited or corrupted checkpoint is never taken for what was trained. Returns that SHA-256.
+    """
+    sha = state_sha256(state)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "metadata": metadata}, tmp)
+        torch.save({"state_dict": state, "metadata": {**metadata, WEIGHTS_SHA256: sha}}, tmp)
+    return sha
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A cached checkpoint's state_dict and metadata, its weights checked against the SHA-256 recorded
+    when it was written; CheckpointError saying why it is unusable otherwise."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"it cannot be read ({type(exc).__name__})") from None
+    state = payload.get("state_dict") if isinstance(payload, dict) else None
+    metadata = payload.get("metadata") if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("it holds no state_dict")
+    recorded = metadata.get(WEIGHTS_SHA256) if isinstance(metadata, dict) else None
+    if recorded is None:
+        raise CheckpointError("it records no SHA-256 of its weights (written by an older harness)")
+    if state_sha256(state) != recorded:
+        raise CheckpointError("its weights do not match the SHA-256 recorded when it was written (edited or corrupt)")
+    return state, dict(metadata)
 
 
 def state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str | None:
@@ -197,17 +228,15 @@ def load_cached(path: Path, model: nn.Module) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        state = payload["state_dict"]
-        problem = state_dict_mismatch(model, state) if isinstance(state, dict) else "no state_dict"
-    except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
+        state, metadata = read_checkpoint(path)
+        problem = state_dict_mismatch(model, state)
+    except CheckpointError as exc:
+        problem = str(exc)
     if problem is not None:
-        log.warning("cached checkpoint %s is unusable (%s); retraining", path, str(problem)[:200])
+        log.warning("cached checkpoint %s is unusable (%s); retraining", path, problem[:200])
         return None
     model.load_state_dict(state)
-    metadata = payload.get("metadata", {})
-    return dict(metadata) if isinstance(metadata, dict) else {}
+    return metadata
 
 
 def load_user_checkpoint(path: Path, model: nn.Module) -> None:

@@ -80,6 +80,11 @@ def resolve(config: ExperimentConfig) -> list[ResolvedModel]:
     return [_resolve_model(i, spec) for i, spec in enumerate(config.models)]
 
 
+def resolve_model(spec: ModelSpec, index: int = 0) -> ResolvedModel:
+    """One model spec checked against the registries (a `factory:` imported, which runs its module)."""
+    return _resolve_model(index, spec)
+
+
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
     timm_arch = None if spec.factory else timm_architecture(spec.architecture or spec.name)
     if spec.factory:
