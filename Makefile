@@ -9,8 +9,10 @@ LOCK := constraints.txt
 
 .PHONY: run test test-fast gpu-check bench bench-baseline lint format data browser setup lock clean
 
+# the experiment, then `verify` on its report: a sample of every stored record evaluated again
 run: setup data
 	$(BIN)/python -m robustbench_fmnist run $(EXPERIMENT) --download
+	$(BIN)/python -m robustbench_fmnist verify reports/$$(sed -n 's/^name: *//p' $(EXPERIMENT) | head -1)
 
 # unit and integration tests on every core (pytest-xdist; a group's tests share one worker) beside a
 # local 2-CPU Ray cluster for the Ray executor's, then the regression benchmarks alone, on a quiet machine

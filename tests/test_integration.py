@@ -56,3 +56,6 @@ def test_short_real_run_learns_and_degrades_under_shift(
     # `run` found the weights `obtain_model` (bench's path) cached: both key them alike
     (entry,) = run["models"]
     assert entry["weights"] == "cached" and entry["weights_sha256"] == one_epoch_baseline.record["weights_sha256"]
+    # every record the report came from re-evaluates (300 images each, eager against the run's compiled path)
+    # to the same classes, and results.csv agrees with them
+    assert main(["-q", "verify", str(folder)]) == 0

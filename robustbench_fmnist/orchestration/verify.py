@@ -202,7 +202,8 @@ def _compare(model: nn.Module, record: EvaluationRecord, data: FashionMNIST, pic
     """Evaluate the picked images in every cell as the record's task did; the first disagreement, or None."""
     identity = record.identity
     cells = record.cells
-    images = to_float_images(data.test.images[picked], "cpu")
+    device = _device_like(identity.get("device", "cpu"))
+    images = to_float_images(data.test.images[picked], device)
     labels = data.test.labels[picked]
     _, outputs = evaluate_cells(
         model,
@@ -210,7 +211,7 @@ def _compare(model: nn.Module, record: EvaluationRecord, data: FashionMNIST, pic
         images,
         labels,
         cells,
-        device=torch.device("cpu"),
+        device=device,
         seed=int(identity["seed"]),
         batch_size=int(identity["batch_size"]),
         precision=identity["precision"],
@@ -226,9 +227,11 @@ def _compare(model: nn.Module, record: EvaluationRecord, data: FashionMNIST, pic
         differs = (again.predictions != classes).nonzero().flatten()
         if len(differs):
             at = int(picked[differs[0]])
+            made_on = identity.get("device")
+            where = "" if device.type == made_on else f"; made on {made_on}, evaluated on cpu"
             return (
-                f"{len(differs)} of {len(picked)} sampled predictions differ in {cell.label} "
-                f"(image {at}: stored class {int(classes[differs[0]])}, evaluated {int(again.predictions[differs[0]])})"
+                f"{len(differs)} of {len(picked)} sampled predictions differ in {cell.label} (image {at}: stored "
+                f"class {int(classes[differs[0]])}, evaluated {int(again.predictions[differs[0]])}{where})"
             )
         for name in ("confidence", "true_probability"):
             gap = (getattr(again, name) - getattr(stored, name)[picked]).abs().nan_to_num(0.0)
@@ -237,6 +240,13 @@ def _compare(model: nn.Module, record: EvaluationRecord, data: FashionMNIST, pic
                     f"the stored {name} differs from the evaluated one by up to {float(gap.max()):.2g} in {cell.label}"
                 )
     return None
+
+
+def _device_like(made_on: str) -> torch.device:
+    """The device type the record was made on where this machine has it (floats differ between kinds), else the CPU."""
+    if made_on == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def derived_counts(records: dict[str, EvaluationRecord], data: FashionMNIST) -> pd.DataFrame:
