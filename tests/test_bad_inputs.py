@@ -193,6 +193,26 @@ def _cache_dir_is_a_file(env: Env) -> list[str]:
     return ["run", env.yaml(), "--cache-dir", str(env.root / "cache-file")]
 
 
+def _cache_in_the_report(env: Env) -> list[str]:
+    """`--cache-dir out/NAME` over an existing report: the report swap would delete the cache."""
+    report = env.output / "tiny"
+    report.mkdir(parents=True)
+    _write_minimal_report(report)
+    (report / MARKER).write_text('{"written_by": "robustbench_fmnist", "kind": "report"}\n')
+    (report / "checkpoints").mkdir()
+    (report / "checkpoints" / "mine.pt").write_bytes(b"weights I trained for a day")
+    (report / "notes.md").write_text("my own notes\n")
+    return ["run", env.yaml(), "--output-dir", str(env.output), "--cache-dir", str(report)]
+
+
+def _cache_in_another_report(env: Env) -> list[str]:
+    other = env.output / "other"
+    other.mkdir(parents=True)
+    _write_minimal_report(other)
+    (other / MARKER).write_text('{"written_by": "robustbench_fmnist", "kind": "report"}\n')
+    return ["run", env.yaml(), "--cache-dir", str(other / "cache")]
+
+
 def _output_dir_is_a_file(env: Env) -> list[str]:
     (env.root / "out-file").write_text("not a folder\n")
     return ["validate", env.yaml({"output_dir": str(env.root / "out-file")})]
@@ -383,6 +403,26 @@ CASES = [
         "severities [0]", _changes({"perturbations": [{"name": "rotation", "severities": [0]}]}), 2, "only severity 0"
     ),
     Case("cache dir is a file", _cache_dir_is_a_file, 2, "cache_dir"),
+    Case("cache dir inside the report folder", _cache_in_the_report, 2, "is the report folder itself"),
+    Case(
+        "cache dir is the report path, not there yet",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output / "tiny")],
+        2,
+        "is the report folder itself",
+    ),
+    Case(
+        "cache dir below the report path",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output / "tiny" / "cache")],
+        2,
+        "lies inside the report folder",
+    ),
+    Case(
+        "report folder inside the cache",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output)],
+        2,
+        "lies inside cache_dir",
+    ),
+    Case("cache dir inside another report", _cache_in_another_report, 2, "a report folder the harness replaces"),
     Case(
         "missing checkpoint",
         _changes(
