@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.files import safe_file_name
+from robustbench_fmnist.files import read_user_file, safe_file_name
 
 MAX_SEVERITY = 5
 MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; results.csv stores seeds as int64
@@ -474,9 +474,7 @@ def model_report_name(model: str, experiment: str) -> str:
 def read_yaml(path: Path) -> Any:
     """The YAML document in `path`, as plain Python data; ConfigError for anything that is not one."""
     try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; is it an experiment YAML?")
-        text = path.read_bytes().decode("utf-8")
+        text = read_user_file(path, MAX_YAML_BYTES, "an experiment YAML", ConfigError).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such experiment file (see experiments/ for examples)") from None
     except IsADirectoryError:

@@ -17,18 +17,21 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from robustbench_fmnist.errors import OutputError
+from robustbench_fmnist.errors import HarnessError, OutputError
 
 MARKER = ".robustbench_fmnist"
 REPORT = "report"  # the kind of folder `run`, `bench` and `report` write (see MARKER)
 # a report written before the marker existed: run.json with these keys
 _LEGACY_REPORT_KEYS = {"config", "environment", "perturbations", "models"}
+_MARKER_BYTES = 4096
+_RUN_BYTES = 256 << 20  # a run record of thousands of models is a few MB
 _STAGING = "rbfm-staging-"
 _RETIRED = "rbfm-old"
 _LOCK = "rbfm-lock"
@@ -55,6 +58,42 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+_NOT_REGULAR = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_user_file(
+    path: str | os.PathLike[str], limit: int, what: str, error: type[HarnessError] = HarnessError
+) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` bytes of it; `error` for anything else.
+
+    A device's size says nothing (/dev/zero has size 0 and never ends) and a FIFO blocks, so only
+    a regular file is read, and the limit holds while reading, not just by the size the file
+    claims. A missing file, a folder or an unreadable one raises OSError for the caller to word.
+    """
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before we could look at it
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+        if kind is not None or not stat.S_ISREG(mode):
+            raise error(f"{path}: is {kind or 'a special file'}, not a regular file; give {what}")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {_size(limit)}; is it {what}?")
+    return data
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count:,} bytes"
+
+
 def absolute(path: str | os.PathLike[str]) -> Path:
     """`path` made absolute with '.' and '..' collapsed, so that its name is a real folder name."""
     return Path(os.path.abspath(path))
@@ -62,13 +101,14 @@ def absolute(path: str | os.PathLike[str]) -> Path:
 
 def folder_kind(folder: Path) -> str | None:
     """The kind the harness marked `folder` with ('report', 'compare', 'preview'), or None."""
+    # OutputError is a ValueError: a device or oversized file in place of the marker marks nothing
     try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads(read_user_file(folder / MARKER, _MARKER_BYTES, "a marker", OutputError))
         return str(marker["kind"]) if isinstance(marker, dict) and "kind" in marker else None
     except (OSError, ValueError):
         pass
     try:
-        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        run = json.loads(read_user_file(folder / "run.json", _RUN_BYTES, "a run.json", OutputError))
     except (OSError, ValueError):
         return None
     return "report" if isinstance(run, dict) and set(run) >= _LEGACY_REPORT_KEYS else None

@@ -213,6 +213,26 @@ def _cache_in_another_report(env: Env) -> list[str]:
     return ["run", env.yaml(), "--cache-dir", str(other / "cache")]
 
 
+def _fifo_yaml(env: Env) -> list[str]:
+    path = env.root / "fifo.yaml"
+    os.mkfifo(path)  # no writer ever comes: opening it to read would block forever
+    return ["validate", str(path)]
+
+
+def _report_with_device(name: str) -> Callable[[Env], list[str]]:
+    """`report` on a minimal report whose `name` is a link to /dev/zero: endless bytes of size 0."""
+
+    def setup(env: Env) -> list[str]:
+        folder = env.root / "reports" / "saved"
+        folder.mkdir(parents=True)
+        _write_minimal_report(folder)
+        (folder / name).unlink()
+        (folder / name).symlink_to("/dev/zero")
+        return ["report", str(folder)]
+
+    return setup
+
+
 def _output_dir_is_a_file(env: Env) -> list[str]:
     (env.root / "out-file").write_text("not a folder\n")
     return ["validate", env.yaml({"output_dir": str(env.root / "out-file")})]
@@ -296,6 +316,23 @@ def _results_with(mutate: Callable[[Any], None]) -> Callable[[Env], list[str]]:
         mutate(results)
         results.to_csv(folder / "results.csv", index=False)
         return ["report", str(folder)]
+
+    return setup
+
+
+def _run_over_device(env: Env) -> list[str]:
+    """A folder at the report path with no marker, its run.json a link to /dev/zero: read to find its kind."""
+    (env.output / "tiny").mkdir(parents=True)
+    (env.output / "tiny" / "run.json").symlink_to("/dev/zero")
+    return ["run", env.yaml()]
+
+
+def _leaderboard_of(mutate: Callable[[Any], None]) -> Callable[[Env], list[str]]:
+    """`leaderboard` of a minimal report whose results table `mutate` changed."""
+
+    def setup(env: Env) -> list[str]:
+        argv = _results_with(mutate)(env)
+        return ["leaderboard", argv[1], "--output-dir", str(env.root / "board")]
 
     return setup
 
@@ -450,6 +487,12 @@ CASES = [
     Case("binary YAML", _binary_yaml, 2, "not UTF-8 text"),
     Case("latin-1 YAML", _latin1_yaml, 2, "not UTF-8 text"),
     Case("a folder as the YAML", lambda env: ["run", str(env.root)], 2, "is a folder; give a YAML file"),
+    Case("validate /dev/zero", lambda env: ["validate", "/dev/zero"], 2, "is a character device, not a regular file"),
+    Case("run /dev/urandom", lambda env: ["run", "/dev/urandom"], 2, "is a character device, not a regular file"),
+    Case("a FIFO as the YAML", _fifo_yaml, 2, "is a FIFO (named pipe), not a regular file"),
+    Case("run over a folder whose run.json is /dev/zero", _run_over_device, 2, "not written by robustbench_fmnist"),
+    Case("report with run.json from /dev/zero", _report_with_device("run.json"), 1, "is a character device"),
+    Case("report with results.csv from /dev/zero", _report_with_device("results.csv"), 1, "is a character device"),
     Case("factory raising on import", _factory_raising_on_import, 2, "raised RuntimeError: this module is broken"),
     Case("model output (N, 11)", _factory("eleven"), 2, "shape (2, 11)"),
     Case("model output integers", _factory("integers", "validate"), 2, "torch.int64 logits"),
