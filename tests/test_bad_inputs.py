@@ -503,6 +503,18 @@ CASES = [
     Case("report of the current folder", _report_of_cwd, 2, "holds the current folder"),
     Case("report of a plain folder", lambda env: ["report", str(env.root)], 1, "results.csv: missing"),
     Case("report with accuracy 7.5", _results_with(lambda r: r.__setitem__("accuracy", 7.5)), 1, "outside 0..1"),
+    Case(
+        "report whose accuracy its counts contradict",
+        _results_with(lambda r: r.__setitem__("accuracy", [0.95, 0.8])),
+        1,
+        "results.csv: line 2 has an accuracy that is not n_correct / n_images",
+    ),
+    Case(
+        "leaderboard of a row whose accuracy its counts contradict",
+        _leaderboard_of(lambda r: r.__setitem__("accuracy", [0.9, 0.95])),
+        1,
+        "results.csv: line 3 has an accuracy that is not n_correct / n_images",
+    ),
     Case("report with severity -7", _results_with(lambda r: r.__setitem__("severity", -7)), 1, "negative severity"),
     Case("report with no images", _results_with(lambda r: r.__setitem__("n_images", 0)), 1, "counts no images"),
     Case(

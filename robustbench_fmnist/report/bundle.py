@@ -265,10 +265,18 @@ def _check_results(path: Path, results: pd.DataFrame, run: dict[str, Any]) -> No
     fail(results["severity"] < 0, "has a negative severity")
     shares = [c for c in _PROPORTIONS if c in results]
     fail(((results[shares] < 0) | (results[shares] > 1)).any(axis=1), f"has a share ({', '.join(shares)}) outside 0..1")
+    # the board ranks by accuracy: one that its own counts contradict would move a model silently
+    counted = results["n_correct"] / results["n_images"]
+    fail(
+        valid & ((results["accuracy"] - counted).abs() > ACCURACY_TOLERANCE),
+        "has an accuracy that is not n_correct / n_images (edited by hand?)",
+    )
     fail(results.duplicated(CELL_KEY), "repeats a (model, seed, perturbation, severity) cell")
     known = {"clean"} | {p["name"] for p in run["perturbations"]}
     fail(~results["perturbation"].isin(known), "names a perturbation that run.json does not list")
 
+
+ACCURACY_TOLERANCE = 1e-5  # the CSV keeps 6 significant digits
 
 _PROPORTIONS = ["accuracy", "error", "accuracy_low", "accuracy_high", "flip_rate", "flip_rate_step", "ece"]
 
