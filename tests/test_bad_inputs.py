@@ -10,6 +10,7 @@ was written.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -876,6 +877,8 @@ def test_ls_takes_a_pattern_in_any_position(
         ({"precision": ["float32"]}, "precision"),
         ({"name": None}, "name"),
         ({"data_dir": 5}, "data_dir"),
+        ({"perturbations": ["rotation", "contrast_down", "rotation"]}, "perturbations"),
+        ({"severities": [1, 3, 1]}, "severities"),
     ],
 )
 def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: str) -> None:
@@ -885,6 +888,40 @@ def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: s
     arguments = {"model": create_model("baseline_cnn_tiny"), **arguments}
     with pytest.raises(ValueError, match=rf"^{named}: "):
         evaluate_module(arguments.pop("model"), **arguments)
+
+
+def _meta_model() -> torch.nn.Module:
+    with torch.device("meta"):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+
+def _rgb_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (_meta_model, "model: its weights are on the meta device"),
+        (_rgb_model, "model: a forward pass on a (2, 1, 28, 28) batch raised RuntimeError"),
+        (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 11)), "model: model 'm' returned"),
+    ],
+)
+def test_the_python_api_probes_the_model_before_reading_data(
+    build: Callable[[], torch.nn.Module], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robustbench_fmnist import evaluate_module
+    from robustbench_fmnist.orchestration import user_module
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("read the data although the model cannot run")
+
+    monkeypatch.setattr(user_module, "load_fashion_mnist", no_data)
+    model = build().train()
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        evaluate_module(model, name="m", device="cpu")
+    assert "\n" not in str(raised.value) and len(str(raised.value)) <= MAX_ERROR_CHARACTERS
+    assert all(m.training for m in model.modules()), "the caller's model keeps its mode"
 
 
 @requires_real_data
