@@ -572,10 +572,16 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
             node[key] = str(expanded) if expanded.is_absolute() else str(folder / value)
 
 
-def shorten(text: object) -> str:
-    """A user's value or a parser's message, cut to a length an error line can carry."""
+def shorten(text: object, limit: int = MAX_SHOWN) -> str:
+    """A user's value or a message, cut to at most `limit` characters at a word boundary where there is one."""
     text = str(text)
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word cut in two ("; low...") reads as a different word
+        cut = cut[:space].rstrip(" ,;:")
+    return cut + "..."
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

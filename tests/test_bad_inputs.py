@@ -945,3 +945,14 @@ def test_the_python_api_leaves_threads_and_denormals_as_it_found_them() -> None:
         assert torch.get_num_threads() == 1 and not denormals_flushed()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_diverging_model_fails_with_its_whole_reason(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    module = _factory_module(env)
+    model = {"name": "mine", "factory": f"{module}:nan_logits", "train": {"epochs": 1, "batch_size": 64, "lr": 0.1}}
+    perturbations = [{"name": "rotation", "severities": [1]}]
+    assert main(["-q", "run", env.yaml({"models": [model], "perturbations": perturbations})]) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "train mine seed 0 failed" in line)
+    assert line.endswith("training diverged in epoch 1 (loss nan); nothing was cached; lower train.lr (now 0.1) or "
+                         "check the model"), line  # fmt: skip
