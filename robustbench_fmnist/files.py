@@ -197,6 +197,61 @@ def _recover(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(folder: Path, what: str, exc: BaseException, needed: int | None = None) -> OutputError | None:
+    """One line for a full disk or an unwritable folder met writing `what` into `folder`; None for other errors.
+
+    The OSError may sit in the chain of another error (torch.save raises RuntimeError from it).
+    """
+    if isinstance(exc, HarnessError):
+        return None  # already one line
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if cause is None or (isinstance(cause, OSError) and cause.errno in _DISK_FULL | _NOT_WRITABLE):
+            break
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    if not isinstance(cause, OSError) or cause.errno not in _DISK_FULL | _NOT_WRITABLE:
+        return None
+    kept = "what was there before is kept"
+    if cause.errno in _NOT_WRITABLE:
+        return OutputError(
+            f"{what} {folder} cannot be written ({cause.strerror}); make it writable or choose another folder; {kept}"
+        )
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    need = f", it needs about {_size_text(needed)}" if needed else ""
+    return OutputError(
+        f"{what} {folder}: no space left on its disk ({_size_text(shutil.disk_usage(existing).free)} free{need}); "
+        f"free some space or choose another folder; {kept}"
+    )
+
+
+@contextlib.contextmanager
+def writing(folder: Path, what: str, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder met in the block into one OutputError line (see write_error)."""
+    try:
+        yield
+    except Exception as exc:
+        error = write_error(folder, what, exc, needed)
+        if error is None:
+            raise
+        raise error from None
+
+
+def bytes_under(folder: Path) -> int:
+    """The bytes of every file under `folder` (0 if it is gone)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _size_text(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
 @contextlib.contextmanager
 def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """Yield an empty staging folder that replaces `target` as a whole on success.
@@ -207,7 +262,7 @@ def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     put back by the next command if this one is killed before the new one lands.
     """
     target = absolute(target)
-    with hold_folder(target):
+    with writing(target, f"the {kind} folder"), hold_folder(target):
         check_replaceable(target, kind)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_STAGING}", dir=target.parent))
         umask = os.umask(0)
@@ -217,6 +272,12 @@ def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
             yield staging
             mark_folder(staging, kind)
             _swap(staging, target)
+        except Exception as exc:
+            # what it wrote before the disk filled, or the old folder if larger: about what it needs
+            error = write_error(target, f"the {kind} folder", exc, max(bytes_under(staging), bytes_under(target)))
+            if error is None:
+                raise
+            raise error from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

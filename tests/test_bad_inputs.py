@@ -9,6 +9,7 @@ was written.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -956,3 +957,82 @@ def test_a_diverging_model_fails_with_its_whole_reason(env: Env, capsys: pytest.
     line = next(line for line in err.splitlines() if "train mine seed 0 failed" in line)
     assert line.endswith("training diverged in epoch 1 (loss nan); nothing was cached; lower train.lr (now 0.1) or "
                          "check the model"), line  # fmt: skip
+
+
+def _small(env: Env) -> str:
+    return env.yaml({"models": ["baseline_cnn_tiny"], "perturbations": [{"name": "rotation", "severities": [1]}]})
+
+
+def _no_space(path: object = "") -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_for_the_report_keeps_the_old_report(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robustbench_fmnist.report import writer
+
+    path = _small(env)
+    assert main(["-q", "run", path]) == 0
+    before = _snapshot(env.root)
+
+    def full(folder: Path) -> None:
+        (folder / "report.md").write_text("half")
+        raise _no_space(folder / "report.html")
+
+    monkeypatch.setattr(writer, "render_files", full)
+    capsys.readouterr()
+    assert main(["-q", "run", path]) == 2  # every evaluation is stored: straight to the report
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"the report folder {env.output / 'tiny'}: no space left on its disk (" in err and "needs about" in err
+    assert _snapshot(env.root) == before, "the old report and the cache are as they were"
+    assert sorted(p.name for p in env.output.iterdir()) == [".tiny.rbfm-lock", "tiny"], "no staging left"
+
+
+def test_a_full_disk_for_the_checkpoint_cache_is_one_line(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save = torch.save
+
+    def full(obj: object, file: Any, *args: Any, **kwargs: Any) -> None:
+        if "checkpoints" not in str(file):
+            return save(obj, file, *args, **kwargs)
+        try:
+            raise _no_space(file)
+        except OSError as exc:  # as torch.save reports it: a RuntimeError raised while handling the OSError
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from exc
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    assert main(["-q", "run", _small(env)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"the checkpoint cache {env.root}/checkpoints/checkpoints: no space left on its disk (" in err, err
+    assert "needs about" in err and "free some space or choose another folder" in err, err
+    cache = Path(env.experiment["cache_dir"])
+    assert not [p for p in cache.rglob("*") if p.is_file()], "no half-written checkpoint"
+    assert not (env.output / "tiny").exists()
+
+
+def test_report_into_a_read_only_folder_is_one_line(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robustbench_fmnist import files
+
+    folder = env.root / "reports" / "saved"
+    folder.mkdir(parents=True)
+    _write_minimal_report(folder)
+    before = _snapshot(env.root)
+
+    def read_only(*args: Any, dir: Any = None, **kwargs: Any) -> str:
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    # as root, a chmod does not stop writes: the file system's answer is injected instead
+    monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
+    capsys.readouterr()
+    assert main(["-q", "report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"the report folder {folder} cannot be written (Read-only file system); make it writable" in err
+    assert {p: c for p, c in _snapshot(env.root).items() if not p.name.endswith(".rbfm-lock")} == before

@@ -83,7 +83,7 @@ def test_without_exchange_a_failed_second_rename_puts_the_old_folder_back(
         real_replace(source, destination)
 
     monkeypatch.setattr(files.os, "replace", second_fails)
-    with pytest.raises(OSError, match="No space"), replace_folder(target, "report") as staging:
+    with pytest.raises(OutputError, match="no space left on its disk"), replace_folder(target, "report") as staging:
         _write(staging, "new")
     assert _contents(target)["report.md"] == "old" and _leftovers(tmp_path) == []
 
