@@ -549,12 +549,13 @@ MAX_ERROR_CHARACTERS = 500
 
 def _one_line(exc: HarnessError, experiment: Path | None) -> str:
     """The error as one line of bounded length, a config error prefixed with its YAML file."""
+    from robustbench_fmnist.config import shorten
     from robustbench_fmnist.errors import ConfigError
 
     text = " ".join(str(exc).split())
     if experiment is not None and isinstance(exc, ConfigError) and not text.startswith(f"{experiment}:"):
         text = f"{experiment}: {text}"
-    return text if len(text) <= MAX_ERROR_CHARACTERS else text[: MAX_ERROR_CHARACTERS - 3] + "..."
+    return shorten(text, MAX_ERROR_CHARACTERS)
 
 
 COMMANDS = {

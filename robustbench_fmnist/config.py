@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.files import safe_file_name
+from robustbench_fmnist.files import read_user_file, safe_file_name
 
 MAX_SEVERITY = 5
 MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; results.csv stores seeds as int64
@@ -474,9 +474,7 @@ def model_report_name(model: str, experiment: str) -> str:
 def read_yaml(path: Path) -> Any:
     """The YAML document in `path`, as plain Python data; ConfigError for anything that is not one."""
     try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; is it an experiment YAML?")
-        text = path.read_bytes().decode("utf-8")
+        text = read_user_file(path, MAX_YAML_BYTES, "an experiment YAML", ConfigError).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such experiment file (see experiments/ for examples)") from None
     except IsADirectoryError:
@@ -574,10 +572,16 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
             node[key] = str(expanded) if expanded.is_absolute() else str(folder / value)
 
 
-def shorten(text: object) -> str:
-    """A user's value or a parser's message, cut to a length an error line can carry."""
+def shorten(text: object, limit: int = MAX_SHOWN) -> str:
+    """A user's value or a message, cut to at most `limit` characters at a word boundary where there is one."""
     text = str(text)
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word cut in two ("; low...") reads as a different word
+        cut = cut[:space].rstrip(" ,;:")
+    return cut + "..."
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

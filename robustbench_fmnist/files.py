@@ -17,18 +17,21 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from robustbench_fmnist.errors import OutputError
+from robustbench_fmnist.errors import HarnessError, OutputError
 
 MARKER = ".robustbench_fmnist"
 REPORT = "report"  # the kind of folder `run`, `bench` and `report` write (see MARKER)
 # a report written before the marker existed: run.json with these keys
 _LEGACY_REPORT_KEYS = {"config", "environment", "perturbations", "models"}
+_MARKER_BYTES = 4096
+_RUN_BYTES = 256 << 20  # a run record of thousands of models is a few MB
 _STAGING = "rbfm-staging-"
 _RETIRED = "rbfm-old"
 _LOCK = "rbfm-lock"
@@ -55,6 +58,42 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+_NOT_REGULAR = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_user_file(
+    path: str | os.PathLike[str], limit: int, what: str, error: type[HarnessError] = HarnessError
+) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` bytes of it; `error` for anything else.
+
+    A device's size says nothing (/dev/zero has size 0 and never ends) and a FIFO blocks, so only
+    a regular file is read, and the limit holds while reading, not just by the size the file
+    claims. A missing file, a folder or an unreadable one raises OSError for the caller to word.
+    """
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before we could look at it
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+        if kind is not None or not stat.S_ISREG(mode):
+            raise error(f"{path}: is {kind or 'a special file'}, not a regular file; give {what}")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {_size(limit)}; is it {what}?")
+    return data
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count:,} bytes"
+
+
 def absolute(path: str | os.PathLike[str]) -> Path:
     """`path` made absolute with '.' and '..' collapsed, so that its name is a real folder name."""
     return Path(os.path.abspath(path))
@@ -62,13 +101,14 @@ def absolute(path: str | os.PathLike[str]) -> Path:
 
 def folder_kind(folder: Path) -> str | None:
     """The kind the harness marked `folder` with ('report', 'compare', 'preview'), or None."""
+    # OutputError is a ValueError: a device or oversized file in place of the marker marks nothing
     try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads(read_user_file(folder / MARKER, _MARKER_BYTES, "a marker", OutputError))
         return str(marker["kind"]) if isinstance(marker, dict) and "kind" in marker else None
     except (OSError, ValueError):
         pass
     try:
-        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        run = json.loads(read_user_file(folder / "run.json", _RUN_BYTES, "a run.json", OutputError))
     except (OSError, ValueError):
         return None
     return "report" if isinstance(run, dict) and set(run) >= _LEGACY_REPORT_KEYS else None
@@ -157,6 +197,61 @@ def _recover(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(folder: Path, what: str, exc: BaseException, needed: int | None = None) -> OutputError | None:
+    """One line for a full disk or an unwritable folder met writing `what` into `folder`; None for other errors.
+
+    The OSError may sit in the chain of another error (torch.save raises RuntimeError from it).
+    """
+    if isinstance(exc, HarnessError):
+        return None  # already one line
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if cause is None or (isinstance(cause, OSError) and cause.errno in _DISK_FULL | _NOT_WRITABLE):
+            break
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    if not isinstance(cause, OSError) or cause.errno not in _DISK_FULL | _NOT_WRITABLE:
+        return None
+    kept = "what was there before is kept"
+    if cause.errno in _NOT_WRITABLE:
+        return OutputError(
+            f"{what} {folder} cannot be written ({cause.strerror}); make it writable or choose another folder; {kept}"
+        )
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    need = f", it needs about {_size_text(needed)}" if needed else ""
+    return OutputError(
+        f"{what} {folder}: no space left on its disk ({_size_text(shutil.disk_usage(existing).free)} free{need}); "
+        f"free some space or choose another folder; {kept}"
+    )
+
+
+@contextlib.contextmanager
+def writing(folder: Path, what: str, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder met in the block into one OutputError line (see write_error)."""
+    try:
+        yield
+    except Exception as exc:
+        error = write_error(folder, what, exc, needed)
+        if error is None:
+            raise
+        raise error from None
+
+
+def bytes_under(folder: Path) -> int:
+    """The bytes of every file under `folder` (0 if it is gone)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _size_text(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
 @contextlib.contextmanager
 def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """Yield an empty staging folder that replaces `target` as a whole on success.
@@ -167,7 +262,7 @@ def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     put back by the next command if this one is killed before the new one lands.
     """
     target = absolute(target)
-    with hold_folder(target):
+    with writing(target, f"the {kind} folder"), hold_folder(target):
         check_replaceable(target, kind)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_STAGING}", dir=target.parent))
         umask = os.umask(0)
@@ -177,6 +272,12 @@ def replace_folder(target: str | os.PathLike[str], kind: str) -> Iterator[Path]:
             yield staging
             mark_folder(staging, kind)
             _swap(staging, target)
+        except Exception as exc:
+            # what it wrote before the disk filled, or the old folder if larger: about what it needs
+            error = write_error(target, f"the {kind} folder", exc, max(bytes_under(staging), bytes_under(target)))
+            if error is None:
+                raise
+            raise error from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -9,7 +9,9 @@ was written.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -193,6 +195,46 @@ def _cache_dir_is_a_file(env: Env) -> list[str]:
     return ["run", env.yaml(), "--cache-dir", str(env.root / "cache-file")]
 
 
+def _cache_in_the_report(env: Env) -> list[str]:
+    """`--cache-dir out/NAME` over an existing report: the report swap would delete the cache."""
+    report = env.output / "tiny"
+    report.mkdir(parents=True)
+    _write_minimal_report(report)
+    (report / MARKER).write_text('{"written_by": "robustbench_fmnist", "kind": "report"}\n')
+    (report / "checkpoints").mkdir()
+    (report / "checkpoints" / "mine.pt").write_bytes(b"weights I trained for a day")
+    (report / "notes.md").write_text("my own notes\n")
+    return ["run", env.yaml(), "--output-dir", str(env.output), "--cache-dir", str(report)]
+
+
+def _cache_in_another_report(env: Env) -> list[str]:
+    other = env.output / "other"
+    other.mkdir(parents=True)
+    _write_minimal_report(other)
+    (other / MARKER).write_text('{"written_by": "robustbench_fmnist", "kind": "report"}\n')
+    return ["run", env.yaml(), "--cache-dir", str(other / "cache")]
+
+
+def _fifo_yaml(env: Env) -> list[str]:
+    path = env.root / "fifo.yaml"
+    os.mkfifo(path)  # no writer ever comes: opening it to read would block forever
+    return ["validate", str(path)]
+
+
+def _report_with_device(name: str) -> Callable[[Env], list[str]]:
+    """`report` on a minimal report whose `name` is a link to /dev/zero: endless bytes of size 0."""
+
+    def setup(env: Env) -> list[str]:
+        folder = env.root / "reports" / "saved"
+        folder.mkdir(parents=True)
+        _write_minimal_report(folder)
+        (folder / name).unlink()
+        (folder / name).symlink_to("/dev/zero")
+        return ["report", str(folder)]
+
+    return setup
+
+
 def _output_dir_is_a_file(env: Env) -> list[str]:
     (env.root / "out-file").write_text("not a folder\n")
     return ["validate", env.yaml({"output_dir": str(env.root / "out-file")})]
@@ -276,6 +318,23 @@ def _results_with(mutate: Callable[[Any], None]) -> Callable[[Env], list[str]]:
         mutate(results)
         results.to_csv(folder / "results.csv", index=False)
         return ["report", str(folder)]
+
+    return setup
+
+
+def _run_over_device(env: Env) -> list[str]:
+    """A folder at the report path with no marker, its run.json a link to /dev/zero: read to find its kind."""
+    (env.output / "tiny").mkdir(parents=True)
+    (env.output / "tiny" / "run.json").symlink_to("/dev/zero")
+    return ["run", env.yaml()]
+
+
+def _leaderboard_of(mutate: Callable[[Any], None]) -> Callable[[Env], list[str]]:
+    """`leaderboard` of a minimal report whose results table `mutate` changed."""
+
+    def setup(env: Env) -> list[str]:
+        argv = _results_with(mutate)(env)
+        return ["leaderboard", argv[1], "--output-dir", str(env.root / "board")]
 
     return setup
 
@@ -383,6 +442,26 @@ CASES = [
         "severities [0]", _changes({"perturbations": [{"name": "rotation", "severities": [0]}]}), 2, "only severity 0"
     ),
     Case("cache dir is a file", _cache_dir_is_a_file, 2, "cache_dir"),
+    Case("cache dir inside the report folder", _cache_in_the_report, 2, "is the report folder itself"),
+    Case(
+        "cache dir is the report path, not there yet",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output / "tiny")],
+        2,
+        "is the report folder itself",
+    ),
+    Case(
+        "cache dir below the report path",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output / "tiny" / "cache")],
+        2,
+        "lies inside the report folder",
+    ),
+    Case(
+        "report folder inside the cache",
+        lambda env: ["run", env.yaml(), "--cache-dir", str(env.output)],
+        2,
+        "lies inside cache_dir",
+    ),
+    Case("cache dir inside another report", _cache_in_another_report, 2, "a report folder the harness replaces"),
     Case(
         "missing checkpoint",
         _changes(
@@ -410,6 +489,12 @@ CASES = [
     Case("binary YAML", _binary_yaml, 2, "not UTF-8 text"),
     Case("latin-1 YAML", _latin1_yaml, 2, "not UTF-8 text"),
     Case("a folder as the YAML", lambda env: ["run", str(env.root)], 2, "is a folder; give a YAML file"),
+    Case("validate /dev/zero", lambda env: ["validate", "/dev/zero"], 2, "is a character device, not a regular file"),
+    Case("run /dev/urandom", lambda env: ["run", "/dev/urandom"], 2, "is a character device, not a regular file"),
+    Case("a FIFO as the YAML", _fifo_yaml, 2, "is a FIFO (named pipe), not a regular file"),
+    Case("run over a folder whose run.json is /dev/zero", _run_over_device, 2, "not written by robustbench_fmnist"),
+    Case("report with run.json from /dev/zero", _report_with_device("run.json"), 1, "is a character device"),
+    Case("report with results.csv from /dev/zero", _report_with_device("results.csv"), 1, "is a character device"),
     Case("factory raising on import", _factory_raising_on_import, 2, "raised RuntimeError: this module is broken"),
     Case("model output (N, 11)", _factory("eleven"), 2, "shape (2, 11)"),
     Case("model output integers", _factory("integers", "validate"), 2, "torch.int64 logits"),
@@ -420,6 +505,18 @@ CASES = [
     Case("report of the current folder", _report_of_cwd, 2, "holds the current folder"),
     Case("report of a plain folder", lambda env: ["report", str(env.root)], 1, "results.csv: missing"),
     Case("report with accuracy 7.5", _results_with(lambda r: r.__setitem__("accuracy", 7.5)), 1, "outside 0..1"),
+    Case(
+        "report whose accuracy its counts contradict",
+        _results_with(lambda r: r.__setitem__("accuracy", [0.95, 0.8])),
+        1,
+        "results.csv: line 2 has an accuracy that is not n_correct / n_images",
+    ),
+    Case(
+        "leaderboard of a row whose accuracy its counts contradict",
+        _leaderboard_of(lambda r: r.__setitem__("accuracy", [0.9, 0.95])),
+        1,
+        "results.csv: line 3 has an accuracy that is not n_correct / n_images",
+    ),
     Case("report with severity -7", _results_with(lambda r: r.__setitem__("severity", -7)), 1, "negative severity"),
     Case("report with no images", _results_with(lambda r: r.__setitem__("n_images", 0)), 1, "counts no images"),
     Case(
@@ -781,6 +878,8 @@ def test_ls_takes_a_pattern_in_any_position(
         ({"precision": ["float32"]}, "precision"),
         ({"name": None}, "name"),
         ({"data_dir": 5}, "data_dir"),
+        ({"perturbations": ["rotation", "contrast_down", "rotation"]}, "perturbations"),
+        ({"severities": [1, 3, 1]}, "severities"),
     ],
 )
 def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: str) -> None:
@@ -790,6 +889,40 @@ def test_the_python_api_names_a_bad_argument(arguments: dict[str, Any], named: s
     arguments = {"model": create_model("baseline_cnn_tiny"), **arguments}
     with pytest.raises(ValueError, match=rf"^{named}: "):
         evaluate_module(arguments.pop("model"), **arguments)
+
+
+def _meta_model() -> torch.nn.Module:
+    with torch.device("meta"):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+
+def _rgb_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (_meta_model, "model: its weights are on the meta device"),
+        (_rgb_model, "model: a forward pass on a (2, 1, 28, 28) batch raised RuntimeError"),
+        (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 11)), "model: model 'm' returned"),
+    ],
+)
+def test_the_python_api_probes_the_model_before_reading_data(
+    build: Callable[[], torch.nn.Module], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robustbench_fmnist import evaluate_module
+    from robustbench_fmnist.orchestration import user_module
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("read the data although the model cannot run")
+
+    monkeypatch.setattr(user_module, "load_fashion_mnist", no_data)
+    model = build().train()
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        evaluate_module(model, name="m", device="cpu")
+    assert "\n" not in str(raised.value) and len(str(raised.value)) <= MAX_ERROR_CHARACTERS
+    assert all(m.training for m in model.modules()), "the caller's model keeps its mode"
 
 
 @requires_real_data
@@ -813,3 +946,93 @@ def test_the_python_api_leaves_threads_and_denormals_as_it_found_them() -> None:
         assert torch.get_num_threads() == 1 and not denormals_flushed()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_diverging_model_fails_with_its_whole_reason(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    module = _factory_module(env)
+    model = {"name": "mine", "factory": f"{module}:nan_logits", "train": {"epochs": 1, "batch_size": 64, "lr": 0.1}}
+    perturbations = [{"name": "rotation", "severities": [1]}]
+    assert main(["-q", "run", env.yaml({"models": [model], "perturbations": perturbations})]) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "train mine seed 0 failed" in line)
+    assert line.endswith("training diverged in epoch 1 (loss nan); nothing was cached; lower train.lr (now 0.1) or "
+                         "check the model"), line  # fmt: skip
+
+
+def _small(env: Env) -> str:
+    return env.yaml({"models": ["baseline_cnn_tiny"], "perturbations": [{"name": "rotation", "severities": [1]}]})
+
+
+def _no_space(path: object = "") -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_for_the_report_keeps_the_old_report(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robustbench_fmnist.report import writer
+
+    path = _small(env)
+    assert main(["-q", "run", path]) == 0
+    before = _snapshot(env.root)
+
+    def full(folder: Path) -> None:
+        (folder / "report.md").write_text("half")
+        raise _no_space(folder / "report.html")
+
+    monkeypatch.setattr(writer, "render_files", full)
+    capsys.readouterr()
+    assert main(["-q", "run", path]) == 2  # every evaluation is stored: straight to the report
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"the report folder {env.output / 'tiny'}: no space left on its disk (" in err and "needs about" in err
+    assert _snapshot(env.root) == before, "the old report and the cache are as they were"
+    assert sorted(p.name for p in env.output.iterdir()) == [".tiny.rbfm-lock", "tiny"], "no staging left"
+
+
+def test_a_full_disk_for_the_checkpoint_cache_is_one_line(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save = torch.save
+
+    def full(obj: object, file: Any, *args: Any, **kwargs: Any) -> None:
+        if "checkpoints" not in str(file):
+            return save(obj, file, *args, **kwargs)
+        try:
+            raise _no_space(file)
+        except OSError as exc:  # as torch.save reports it: a RuntimeError raised while handling the OSError
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from exc
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    assert main(["-q", "run", _small(env)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"the checkpoint cache {env.root}/checkpoints/checkpoints: no space left on its disk (" in err, err
+    assert "needs about" in err and "free some space or choose another folder" in err, err
+    cache = Path(env.experiment["cache_dir"])
+    assert not [p for p in cache.rglob("*") if p.is_file()], "no half-written checkpoint"
+    assert not (env.output / "tiny").exists()
+
+
+def test_report_into_a_read_only_folder_is_one_line(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robustbench_fmnist import files
+
+    folder = env.root / "reports" / "saved"
+    folder.mkdir(parents=True)
+    _write_minimal_report(folder)
+    before = _snapshot(env.root)
+
+    def read_only(*args: Any, dir: Any = None, **kwargs: Any) -> str:
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    # as root, a chmod does not stop writes: the file system's answer is injected instead
+    monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
+    capsys.readouterr()
+    assert main(["-q", "report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"the report folder {folder} cannot be written (Read-only file system); make it writable" in err
+    assert {p: c for p, c in _snapshot(env.root).items() if not p.name.endswith(".rbfm-lock")} == before

@@ -311,3 +311,12 @@ def test_each_committed_zoo_report_is_its_model_of_the_zoo_on_the_remedies_cells
     env = reference.run["environment"]
     assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
     assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
+
+
+def test_shorten_cuts_at_a_word_boundary_and_keeps_short_text_whole() -> None:
+    from robustbench_fmnist.config import shorten
+
+    text = "training diverged in epoch 1 (loss nan); nothing was cached; lower train.lr (now 10) or check it"
+    assert shorten(text, len(text)) == text
+    assert shorten(text, 70) == "training diverged in epoch 1 (loss nan); nothing was cached; lower..."
+    assert shorten("x" * 100, 10) == "xxxxxxx...", "one long word is still cut"

@@ -83,7 +83,7 @@ def test_without_exchange_a_failed_second_rename_puts_the_old_folder_back(
         real_replace(source, destination)
 
     monkeypatch.setattr(files.os, "replace", second_fails)
-    with pytest.raises(OSError, match="No space"), replace_folder(target, "report") as staging:
+    with pytest.raises(OutputError, match="no space left on its disk"), replace_folder(target, "report") as staging:
         _write(staging, "new")
     assert _contents(target)["report.md"] == "old" and _leftovers(tmp_path) == []
 
@@ -215,3 +215,24 @@ def test_a_report_written_before_markers_existed_is_replaceable(tmp_path: Path) 
     with replace_folder(target, "report") as staging:
         _write(staging, "new")
     assert _contents(target)["report.md"] == "new"
+
+
+def test_a_user_file_is_read_only_up_to_its_limit(tmp_path: Path) -> None:
+    from robustbench_fmnist.errors import HarnessError
+
+    path = tmp_path / "x.yaml"
+    path.write_bytes(b"a" * 10)
+    assert files.read_user_file(path, 10, "a YAML") == b"a" * 10
+    with pytest.raises(HarnessError, match=r"x.yaml: larger than 9 bytes; is it a YAML\?"):
+        files.read_user_file(path, 9, "a YAML")
+    with pytest.raises(IsADirectoryError):
+        files.read_user_file(tmp_path, 10, "a YAML")
+    with pytest.raises(FileNotFoundError):
+        files.read_user_file(tmp_path / "missing", 10, "a YAML")
+
+
+def test_a_device_that_never_ends_is_refused_not_read_to_the_limit() -> None:
+    from robustbench_fmnist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="/dev/zero: is a character device, not a regular file; give a YAML"):
+        files.read_user_file("/dev/zero", 10, "a YAML", ConfigError)

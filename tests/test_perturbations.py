@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -360,3 +362,19 @@ def test_the_hash_over_cache_sized_slices_is_lowbias32_word_by_word() -> None:
     mixed = lowbias32_(words.sub(torch.where(words >= 1 << 31, 1 << 32, 0)).to(torch.int32))
     for position in (0, 1, _HASH_SLICE - 1, _HASH_SLICE, 2 * _HASH_SLICE + 776):
         assert int(mixed[position]) & 0xFFFFFFFF == reference(int(words[position]))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda x: x * 255, r"found values in \[0, [\d.]+\]; divide 0-255 pixels by 255"),
+        (lambda x: (x - 0.5) / 0.25, r"found values in \[-[\d.]+, [\d.]+\]; undo the normalisation"),
+        (lambda x: x.index_fill(0, torch.tensor([1]), float("nan")), r"images hold 784 NaN pixel\(s\)"),
+        (lambda x: x[:, 0], r"got \(12, 28, 28\); add the missing axis: images\[:, None\]"),
+    ],
+)
+def test_images_outside_0_1_or_nan_are_refused_by_the_public_entry_point(
+    bad: Callable[[torch.Tensor], torch.Tensor], message: str, images: torch.Tensor
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_perturbation("brightness_up", bad(images), 1)

@@ -23,7 +23,7 @@ from robustbench_fmnist.config import ExperimentConfig
 from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist, to_float_images
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
-from robustbench_fmnist.files import hold_folder
+from robustbench_fmnist.files import hold_folder, writing
 from robustbench_fmnist.orchestration.assembly import Assembled, assemble
 from robustbench_fmnist.orchestration.bench import benchmark
 from robustbench_fmnist.orchestration.checks import check_experiment
@@ -147,12 +147,16 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
     executed = Executed(set(), [])
 
     def store_result(task: TrainTask | EvaluateTask, result: object) -> None:
+        # a full disk stops the run with one line; the atomic writes leave no half-written file
         if isinstance(task, TrainTask):
-            planned.store.save_training(task, result)
+            needed = sum(t.nbytes for t in result.state.values())
+            with writing(task.path.parent, "the checkpoint cache", needed):
+                planned.store.save_training(task, result)
             executed.trained.add(task)
             timings[f"train {task.model} seed {task.seed}"] = result.metadata["train_seconds"]
         else:
-            planned.store.save_evaluation(task, result)
+            with writing(planned.store.evaluation_path(task).parent, "the evaluation store"):
+                planned.store.save_evaluation(task, result)
 
     missing = planned.missing
     log.info("%d of %d tasks to do (%d stored)", len(missing), len(planned.plan.tasks), len(planned.done))

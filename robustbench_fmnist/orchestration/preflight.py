@@ -16,9 +16,9 @@ import torch
 
 from robustbench_fmnist.config import ExperimentConfig, shorten
 from robustbench_fmnist.data import IMAGE_SIZE
-from robustbench_fmnist.errors import HarnessError, ModelError
+from robustbench_fmnist.errors import HarnessError, ModelError, OutputError
 from robustbench_fmnist.evaluation.cells import Cell, experiment_cells
-from robustbench_fmnist.files import REPORT, check_replaceable, check_writable_folder
+from robustbench_fmnist.files import REPORT, absolute, check_replaceable, check_writable_folder, folder_kind
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.models.timm_models import timm_architecture
 from robustbench_fmnist.report.bundle import ReportData
@@ -53,9 +53,32 @@ def preflight(config: ExperimentConfig) -> CheckedExperiment:
     check_replaceable(folder, REPORT)
     # trained weights and every finished task's result are stored under the cache
     check_writable_folder(checkpoint_dir(config.cache_dir), "cache_dir")
+    check_cache_apart(checkpoint_dir(config.cache_dir).parent, folder)
     for model in models:
         probe_model(model)
     return CheckedExperiment(config, models, cells, device, folder)
+
+
+def check_cache_apart(cache: Path, report: Path) -> None:
+    """Raise OutputError if the cache and the report folder overlap, or the cache lies in a folder the harness replaces.
+
+    A report folder is swapped in whole, so a cache inside it (or inside any report, comparison
+    or leaderboard folder) would be deleted with the old report, and a report inside the cache
+    would mix a report into stored checkpoints and evaluations.
+    """
+    cache, report = absolute(cache).resolve(), absolute(report).resolve()
+    fix = "give --cache-dir (cache_dir:) a folder apart from --output-dir (output_dir:)"
+    if cache == report:
+        raise OutputError(f"cache_dir {cache} is the report folder itself; {fix}")
+    if cache.is_relative_to(report):
+        raise OutputError(f"cache_dir {cache} lies inside the report folder {report}, which a run replaces; {fix}")
+    if report.is_relative_to(cache):
+        raise OutputError(f"the report folder {report} lies inside cache_dir {cache}; {fix}")
+    owner = next((p for p in (cache, *cache.parents) if folder_kind(p) is not None), None)
+    if owner is not None:
+        raise OutputError(
+            f"cache_dir {cache} lies inside {owner}, a {folder_kind(owner)} folder the harness replaces; {fix}"
+        )
 
 
 def resolve_experiment(config: ExperimentConfig) -> tuple[list[Cell], list[ResolvedModel]]:

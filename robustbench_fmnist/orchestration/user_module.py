@@ -6,17 +6,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 
 from robustbench_fmnist.config import DEVICE_PATTERN, MAX_BATCH, MAX_SEED, MAX_SEVERITY, shorten
-from robustbench_fmnist.data import CLASS_NAMES, load_fashion_mnist, to_float_images
+from robustbench_fmnist.data import CLASS_NAMES, IMAGE_SIZE, load_fashion_mnist, to_float_images
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.evaluation.cells import sweep_cells
 from robustbench_fmnist.evaluation.inference import PRECISIONS
 from robustbench_fmnist.evaluation.scoring import score_cells
 from robustbench_fmnist.evaluation.sweep import evaluate_cells
+from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.report.bundle import frame
 from robustbench_fmnist.runtime import cpu_settings, resolve_device
+
+PROBE_IMAGES = 2
 
 
 def evaluate_module(
@@ -46,6 +50,7 @@ def evaluate_module(
     if len(cells) == 1:
         raise ConfigError(f"severities: {list(severities or [])} leaves no perturbed cell; give levels 1..5")
     torch_device = resolve_device(device)
+    probe_module(model, name)
     with cpu_settings():
         data = load_fashion_mnist(data_dir)
         count = min(len(data.test), test_images or len(data.test))
@@ -102,6 +107,9 @@ def _check_api_arguments(
         or not all(integer(s, 0, MAX_SEVERITY) for s in severities)
     ):
         raise ConfigError(f"severities: expected None or a list of levels 0..{MAX_SEVERITY}, got {severities!r}")
+    _check_no_repeats("perturbations", listed)
+    if severities is not None:
+        _check_no_repeats("severities", list(severities))  # type: ignore[call-overload]
     if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
         raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if not integer(seed, 0, MAX_SEED):
@@ -115,3 +123,43 @@ def _check_api_arguments(
     if test_images is not None and not integer(test_images, 1, 10**9):
         raise ConfigError(f"test_images: expected None (all) or a positive integer, got {test_images!r}")
     return listed
+
+
+def _check_no_repeats(argument: str, values: list[object]) -> None:
+    """ConfigError for a value given twice: its cells would be evaluated, and returned, twice."""
+    repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{argument}: {repeated!r} is listed twice; give each once")
+
+
+def probe_module(model: nn.Module, name: str) -> None:
+    """ConfigError (a ValueError) unless `model` turns a (2, 1, 28, 28) batch in [0, 1] into (2, 10) logits.
+
+    Runs before the data is read, on the model's own device and in eval mode; every module's
+    training flag is put back afterwards, so the caller's model is left as it was.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ConfigError(
+            "model: its weights are on the meta device (shapes, no values); build it on a real device, "
+            "or call model.to_empty(device='cpu') and load its weights, before evaluating"
+        )
+    where = tensors[0].device if tensors else torch.device("cpu")
+    probe = torch.rand(PROBE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    modes = {module: module.training for module in model.modules()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            logits = model.eval()(probe.to(where))
+    except Exception as exc:
+        raise ConfigError(
+            f"model: a forward pass on a ({PROBE_IMAGES}, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) batch raised "
+            f"{type(exc).__name__}: {shorten(exc)}; it must take Fashion-MNIST's 1-channel 28x28 images "
+            "(a model built for 3x32x32 input needs 1 input channel and 28 px, or a resize in front)"
+        ) from None
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    try:
+        check_logits(logits, PROBE_IMAGES, name)
+    except ConfigError as exc:
+        raise ConfigError(f"model: {exc}") from None

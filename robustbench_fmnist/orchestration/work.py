@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from robustbench_fmnist.config import ExecutorConfig, shorten
+from robustbench_fmnist.config import MAX_SHOWN, ExecutorConfig, shorten
 from robustbench_fmnist.data import FashionMNIST
+from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
 from robustbench_fmnist.orchestration.tasks import Evaluation, EvaluationSettings
 from robustbench_fmnist.registry import Registry
@@ -20,6 +21,7 @@ from robustbench_fmnist.training.resolution import ResolvedModel
 from robustbench_fmnist.training.weights import TrainedWeights
 
 Task = TrainTask | EvaluateTask
+MAX_REASON_CHARACTERS = 300  # a failure line in the terminal, run.json and report.md
 Result = TrainedWeights | Evaluation
 
 
@@ -79,8 +81,10 @@ def register_executor(name: str) -> Callable[[Executor], Executor]:
 
 
 def reason_of(exc: BaseException) -> str:
-    """An exception as the short reason a failure line gives."""
-    return f"{type(exc).__name__}: {shorten(exc)}"
+    """An exception as the short reason a failure line gives: the harness's own messages whole, others cut."""
+    # the harness words its errors to fit one line, with the fix at the end: cutting them loses the fix
+    limit = MAX_REASON_CHARACTERS if isinstance(exc, HarnessError) else MAX_SHOWN
+    return f"{type(exc).__name__}: {shorten(exc, limit)}"
 
 
 def training_failed(task: EvaluateTask, failures: dict[TrainTask, Failure]) -> Failure:

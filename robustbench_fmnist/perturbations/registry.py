@@ -145,7 +145,31 @@ def register_perturbation(
 def apply_perturbation(
     name: str, images: torch.Tensor, severity: int, *, seed: int = 0, indices: torch.Tensor | None = None
 ) -> torch.Tensor:
+    """`name` at `severity` on a (N, C, H, W) batch in [0, 1]: a new tensor, the input untouched.
+
+    ValueError for pixels outside [0, 1] or NaN, which every kernel would clamp or pass on
+    without a word. Only this public entry point looks: the sweep's batches come from
+    to_float_images, and a pass over every batch would cost time that the benchmarks gate.
+    """
+    check_images(images)
+    check_pixel_range(images)
     return PERTURBATIONS.get(name)(images, severity, seed=seed, indices=indices)
+
+
+def check_pixel_range(images: torch.Tensor) -> None:
+    """Raise ValueError unless every pixel of `images` is a number in [0, 1]."""
+    if images.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if math.isnan(low) or math.isnan(high):
+        count = int(torch.isnan(images).sum())
+        raise ValueError(
+            f"images hold {count} NaN pixel(s); perturbations need numbers in [0, 1]: find where the NaN come "
+            "from, or replace them (images.nan_to_num(0.0))"
+        )
+    if low < 0 or high > 1:
+        hint = "undo the normalisation (x * std + mean)" if low < 0 else "divide 0-255 pixels by 255"
+        raise ValueError(f"images must lie in [0, 1], found values in [{low:g}, {high:g}]; {hint}")
 
 
 def check_severity(severity: int, max_severity: int = MAX_SEVERITY, name: str = "") -> None:
@@ -157,6 +181,9 @@ def check_severity(severity: int, max_severity: int = MAX_SEVERITY, name: str = 
 def check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
+        hint = ""
+        if isinstance(images, torch.Tensor) and images.ndim == 3:
+            hint = "; add the missing axis: images[:, None] for (N, H, W) grey images, images[None] for one image"
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}{hint}")
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import zipfile
@@ -15,6 +16,7 @@ import pandas as pd
 
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation.throughput import THROUGHPUT_COLUMNS
+from robustbench_fmnist.files import read_user_file
 
 RESULT_COLUMNS = [
     "model",
@@ -195,9 +197,15 @@ _TEXT_COLUMNS = {
 _THROUGHPUT_TEXT = {"kind", "model", "device", "dtype", "status", "reason", "channels_last", "compiled"}
 
 
+# far above what any report holds (its largest table, confusion.csv, is a few MB), far below memory
+MAX_TABLE_BYTES = 1 << 30
+MAX_RUN_BYTES = 256 << 20
+
+
 def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        text = read_user_file(path, MAX_TABLE_BYTES, "a table the harness wrote")
+        table = pd.read_csv(io.BytesIO(text), keep_default_na=False, na_values=[""])
     except FileNotFoundError:
         raise HarnessError(f"{path}: missing; the report folder is incomplete, re-run its experiment") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
@@ -223,7 +231,7 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
 
 def _read_run(path: Path) -> dict[str, Any]:
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
+        run = json.loads(read_user_file(path, MAX_RUN_BYTES, "the run.json the harness wrote").decode("utf-8"))
     except FileNotFoundError:
         raise HarnessError(f"{path}: missing; re-run the experiment") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
@@ -257,10 +265,18 @@ def _check_results(path: Path, results: pd.DataFrame, run: dict[str, Any]) -> No
     fail(results["severity"] < 0, "has a negative severity")
     shares = [c for c in _PROPORTIONS if c in results]
     fail(((results[shares] < 0) | (results[shares] > 1)).any(axis=1), f"has a share ({', '.join(shares)}) outside 0..1")
+    # the board ranks by accuracy: one that its own counts contradict would move a model silently
+    counted = results["n_correct"] / results["n_images"]
+    fail(
+        valid & ((results["accuracy"] - counted).abs() > ACCURACY_TOLERANCE),
+        "has an accuracy that is not n_correct / n_images (edited by hand?)",
+    )
     fail(results.duplicated(CELL_KEY), "repeats a (model, seed, perturbation, severity) cell")
     known = {"clean"} | {p["name"] for p in run["perturbations"]}
     fail(~results["perturbation"].isin(known), "names a perturbation that run.json does not list")
 
+
+ACCURACY_TOLERANCE = 1e-5  # the CSV keeps 6 significant digits
 
 _PROPORTIONS = ["accuracy", "error", "accuracy_low", "accuracy_high", "flip_rate", "flip_rate_step", "ece"]
 
