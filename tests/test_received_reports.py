@@ -118,6 +118,15 @@ def test_leaderboard_reads_without_importing(received: tuple[Path, Path], tmp_pa
     assert not marker.exists() and MODULE not in sys.modules
 
 
+def test_a_reports_ray_address_is_this_machines_not_the_senders() -> None:
+    from robustbench_fmnist.config import config_from_record
+
+    raw = json.loads((LIGHTING / "run.json").read_text())["config"]
+    raw["executor"] = {"kind": "ray", "address": "ray://sender.example:10001"}
+    # the sender's cluster would hand back pickled results: reproduce joins this machine's
+    assert config_from_record(raw, {}, "run.json").executor.address is None
+
+
 def test_named_code_finds_factories_and_timm_files_and_nothing_in_a_plain_report() -> None:
     from robustbench_fmnist.config import config_from_record
     from robustbench_fmnist.orchestration.received import named_code
