@@ -142,3 +142,29 @@ def test_named_code_finds_factories_and_timm_files_and_nothing_in_a_plain_report
         "models[0].factory imports module 'pkg.models' and calls build",
         "models[1].kwargs.checkpoint_path has timm load weights.pth (torch.load)",
     ]
+
+
+class _WritesOnUnpickle:
+    """Unpickling this calls Path.write_text: what a pickled array in a received .npz could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return Path.write_text, (self.marker, "unpickled")
+
+
+def test_a_pickled_array_in_a_report_is_refused_not_loaded(
+    received: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    folder, _ = received
+    marker = tmp_path / "unpickled"
+    with np.load(folder / "examples.npz") as saved:
+        arrays = dict(saved)
+    arrays["row_names"] = np.array([_WritesOnUnpickle(marker)] * len(arrays["row_names"]), dtype=object)
+    np.savez_compressed(folder / "examples.npz", **arrays)
+    assert main(["-q", "compare", ".", ".", "--output-dir", str(tmp_path / "cmp")]) != 0
+    assert "examples.npz: unreadable" in capsys.readouterr().err
+    assert not marker.exists()
