@@ -7,6 +7,7 @@ writes a marker file; the command must leave the marker unwritten.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.util
 import json
@@ -168,3 +169,19 @@ def test_a_pickled_array_in_a_report_is_refused_not_loaded(
     assert main(["-q", "compare", ".", ".", "--output-dir", str(tmp_path / "cmp")]) != 0
     assert "examples.npz: unreadable" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_report_html_shows_a_reports_html_as_text_and_reads_no_file_outside_it(
+    received: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = received
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"this machine's own file")
+    run = json.loads((folder / "run.json").read_text())
+    run["config"]["description"] = f"<script>alert('ran')</script> ![leak]({secret}) ![up](../secret.png)"
+    (folder / "run.json").write_text(json.dumps(run))
+    monkeypatch.chdir(folder.parent)
+    assert main(["-q", "report", folder.name]) == 0
+    page = (folder / "report.html").read_text()
+    assert "&lt;script&gt;alert" in page and "<script>" not in page
+    assert base64.b64encode(secret.read_bytes()).decode() not in page and "data:image/png" in page  # figures stay
