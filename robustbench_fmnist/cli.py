@@ -163,6 +163,11 @@ def _add_reproduce_command(commands: Subcommands) -> None:
     reproduce.add_argument("--output-dir", type=Path, help="parent folder of <name>-reproduced/ (default reports/)")
     reproduce.add_argument("--cache-dir", type=Path, help="checkpoint cache folder")
     reproduce.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
+    reproduce.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import and run the code the report's run.json names (a model's factory: module); off: refused",
+    )
 
 
 def _add_verify_command(commands: Subcommands) -> None:
@@ -322,6 +327,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import MAX_SEED, config_from_record
     from robustbench_fmnist.files import absolute
     from robustbench_fmnist.orchestration.experiment import run_experiment
+    from robustbench_fmnist.orchestration.received import check_received
     from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict, read_noise_report
     from robustbench_fmnist.report.bundle import read_data
 
@@ -339,9 +345,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "output_dir": str(args.output_dir) if args.output_dir else None,
         "cache_dir": str(args.cache_dir) if args.cache_dir else None,
     }
-    config = config_from_record(
-        reference.run["config"], {k: v for k, v in overrides.items() if v is not None}, f"{args.folder}/run.json"
-    )
+    source = f"{args.folder}/run.json"
+    config = config_from_record(reference.run["config"], {k: v for k, v in overrides.items() if v is not None}, source)
+    # the folder came from someone else: nothing it names is imported unless the user says so, before any work
+    for code in check_received(config, source, trust_code=args.trust_code):
+        print(f"--trust-code: {code}")
     folder = run_experiment(config, retrain=args.retrain)
     again = read_data(folder)
     table = agreement_table(again.results, again.reference)

@@ -539,11 +539,15 @@ def config_from_record(raw: dict[str, Any], overrides: dict[str, Any], source: s
 
     Data, cache and output folders and `noise_from` were paths on the machine that made the report:
     they go back to their defaults unless `overrides` names them; throughput measurement is off.
+    A Ray `executor.address` named the sender's cluster, whose results this process would unpickle:
+    it goes back to this machine's own ('auto').
     """
     raw = dict(raw)
     raw["data"] = {**(raw.get("data") or {}), "dir": None}
     raw.update(cache_dir=None, output_dir="reports", noise_from=None)
     raw["throughput"] = {**(raw.get("throughput") or {}), "enabled": False}
+    if isinstance(raw.get("executor"), dict):
+        raw["executor"] = {**raw["executor"], "address": None}
     names = [m.get("name") if isinstance(m, dict) else m for m in raw.get("models") or []]
     if raw.get("reference_model") not in names:
         raw.pop("reference_model", None)  # the default, recorded though unset: a set one must name a model

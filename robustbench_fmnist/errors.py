@@ -36,3 +36,7 @@ class OutputError(ConfigError):
 
 class ModelError(ConfigError):
     """A model misbehaves: its output has the wrong shape or type, or its training diverged."""
+
+
+class UntrustedCodeError(ConfigError):
+    """A report someone else wrote names code (a factory module) that running it again would import."""

@@ -285,7 +285,7 @@ def _read_examples(path: Path) -> Examples | None:
     if not path.exists():
         return None
     try:
-        with np.load(path) as saved:
+        with np.load(path, allow_pickle=False) as saved:  # a received report's arrays: never unpickle
             examples = Examples(
                 images=saved["images"],
                 labels=saved["labels"],
@@ -310,7 +310,7 @@ def _read_outcomes(path: Path, results: pd.DataFrame) -> Outcomes | None:
     if not path.exists():
         return None
     try:
-        with np.load(path) as saved:
+        with np.load(path, allow_pickle=False) as saved:
             images = int(saved["images"])
             correct = np.unpackbits(saved["correct"], axis=1, count=images).astype(bool)
             keys = []

@@ -24,12 +24,24 @@ _IMAGE = re.compile(r'<img alt="([^"]*)" src="([^"]+)"\s*/?>')
 
 
 def render_html(markdown_text: str, folder: Path, title: str) -> str:
-    """The page for `markdown_text`, with every image it links (relative to `folder`) inlined as base64."""
-    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    """The page for `markdown_text`, with every image it links inside `folder` inlined as base64.
+
+    The text quotes a report folder's own files (model names, the description), and a folder may be
+    someone else's: HTML in it is shown as text, never run, and an image outside `folder` (a file
+    of this machine's, a tracking URL) is shown as its alt text, never read.
+    """
+    converter = markdown.Markdown(extensions=["tables"], output_format="html")
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
+    root = folder.resolve()
 
     def inline(match: re.Match[str]) -> str:
         alt, source = match.group(1), match.group(2)
-        encoded = base64.b64encode((folder / source).read_bytes()).decode("ascii")
+        path = (folder / source).resolve()
+        if not (path.is_relative_to(root) and path.is_file()):
+            return alt  # already escaped by markdown
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         return f'<img alt="{alt}" src="data:image/png;base64,{encoded}" />'
 
     body = _IMAGE.sub(inline, body)
