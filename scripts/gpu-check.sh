@@ -3,7 +3,10 @@
 #   1. the CUDA property tests (perturbations on cuda equal cpu, deterministic per seed);
 #   2. `bench` on cuda for every registered model (throughput.csv under $OUT or /tmp);
 #   3. the lighting sweep on cuda with CPU-trained weights (trained here on the CPU first, a short
-#      recipe), whose accuracies must equal the CPU sweep's within 0.05 points in every cell.
+#      recipe), whose accuracies must equal the CPU sweep's within 0.05 points in every cell;
+#   4. stored records made on cuda: a short run on cuda, then `verify` of its report re-evaluates a
+#      sample of every record on cuda (must match), and once more on the CPU (printed: how many
+#      of a cuda record's predictions the CPU gives differently).
 # Prints one summary line per step; exits non-zero if a step fails. DATA_DIR, where the full data
 # cannot travel, names a subset (scripts/data_subset.py) that steps 2 and 3 read unverified.
 set -euo pipefail
@@ -27,4 +30,14 @@ timeout 240 "$BIN/python" -m robustbench_fmnist -q bench "$experiment" --device 
   --output-dir "$OUT" --cache-dir "$OUT/cache" | tee "$OUT/bench.txt" | tail -40
 echo "gpu-check: bench on cuda done in $(( $(date +%s) - start )) s"
 timeout 300 "$BIN/python" scripts/gpu_sweep_check.py --output-dir "$OUT" "${sweep_data[@]}"
+echo "gpu-check: lighting sweep cuda vs cpu done in $(( $(date +%s) - start )) s"
+records="$OUT/gpu_records.yaml"
+printf 'name: gpu_records\ndevice: cuda\nseed: 0\nmodels: [{name: baseline_cnn, train: {epochs: 1, train_images: 5000}}]\n' > "$records"
+printf 'perturbations: [brightness_up, contrast_down, rotation]\n' >> "$records"
+if [[ -n "${DATA_DIR:-}" ]]; then printf 'data: {dir: %s, verify: false}\n' "$(realpath "$DATA_DIR")" >> "$records"; fi
+timeout 120 "$BIN/python" -m robustbench_fmnist -q run "$records" --output-dir "$OUT" --cache-dir "$OUT/records-cache"
+timeout 60 "$BIN/python" -m robustbench_fmnist -q verify "$OUT/gpu_records" --sample 1000
+echo "gpu-check: records made on cuda verified on cuda in $(( $(date +%s) - start )) s"
+CUDA_VISIBLE_DEVICES="" timeout 60 "$BIN/python" -m robustbench_fmnist -q verify "$OUT/gpu_records" --sample 1000 \
+  || echo "gpu-check: (informative) the CPU predicts some of the cuda records' sampled images differently"
 echo "gpu-check: all steps passed in $(( $(date +%s) - start )) s"

@@ -195,6 +195,13 @@ def _cache_dir_is_a_file(env: Env) -> list[str]:
     return ["run", env.yaml(), "--cache-dir", str(env.root / "cache-file")]
 
 
+def _evaluations_is_a_file(env: Env) -> list[str]:
+    cache = env.root / "cache"
+    cache.mkdir()
+    (cache / "evaluations").write_text("my notes\n")
+    return ["run", env.yaml(), "--cache-dir", str(cache)]
+
+
 def _cache_in_the_report(env: Env) -> list[str]:
     """`--cache-dir out/NAME` over an existing report: the report swap would delete the cache."""
     report = env.output / "tiny"
@@ -442,6 +449,9 @@ CASES = [
         "severities [0]", _changes({"perturbations": [{"name": "rotation", "severities": [0]}]}), 2, "only severity 0"
     ),
     Case("cache dir is a file", _cache_dir_is_a_file, 2, "cache_dir"),
+    Case(
+        "cache's evaluations/ is a file", _evaluations_is_a_file, 2, "is a file, where the cache keeps its evaluation"
+    ),
     Case("cache dir inside the report folder", _cache_in_the_report, 2, "is the report folder itself"),
     Case(
         "cache dir is the report path, not there yet",
@@ -923,6 +933,30 @@ def test_the_python_api_probes_the_model_before_reading_data(
         evaluate_module(model, name="m", device="cpu")
     assert "\n" not in str(raised.value) and len(str(raised.value)) <= MAX_ERROR_CHARACTERS
     assert all(m.training for m in model.modules()), "the caller's model keeps its mode"
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "model", "message"),
+    [
+        (torch.rand(8, 28, 28), torch.zeros(8, dtype=torch.long), None, "images[:, None] for (N, H, W) grey images"),
+        (torch.rand(8, 1, 28, 28), torch.zeros(7, dtype=torch.long), None, "7 labels for 8 images; give one label"),
+        (torch.rand(8, 1, 28, 28), torch.arange(8) + 5, None, "labels range over 5..12; Fashion-MNIST's classes"),
+        (torch.rand(8, 1, 28, 28), torch.zeros(8), None, "labels must be a 1-D integer tensor"),
+        (torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long), _meta_model, "weights are on the meta device"),
+    ],
+    ids=["rank 3 images", "labels too few", "labels out of range", "float labels", "meta model"],
+)
+def test_the_sweep_api_names_bad_images_labels_and_models(
+    images: torch.Tensor, labels: torch.Tensor, model: Callable[[], torch.nn.Module] | None, message: str
+) -> None:
+    from robustbench_fmnist.evaluation.cells import sweep_cells
+    from robustbench_fmnist.evaluation.sweep import evaluate_cells
+    from robustbench_fmnist.models import create_model
+
+    built = model() if model is not None else create_model("baseline_cnn_tiny")
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        evaluate_cells(built, "m", images, labels, sweep_cells([("rotation", [1])]), device=torch.device("cpu"))
+    assert "\n" not in str(raised.value)
 
 
 @requires_real_data

@@ -214,3 +214,46 @@ def test_verify_of_something_else_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert main(["verify", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_a_nan_checkpoint_with_a_forged_checksum_is_retrained(
+    first_run: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN weights whose SHA-256 was rewritten to match: not evaluated (every cell would be invalid), trained again."""
+    from robustbench_fmnist.training.checkpoints import state_sha256
+
+    config, first = first_run
+    (checkpoint,) = (Path(config["cache_dir"]) / "checkpoints").glob("*.pt")
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["state_dict"] = {
+        k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+    }
+    payload["metadata"]["weights_sha256"] = state_sha256(payload["state_dict"])
+    torch.save(payload, checkpoint)
+    with caplog.at_level(logging.WARNING):
+        again, run = _rerun(config)
+    lines = [r.getMessage() for r in caplog.records if checkpoint.name in r.getMessage()]
+    assert lines and "NaN or infinite" in lines[0]
+    assert run["models"][0]["weights"] == "trained"
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_verify_imports_nothing_a_record_names_without_trust_code(
+    first_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _ = first_run
+    marker = tmp_path / "imported"
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "received_verify_factory.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef build(): pass\n")
+    monkeypatch.syspath_prepend(str(planted))
+    path = _clean_record(config)
+
+    def factory(tensors: dict[str, torch.Tensor], identity: dict[str, Any]) -> None:
+        identity["model"]["factory"] = "received_verify_factory:build"
+
+    _rewrite(path, factory, fix_checksum=True)
+    assert main(["-q", "verify", config["cache_dir"], "--data-dir", config["data"]["dir"]]) == 1
+    out = capsys.readouterr().out
+    assert "imports module 'received_verify_factory' and calls build; pass --trust-code" in out
+    assert not marker.exists(), "verify imported a module a record named"

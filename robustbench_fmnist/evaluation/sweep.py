@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
+from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.evaluation.adaptation import ADAPTATIONS, AdaptationSettings, Predict
 from robustbench_fmnist.evaluation.cells import Cell, perturb_cell
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, memory_format_of, prepare_for_inference
 from robustbench_fmnist.models.output import check_logits
+from robustbench_fmnist.perturbations.registry import check_images
 from robustbench_fmnist.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ def evaluate_cells(
     set (default 0..N-1): a perturbation's random draws are keyed by them, so a sample of the test
     set is perturbed exactly as the whole set's sweep perturbs those images.
     """
+    check_sweep_inputs(model, images, labels, image_indices)
     memory_format = memory_format_of(channels_last)
     adapt = ADAPTATIONS.get(adaptation).predict
     settings = adaptation_settings or AdaptationSettings(BatchNormAdaptation(), TentAdaptation())
@@ -118,6 +121,26 @@ def evaluate_cells(
         settings=settings,
     )
     return sweep.run(cells, show_progress=show_progress)
+
+
+def check_sweep_inputs(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, image_indices: torch.Tensor | None = None
+) -> None:
+    """ValueError, one line naming the problem and the fix, for inputs the sweep would crash on or score wrong."""
+    check_images(images)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError("the model's weights are on the meta device (no values); load real weights before evaluating")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point():
+        shown = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D integer tensor of class indices, got {shown}")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images; give one label per image")
+    classes = len(CLASS_NAMES)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"labels range over {low}..{high}; Fashion-MNIST's classes are 0..{classes - 1}")
+    if image_indices is not None and len(image_indices) != len(images):
+        raise ValueError(f"{len(image_indices)} image indices for {len(images)} images; give one per image")
 
 
 def cell_result(

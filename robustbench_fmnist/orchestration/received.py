@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustbench_fmnist.config import ExperimentConfig, shorten
+from robustbench_fmnist.config import ExperimentConfig, ModelSpec, shorten
 from robustbench_fmnist.errors import UntrustedCodeError
 from robustbench_fmnist.models.timm_models import timm_architecture
 
@@ -38,16 +38,20 @@ def named_code(config: ExperimentConfig) -> list[NamedCode]:
     architectures) pick code that is installed here, so they name nothing new; a `factory:`
     names a module, and a timm model's file kwargs name a file timm may unpickle.
     """
+    return [code for index, spec in enumerate(config.models) for code in spec_code(spec, f"models[{index}]")]
+
+
+def spec_code(spec: ModelSpec, where: str) -> list[NamedCode]:
+    """The code one model spec names (its factory, a file timm would load), `where` naming the spec."""
     found = []
-    for index, spec in enumerate(config.models):
-        if spec.factory is not None:
-            module, _, function = spec.factory.partition(":")
-            found.append(NamedCode(f"models[{index}].factory", f"imports module {module!r} and calls {function}"))
-        if timm_architecture(spec.architecture or spec.name) is not None:
-            for key in TIMM_FILE_KWARGS:
-                if spec.kwargs.get(key):
-                    file = shorten(spec.kwargs[key])
-                    found.append(NamedCode(f"models[{index}].kwargs.{key}", f"has timm load {file} (torch.load)"))
+    if spec.factory is not None:
+        module, _, function = spec.factory.partition(":")
+        found.append(NamedCode(f"{where}.factory", f"imports module {module!r} and calls {function}"))
+    if timm_architecture(spec.architecture or spec.name) is not None:
+        for key in TIMM_FILE_KWARGS:
+            if spec.kwargs.get(key):
+                file = shorten(spec.kwargs[key])
+                found.append(NamedCode(f"{where}.kwargs.{key}", f"has timm load {file} (torch.load)"))
     return found
 
 

@@ -25,6 +25,7 @@ from robustbench_fmnist.config import ModelSpec
 from robustbench_fmnist.data import FashionMNIST, to_float_images
 from robustbench_fmnist.errors import CheckpointError, ConfigError
 from robustbench_fmnist.evaluation.sweep import cell_result, evaluate_cells
+from robustbench_fmnist.orchestration.received import spec_code
 from robustbench_fmnist.orchestration.records import SUFFIX, EvaluationRecord, RecordError, read_record
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.training.checkpoints import read_checkpoint, read_user_checkpoint, state_sha256
@@ -166,15 +167,20 @@ def _model(
 
 def _load_model(path: Path, identity: dict[str, Any], trust: bool) -> nn.Module | str:
     described = identity["model"]
-    if described.get("factory") and not trust:
-        return f"its model is built by factory {described['factory']}; pass --trust-code to import it"
     spec_fields = {"name": described["name"], "kwargs": described.get("kwargs") or {}}
     if described.get("factory"):
         spec_fields["factory"] = described["factory"]
     elif described["architecture"] != described["name"]:
         spec_fields["architecture"] = described["architecture"]
     try:
-        resolved = resolve_model(ModelSpec(**spec_fields))
+        spec = ModelSpec(**spec_fields)
+    except ValueError as exc:
+        return f"its model cannot be described ({type(exc).__name__})"
+    code = spec_code(spec, "its model")
+    if code and not trust:  # a record is data: what it names is not imported or loaded unless the user says so
+        return f"{code[0]}; pass --trust-code to let verify do that"
+    try:
+        resolved = resolve_model(spec)
         model = seeded_model(resolved, int(identity["seed"]))
         state = _weights(path, identity, model)
     except (ConfigError, CheckpointError) as exc:

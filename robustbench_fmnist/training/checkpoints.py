@@ -196,6 +196,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError("it records no SHA-256 of its weights (written by an older harness)")
     if state_sha256(state) != recorded:
         raise CheckpointError("its weights do not match the SHA-256 recorded when it was written (edited or corrupt)")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in state.values()):
+        raise CheckpointError("its weights hold NaN or infinite values")  # they would score every image as none
     return state, dict(metadata)
 
 
