@@ -17,6 +17,7 @@ mkdir -p "$OUT"
 experiment=experiments/gpu_check.yaml
 sweep_data=()
 if [[ -n "${DATA_DIR:-}" ]]; then
+  DATA_DIR="$(realpath "$DATA_DIR")"  # the YAML written under $OUT takes relative paths from there
   experiment="$OUT/gpu_check.yaml"
   printf '%s\ndata: {dir: %s, verify: false}\n' "$(cat experiments/gpu_check.yaml)" "$DATA_DIR" > "$experiment"
   sweep_data=(--data-dir "$DATA_DIR")
@@ -34,7 +35,7 @@ echo "gpu-check: lighting sweep cuda vs cpu done in $(( $(date +%s) - start )) s
 records="$OUT/gpu_records.yaml"
 printf 'name: gpu_records\ndevice: cuda\nseed: 0\nmodels: [{name: baseline_cnn, train: {epochs: 1, train_images: 5000}}]\n' > "$records"
 printf 'perturbations: [brightness_up, contrast_down, rotation]\n' >> "$records"
-if [[ -n "${DATA_DIR:-}" ]]; then printf 'data: {dir: %s, verify: false}\n' "$(realpath "$DATA_DIR")" >> "$records"; fi
+if [[ -n "${DATA_DIR:-}" ]]; then printf 'data: {dir: %s, verify: false}\n' "$DATA_DIR" >> "$records"; fi
 timeout 120 "$BIN/python" -m robustbench_fmnist -q run "$records" --output-dir "$OUT" --cache-dir "$OUT/records-cache"
 timeout 60 "$BIN/python" -m robustbench_fmnist -q verify "$OUT/gpu_records" --sample 1000
 echo "gpu-check: records made on cuda verified on cuda in $(( $(date +%s) - start )) s"

@@ -34,7 +34,9 @@ from robustbench_fmnist.training.weights import seeded_model
 
 log = logging.getLogger(__name__)
 
-PROBABILITY_TOLERANCE = 1e-4  # a re-evaluation's softmax may differ from the stored one in the last bits
+# a re-evaluation's softmax differs from the stored one in the last bits: by up to about 1e-4 where a
+# record made on an H200 was evaluated again on a CPU (every predicted class equal)
+PROBABILITY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -242,9 +244,10 @@ def _compare(model: nn.Module, record: EvaluationRecord, data: FashionMNIST, pic
         for name in ("confidence", "true_probability"):
             gap = (getattr(again, name) - getattr(stored, name)[picked]).abs().nan_to_num(0.0)
             if float(gap.max()) > PROBABILITY_TOLERANCE:
-                return (
-                    f"the stored {name} differs from the evaluated one by up to {float(gap.max()):.2g} in {cell.label}"
-                )
+                made_on = identity.get("device")
+                where = "" if device.type == made_on else f" (made on {made_on}, evaluated on cpu)"
+                largest = float(gap.max())
+                return f"its {name} differs from the evaluated one by up to {largest:.2g} in {cell.label}{where}"
     return None
 
 
