@@ -214,7 +214,9 @@ def worst_case_curve(
     larger than r (inf: never fooled). The radius of an image wrong clean is not read (it may be NaN).
     """
     clean_correct = _correctness(clean_correct, "clean_correct")
-    radius = min_fooling_radius.double().flatten()
+    radius = min_fooling_radius.flatten()
+    if not radius.is_floating_point():
+        radius = radius.double()
     if radius.numel() != clean_correct.numel():
         raise ValueError(f"{radius.numel()} fooling radii but {clean_correct.numel()} clean results")
     if torch.isnan(radius[clean_correct]).any():
@@ -223,7 +225,8 @@ def worst_case_curve(
     n = radius.numel()
     rows = []
     for budget in budgets:
-        n_correct = int((clean_correct & (radius > float(budget))).sum())
+        # the budget in the radii's own precision: a float32 radius of 0.1 is not "larger" than a budget of 0.1
+        n_correct = int((clean_correct & (radius > torch.tensor(budget, dtype=radius.dtype))).sum())
         low, high = wilson_interval(n_correct, n)
         accuracy = n_correct / n if n else math.nan
         rows.append({"budget": float(budget), "accuracy": accuracy, "n_correct": n_correct, "n_images": n,
