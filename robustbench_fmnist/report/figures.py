@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_fmnist.evaluation.cells import CLEAN
+from robustbench_fmnist.files import atomic_path
 from robustbench_fmnist.report.leaderboard import ROLES
 from robustbench_fmnist.report.tables import (
     class_drop_matrix,
@@ -26,6 +29,9 @@ from robustbench_fmnist.report.tables import (
     reliability_table,
     severity_table,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 _DPI = 100
 _STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "rbfm"}
@@ -270,3 +276,112 @@ def ranking_bars(board: pd.DataFrame, family: str) -> bytes:
         figure.suptitle(f"{family}: mean accuracy under shift, ranked (bars: 95 % interval)")
         figure.tight_layout()
         return _png(figure)
+
+
+def _save(png: bytes, path: Path) -> None:
+    """Write a figure atomically, so an interrupted report never holds half a PNG."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+
+
+def _sparse_ticks(values: Sequence[float], most: int = 12) -> tuple[list[int], list[str]]:
+    """Positions and labels of at most `most` evenly spaced ticks, so a 31-value axis stays readable."""
+    step = max(1, -(-len(values) // most))
+    positions = list(range(0, len(values), step))
+    return positions, [f"{float(values[i]):g}" for i in positions]
+
+
+def plot_worst_case_curves(curves: pd.DataFrame, path: Path) -> None:
+    """Worst-case accuracy against the search budget, one panel per adversary, one line per model with its
+    95 % interval band; x is the share of the space's reach, labelled by `budget_label`."""
+    adversaries = list(dict.fromkeys(curves["adversary"]))
+    columns = max(1, min(3, len(adversaries)))
+    rows = max(1, -(-len(adversaries) // columns))
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+        for axis, adversary in zip(axes.flat, adversaries, strict=False):
+            mine = curves[curves["adversary"] == adversary]
+            for model, line_rows in mine.groupby("model", sort=False):
+                line_rows = line_rows.sort_values("budget", kind="stable")
+                x = line_rows["budget"].to_numpy(dtype=float)
+                (line,) = axis.plot(x, line_rows["accuracy"] * 100, marker="o", markersize=3, label=model)
+                axis.fill_between(x, line_rows["accuracy_low"] * 100, line_rows["accuracy_high"] * 100,
+                                  color=line.get_color(), alpha=0.2)  # fmt: skip
+            ticks = mine.drop_duplicates("budget").sort_values("budget")
+            axis.set_xticks(ticks["budget"].to_numpy(dtype=float), ticks["budget_label"].astype(str), rotation=30,
+                            ha="right")  # fmt: skip
+            axis.set_title(str(adversary))
+            axis.set_xlabel("budget (share of the space's reach)")
+            axis.set_ylabel("worst-case accuracy (%)")
+            axis.set_xlim(-0.02, 1.02)
+            axis.set_ylim(0, 100)
+        for axis in list(axes.flat)[len(adversaries) :]:
+            axis.set_visible(False)
+        if adversaries:
+            axes.flat[0].legend(loc="lower left", fontsize=8)
+        figure.suptitle("Worst case per image: accuracy by budget (bands: 95 % interval)")
+        figure.tight_layout()
+        _save(_png(figure), path)
+
+
+def plot_fooling_heatmap(
+    grid: torch.Tensor,
+    row_values: Sequence[float],
+    col_values: Sequence[float],
+    row_name: str,
+    col_name: str,
+    title: str,
+    path: Path,
+) -> None:
+    """How often each point of a 2-D slice of the space fools the model (share 0..1 of the images right clean)."""
+    values = np.asarray(grid, dtype=float)
+    if values.shape != (len(row_values), len(col_values)):
+        raise ValueError(f"a {values.shape} grid needs {values.shape[0]} row and {values.shape[1]} column values, "
+                         f"got {len(row_values)} and {len(col_values)}")  # fmt: skip
+    colours = plt.get_cmap("Reds").with_extremes(bad="lightgrey")  # NaN: no image right clean to fool
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        figure, axis = plt.subplots(
+            # grows with the grid but stays page-sized: a 31 x 21 slice is cells, not a poster
+            figsize=(min(9.0, max(4.5, 2.0 + 0.3 * values.shape[1])), min(6.0, max(3.6, 1.6 + 0.25 * values.shape[0])))
+        )
+        image = axis.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=0, vmax=1, aspect="auto")
+        axis.set_xticks(*_sparse_ticks(col_values))
+        axis.set_yticks(*_sparse_ticks(row_values))
+        axis.set_xlabel(col_name)
+        axis.set_ylabel(row_name)
+        figure.colorbar(image, ax=axis, label="share of images fooled")
+        axis.set_title(title)
+        figure.tight_layout()
+        _save(_png(figure), path)
+
+
+def plot_consistency_matrix(matrix: pd.DataFrame, path: Path, title: str) -> None:
+    """Pairwise error consistency (kappa, -1..1) as a symmetric heatmap, kappa and its 95 % interval in each cell."""
+    models = list(dict.fromkeys([*matrix["model_a"], *matrix["model_b"]]))
+    if len(models) < 2:
+        raise ValueError("a consistency matrix needs at least two models")
+    index = {name: i for i, name in enumerate(models)}
+    kappa = np.full((len(models), len(models)), np.nan)
+    text: dict[tuple[int, int], str] = {}
+    for row in matrix.to_dict("records"):
+        i, j = index[row["model_a"]], index[row["model_b"]]
+        kappa[i, j] = kappa[j, i] = row["kappa"]
+        cell = "n/a" if np.isnan(row["kappa"]) else f"{row['kappa']:.2f}"
+        if not (np.isnan(row["kappa_low"]) or np.isnan(row["kappa_high"])):
+            cell += f"\n[{row['kappa_low']:.2f}, {row['kappa_high']:.2f}]"
+        text[i, j] = text[j, i] = cell
+    # diverging around 0: kappa 0 is independent errors, the sign says agreement or opposition
+    # grey: the diagonal (a model with itself) and undefined pairs
+    colours = plt.get_cmap("RdBu").with_extremes(bad="lightgrey")
+    size = 2.4 + 0.9 * len(models)
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        figure, axis = plt.subplots(figsize=(size + 1.2, size))
+        image = axis.imshow(np.ma.masked_invalid(kappa), cmap=colours, vmin=-1, vmax=1)
+        axis.set_xticks(range(len(models)), models, rotation=45, ha="right")
+        axis.set_yticks(range(len(models)), models)
+        for (i, j), cell in text.items():
+            axis.text(j, i, cell, ha="center", va="center", fontsize=6.5 if len(models) <= 6 else 5)
+        figure.colorbar(image, ax=axis, label="error consistency (kappa)")
+        axis.set_title(title)
+        figure.tight_layout()
+        _save(_png(figure), path)
