@@ -202,10 +202,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = _load(args)
     checked = check_experiment(config)
+    adversaries = config.adversaries
+    listed = f", {len(adversaries)} adversary(ies) ({', '.join(a.name for a in adversaries)})" if adversaries else ""
     print(
         f"{args.experiment}: ok - {len(checked.models)} model(s) ({', '.join(m.name for m in checked.models)}), "
-        f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model; "
-        f"device {checked.device}; report -> {checked.folder}"
+        f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model"
+        f"{listed}; device {checked.device}; report -> {checked.folder}"
     )
     return 0
 
