@@ -83,12 +83,14 @@ def _add_experiment_commands(commands: Subcommands) -> None:
 
 def _add_lookup_commands(commands: Subcommands) -> None:
     """ls and preview: what is registered, and what a perturbation looks like."""
-    ls = commands.add_parser("ls", help="list registered models, perturbations, adaptations and augmentations")
+    ls = commands.add_parser(
+        "ls", help="list registered models, perturbations, adaptations, augmentations and adversaries' axes"
+    )
     ls.add_argument(
         "words",
         nargs="*",
         metavar="[KIND] [PATTERN]",
-        help="a kind (models, perturbations, adaptations, augmentations) and/or a filter such as '*cnn*'",
+        help="a kind (models, perturbations, adaptations, augmentations, axes) and/or a filter such as '*cnn*'",
     )
     ls.add_argument("--markdown", action="store_true", help="print the perturbation severity table as Markdown")
     ls.add_argument(
@@ -202,10 +204,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = _load(args)
     checked = check_experiment(config)
+    adversaries = config.adversaries
+    listed = f", {len(adversaries)} adversary(ies) ({', '.join(a.name for a in adversaries)})" if adversaries else ""
     print(
         f"{args.experiment}: ok - {len(checked.models)} model(s) ({', '.join(m.name for m in checked.models)}), "
-        f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model; "
-        f"device {checked.device}; report -> {checked.folder}"
+        f"{len(config.perturbations)} perturbation(s), {len(checked.cells) - 1} shifted cells + clean per model"
+        f"{listed}; device {checked.device}; report -> {checked.folder}"
     )
     return 0
 
@@ -435,7 +439,7 @@ def _report_folders(source: Path) -> list[Path]:
     return found
 
 
-LS_KINDS = ("models", "perturbations", "adaptations", "augmentations", "backends", "executors")
+LS_KINDS = ("models", "perturbations", "adaptations", "augmentations", "backends", "executors", "axes")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -445,6 +449,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from robustbench_fmnist.orchestration.executors import EXECUTORS
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.perturbations.backends import BACKENDS
+    from robustbench_fmnist.perturbations.space import AXES
     from robustbench_fmnist.perturbations.table import severity_markdown, severity_text
     from robustbench_fmnist.training.augmentation import AUGMENTATIONS
 
@@ -459,7 +464,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return _ls_timm(kind, args.timm if pattern == "*" else pattern, args.markdown)
     # --markdown is the perturbation table; otherwise the kind asked for, or all of them
     registries = {"models": MODELS, "perturbations": PERTURBATIONS, "adaptations": ADAPTATIONS,
-                  "augmentations": AUGMENTATIONS, "backends": BACKENDS, "executors": EXECUTORS}  # fmt: skip
+                  "augmentations": AUGMENTATIONS, "backends": BACKENDS, "executors": EXECUTORS,
+                  "axes": AXES}  # fmt: skip
     searched = [registries[kind or "perturbations"]] if kind or args.markdown else list(registries.values())
     if not any(registry.names(pattern) for registry in searched):
         raise ConfigError(f"ls: nothing matches {pattern!r}; patterns are shell-style, e.g. '*cnn*' or 'gamma_*'")
@@ -489,7 +495,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"{shown} ({key}):")
             for name in registry.names(pattern):
                 print(f"  {name:<16} {registry.get(name).description}")
+    if kind in (None, "axes") and AXES.names(pattern):
+        _print_axes(AXES.names(pattern))
     return 0
+
+
+def _print_axes(names: list[str]) -> None:
+    """`ls axes`: what a space of `adversaries:` can name, the value that changes nothing and the kernel's range."""
+    import textwrap
+
+    from robustbench_fmnist.perturbations.space import AXES
+    from robustbench_fmnist.perturbations.space_checks import perturbation_axes
+
+    print("axes (adversaries[].space: {axis: [low, high, points]}):")
+    print(f"  {'name':<12} {'unit':<28} {'identity':>8}  bounds")
+    for name in names:
+        entry = AXES.get(name)
+        low, high = entry.bounds
+        print(f"  {name:<12} {entry.unit:<28} {entry.identity:>8g}  {low:g}..{high:g}")
+    print(
+        "  any perturbation with a continuous parameter is an axis too, in its own unit and range (ls perturbations);"
+    )
+    print("  search: gradient takes only the axes above. Those perturbations:")
+    print(textwrap.fill(", ".join(perturbation_axes()), width=100, initial_indent="    ", subsequent_indent="    "))
 
 
 def _ls_timm(kind: str | None, pattern: str, markdown: bool) -> int:

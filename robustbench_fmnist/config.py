@@ -7,7 +7,9 @@ this module free of imports from the rest of the package (data flows one way).
 
 from __future__ import annotations
 
+import copy
 import difflib
+import math
 import re
 import types
 import typing
@@ -15,7 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.files import read_user_file, safe_file_name
@@ -34,6 +45,19 @@ MAX_SHOWN = 80  # characters of a user's value quoted in an error message
 PATH_KEYS = (("data", "dir"), ("output_dir",), ("cache_dir",), ("noise_from",))
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # matched whole
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+NAME_PATTERN = r"^[^\x00-\x1f|]+$"  # no control characters or '|': names go into files and tables
+MAX_ADVERSARY_POINTS = 10_000  # a grid evaluates every point: forward passes per image
+# axes that add two dimensions to a space, x and y (perturbations.space.AxisEntry.dims; config cannot
+# import it, perturbations import config): tests/test_config.py keeps the two in step
+TWO_DIMENSIONAL_AXES = frozenset({"translate"})
+
+
+class KeyedError(ValueError):
+    """A validator's error about a key below the one it validates (an adversary's `k`): `key` extends the location."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class _Strict(BaseModel):
@@ -185,7 +209,7 @@ class ModelSpec(_Strict):
     name: str = Field(
         min_length=1,
         max_length=MAX_MODEL_NAME_LENGTH,
-        pattern=r"^[^\x00-\x1f|]+$",  # no control characters or '|': names go into files and tables
+        pattern=NAME_PATTERN,
         description="registry name, or a label when `factory` is set",
     )
     factory: str | None = Field(None, description="`package.module:function` returning an nn.Module")
@@ -274,6 +298,123 @@ class PerturbationSpec(_Strict):
         """The name results are filed under: the perturbation, tagged when albumentations computes it."""
         backend = self.backend or default_backend
         return self.name if backend == "torch" else f"{self.name}@{backend}"
+
+
+def _axis_form(value: Any) -> Any:
+    # a range of the wrong length would otherwise read "missing required key ...rotation[2]"
+    if isinstance(value, list | tuple) and len(value) != 3:
+        raise ValueError(f"give [low, high, points], e.g. [-30, 30, 31]; got {len(value)} value(s)")
+    return value
+
+
+def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
+    low, high, points = value
+    if points < 1:
+        raise ValueError(f"points {points}: an axis needs at least 1 ([low, high, points])")
+    if low > high:
+        raise ValueError(f"low {low:g} > high {high:g}")
+    if points == 1 and low != high:
+        raise ValueError(f"one point cannot span low {low:g} to high {high:g}; give low == high, or more points")
+    return value
+
+
+# (low, high, points); the YAML writes [low, high, points]
+AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
+
+
+class AdversarySpec(_Strict):
+    """One entry of `adversaries:`: a space of perturbation parameters, and how its worst point per image is found."""
+
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH, pattern=NAME_PATTERN)
+    space: dict[str, AxisRange] = Field(
+        description="axis -> [low, high, points], in order; in the YAML, an earlier adversary's name reuses its space"
+    )
+    search: Literal["grid", "random", "worst_of_k", "gradient"]
+    k: int | None = Field(None, description="worst_of_k: points drawn per image (at least 2)")
+    steps: int = Field(20, ge=1, description="gradient: ascent steps per restart")
+    restarts: int = Field(3, ge=1, description="gradient: starting points per image")
+    images: int = Field(500, ge=1, description="test images every point is evaluated on")
+    max_points: int = Field(
+        MAX_ADVERSARY_POINTS, ge=1, description="a space with more points is refused unless this is raised"
+    )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_given(cls, value: Any) -> Any:
+        if isinstance(value, str):  # ExperimentConfig replaces a name by the earlier adversary's space
+            raise ValueError(f"{value!r}: a name reuses an earlier adversary's space only inside `adversaries:`")
+        if isinstance(value, dict) and not value:
+            raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
+        return value
+
+    def point_count(self) -> int:
+        """How many points the space has: the product of the axes' points, translate's counted for x and for y."""
+        return math.prod(
+            points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in self.space.items()
+        )
+
+    @model_validator(mode="after")
+    def _search_settings(self) -> AdversarySpec:
+        count = self.point_count()
+        if count > self.max_points:
+            passes = (
+                f"; a grid evaluates every one: {count:,} forward passes per image" if self.search == "grid" else ""
+            )
+            raise KeyedError(
+                ("space",),
+                f"{count:,} points, more than max_points {self.max_points:,}{passes}; "
+                f"raise `max_points:` to allow it, or give the axes fewer points",
+            )
+        if self.search != "worst_of_k":
+            if self.k is not None:
+                raise KeyedError(("k",), f"only search worst_of_k takes k, not {self.search}; drop it")
+            return self
+        if self.k is None:
+            raise KeyedError(("k",), "search worst_of_k needs k, the points drawn per image (at least 2)")
+        if self.k < 2:
+            raise KeyedError(
+                ("k",), f"worst_of_k needs at least 2 points per image, got {self.k} (k: 1 is one random point)"
+            )
+        if self.k > count:
+            raise KeyedError(
+                ("k",), f"{self.k} is more than the space's {count:,} points; lower k, or give the space more points"
+            )
+        return self
+
+
+def _reuse_spaces(value: Any) -> Any:
+    """`space: NAME` replaced by a copy of the earlier adversary NAME's space, so `space` is always a mapping."""
+    if not isinstance(value, list | tuple):
+        return value
+    names = [a.get("name") if isinstance(a, dict) else getattr(a, "name", None) for a in value]
+    spaces: dict[str, Any] = {}
+    resolved = []
+    for i, adversary in enumerate(value):
+        if isinstance(adversary, dict) and isinstance(adversary.get("space"), str):
+            wanted = adversary["space"]
+            if wanted not in spaces:
+                raise KeyedError((i, "space"), _unknown_space(wanted, names, i))
+            adversary = {**adversary, "space": copy.deepcopy(spaces[wanted])}
+        space = adversary.get("space") if isinstance(adversary, dict) else getattr(adversary, "space", None)
+        if isinstance(names[i], str):
+            spaces.setdefault(names[i], space)  # a repeated name is refused after validation
+        resolved.append(adversary)
+    return resolved
+
+
+def _unknown_space(wanted: str, names: list[Any], index: int) -> str:
+    """Why `space: wanted` of adversary `index` names no earlier adversary."""
+    if wanted in names[index:]:
+        later = names.index(wanted, index)
+        where = "this adversary itself" if later == index else f"adversaries[{later}], further down"
+        return f"{wanted!r} is {where}; a space can reuse only an earlier adversary's (move that one up)"
+    earlier = [n for n in names[:index] if isinstance(n, str)]
+    close = difflib.get_close_matches(wanted, earlier, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return (
+        f"no earlier adversary is named {wanted!r}{hint} A name reuses an earlier adversary's space "
+        f"(earlier: {', '.join(earlier) or 'none'}); otherwise give {{axis: [low, high, points], ...}}"
+    )
 
 
 class DataConfig(_Strict):
@@ -372,6 +513,21 @@ class ExperimentConfig(_Strict):
     noise_from: Path | None = Field(
         None, description="a multi-seed report of the same recipes: each cell is set against its seed spread"
     )
+    adversaries: tuple[AdversarySpec, ...] = Field((), description="worst-case searches over perturbation spaces")
+
+    _reused_spaces = field_validator("adversaries", mode="before")(classmethod(lambda cls, v: _reuse_spaces(v)))
+
+    @field_validator("adversaries")
+    @classmethod
+    def _distinct_adversaries(cls, value: tuple[AdversarySpec, ...]) -> tuple[AdversarySpec, ...]:
+        first: dict[str, int] = {}
+        for i, spec in enumerate(value):
+            if spec.name in first:
+                raise KeyedError(
+                    (i, "name"), f"adversary {spec.name!r} is listed twice (also adversaries[{first[spec.name]}])"
+                )
+            first[spec.name] = i
+        return value
 
     @field_validator("device")
     @classmethod
@@ -615,6 +771,9 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 def describe_error(error: dict[str, Any]) -> str:
     """One line for a pydantic error: where, what, and what would be valid."""
     loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+    raised = (error.get("ctx") or {}).get("error")
+    if isinstance(raised, KeyedError):
+        loc += raised.key
     if error["type"] == "extra_forbidden":
         parent = _model_at(ExperimentConfig, loc[:-1])
         valid = sorted(parent.model_fields) if parent else []

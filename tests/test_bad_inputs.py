@@ -426,6 +426,14 @@ def _changes(changes: dict[str, Any], command: str = "run", *extra: str) -> Call
     return lambda env: [command, env.yaml(changes), *extra]
 
 
+def _adversaries(*adversaries: dict[str, Any]) -> Callable[[Env], list[str]]:
+    """`validate` with these `adversaries:` (a space given as a string names an earlier adversary)."""
+    return _changes({"adversaries": list(adversaries)}, "validate")
+
+
+SPATIAL = {"name": "spatial", "space": {"rotation": [-30, 30, 31], "translate": [-3, 3, 5]}, "search": "grid"}
+
+
 CASES = [
     # data loss: nothing the harness did not write is replaced
     Case("run over a folder of YAMLs", _folder_of_yamls, 2, "not written by robustbench_fmnist"),
@@ -727,6 +735,68 @@ CASES = [
     ),
     Case("ls --timm matching nothing", lambda env: ["ls", "--timm", "zzz*"], 2, "no timm model matches 'zzz*'"),
     Case("ls --timm of perturbations", lambda env: ["ls", "perturbations", "--timm"], 2, "ls --timm lists timm's"),
+    # the worst case: adversaries' spaces and searches
+    Case(
+        "adversary axis misspelt",
+        _adversaries({"name": "a", "space": {"rotaton": [-30, 30, 31]}, "search": "grid"}),
+        2,
+        "adversaries[0].space: unknown axis 'rotaton'; did you mean 'rotation'?",
+    ),
+    Case(
+        "adversary axis of 0 points",
+        _adversaries({"name": "a", "space": {"rotation": [-30, 30, 0]}, "search": "grid"}),
+        2,
+        "adversaries[0].space.rotation: points 0: an axis needs at least 1",
+    ),
+    Case(
+        "adversary axis low above high",
+        _adversaries(SPATIAL, {"name": "b", "space": {"rotation": [30, -30, 31]}, "search": "grid"}),
+        2,
+        "adversaries[1].space.rotation: low 30 > high -30",
+    ),
+    Case(
+        "adversary axis beyond its kernel",
+        _adversaries({"name": "a", "space": {"contrast": [-1, 1, 5]}, "search": "grid"}),
+        2,
+        "adversaries[0].space.contrast: [-1, 1] reaches outside [0, 10]",
+    ),
+    Case(
+        "worst_of_k with k above the space's points",
+        _adversaries({"name": "a", "space": {"rotation": [-30, 30, 7]}, "search": "worst_of_k", "k": 10}),
+        2,
+        "adversaries[0].k: 10 is more than the space's 7 points",
+    ),
+    Case(
+        "worst_of_k without k",
+        _adversaries(SPATIAL, {"name": "b", "space": "spatial", "search": "worst_of_k"}),
+        2,
+        "adversaries[1].k: search worst_of_k needs k",
+    ),
+    Case(
+        "grid over max_points",
+        _adversaries({"name": "a", "space": {"rotation": [-30, 30, 601], "translate": [-3, 3, 5]}, "search": "grid"}),
+        2,
+        "adversaries[0].space: 15,025 points, more than max_points 10,000; a grid evaluates every one: 15,025 forward "
+        "passes per image; raise `max_points:` to allow it",
+    ),
+    Case(
+        "adversary space naming an unknown adversary",
+        _adversaries(SPATIAL, {"name": "b", "space": "spatal", "search": "random"}),
+        2,
+        "adversaries[1].space: no earlier adversary is named 'spatal'; did you mean 'spatial'?",
+    ),
+    Case(
+        "adversary listed twice",
+        _adversaries(SPATIAL, {**SPATIAL, "search": "random"}),
+        2,
+        "adversaries[1].name: adversary 'spatial' is listed twice (also adversaries[0])",
+    ),
+    Case(
+        "gradient over a perturbation kernel",
+        _adversaries({"name": "a", "space": {"gaussian_noise": [0, 0.2, 5]}, "search": "gradient"}),
+        2,
+        "adversaries[0].space.gaussian_noise: search gradient cannot follow 'gaussian_noise'",
+    ),
 ]
 
 

@@ -95,6 +95,22 @@ def test_ls_lists_models_and_perturbations_with_severities(capsys: pytest.Captur
     assert "baseline_cnn_tiny" in listed and "\n  deep_cnn " not in listed and "perturbations" not in listed
 
 
+def test_ls_axes_lists_what_an_adversarys_space_can_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from robustbench_fmnist.perturbations.space import AXES
+
+    assert main(["ls", "axes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("axes (adversaries[].space: {axis: [low, high, points]}):")
+    assert all(f"  {name} " in out for name in AXES.names())
+    assert "  rotation     degrees, counter-clockwise          0  -180..180" in out
+    assert "  translate    pixels, x and y                     0  -14..14" in out
+    assert "any perturbation with a continuous parameter is an axis too" in out and "gaussian_noise" in out
+    assert "models:" not in out and "severities 1..5" not in out  # axes only
+    assert main(["ls", "axes", "gam*"]) == 0
+    listed = capsys.readouterr().out
+    assert "  gamma " in listed and "  rotation " not in listed
+
+
 def test_python_m_entry_point_runs() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "robustbench_fmnist", "ls", "perturbations"], capture_output=True, text=True, check=False

@@ -320,3 +320,78 @@ def test_shorten_cuts_at_a_word_boundary_and_keeps_short_text_whole() -> None:
     assert shorten(text, len(text)) == text
     assert shorten(text, 70) == "training diverged in epoch 1 (loss nan); nothing was cached; lower..."
     assert shorten("x" * 100, 10) == "xxxxxxx...", "one long word is still cut"
+
+
+ADVERSARIES_YAML = """
+adversaries:
+  - {name: spatial, space: {rotation: [-30, 30, 31], translate: [-3, 3, 5]}, search: grid}
+  - {name: spatial_w10, space: spatial, search: worst_of_k, k: 10}
+  - {name: spatial_random, space: spatial, search: random}
+  - {name: light, space: {brightness: [-0.5, 0.5, 21], contrast: [0.5, 1.5, 11]}, search: grid}
+  - {name: joint, space: {rotation: [-30, 30, 13], brightness: [-0.3, 0.3, 7]}, search: grid}
+  - {name: light_pgd, space: light, search: gradient, steps: 20}
+"""
+
+
+def test_adversaries_validate_and_a_named_space_is_the_earlier_ones(
+    tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml(tiny_experiment)
+    path.write_text(path.read_text() + ADVERSARIES_YAML)
+    assert main(["validate", str(path)]) == 0
+    assert "6 adversary(ies) (spatial, spatial_w10, spatial_random, light, joint, light_pgd)" in capsys.readouterr().out
+    config = load_config(path)
+    spatial, w10, random, light, _, pgd = config.adversaries
+    assert spatial.space == {"rotation": (-30.0, 30.0, 31), "translate": (-3.0, 3.0, 5)}
+    assert list(spatial.space) == ["rotation", "translate"]  # YAML order: the enumeration order
+    assert w10.space == random.space == spatial.space and pgd.space == light.space
+    assert (w10.search, w10.k, pgd.search, pgd.steps, pgd.restarts) == ("worst_of_k", 10, "gradient", 20, 3)
+    assert (spatial.images, spatial.max_points, spatial.k) == (500, 10_000, None)
+    # translate counts twice: it moves x and y
+    assert [a.point_count() for a in config.adversaries] == [31 * 5 * 5] * 3 + [21 * 11, 13 * 7, 21 * 11]
+    # run.json records the resolved spaces; read back, they are the same adversaries
+    assert parse_config(config.model_dump(mode="json")).adversaries == config.adversaries
+    shipped = load_config(EXPERIMENT_DIR / "worst_case.yaml")
+    assert shipped.adversaries == config.adversaries and shipped.run_seeds == (0, 1, 2)
+
+
+def test_point_counts_agree_with_the_axes_spaces() -> None:
+    """config.py cannot import the axes: its list of two-dimensional axes and the gradient's are checked here."""
+    from robustbench_fmnist.config import TWO_DIMENSIONAL_AXES, AdversarySpec
+    from robustbench_fmnist.perturbations.space import AXES, Space
+    from robustbench_fmnist.perturbations.space_checks import GRADIENT_AXES
+
+    assert {n for n in AXES.names() if len(AXES.get(n).dims) > 1} == TWO_DIMENSIONAL_AXES
+    assert set(AXES.names()) >= GRADIENT_AXES
+    space = {"rotation": (-30.0, 30.0, 4), "translate": (-2.0, 2.0, 3), "gaussian_noise": (0.0, 0.1, 2)}
+    spec = AdversarySpec(name="a", space=space, search="grid")
+    assert spec.point_count() == Space(tuple((n, *r) for n, r in space.items())).size == 4 * 9 * 2
+
+
+BAD_ADVERSARIES = [
+    ({"rotation": [-30, 30, 1]}, {}, "adversaries[0].space.rotation: one point cannot span low -30 to high 30"),
+    ({"rotation": [-30, ".inf", 3]}, {}, "adversaries[0].space.rotation[1]: Input should be a finite number"),
+    ({"rotation": [-30, 30]}, {}, "adversaries[0].space.rotation: give [low, high, points]"),
+    ({}, {}, "adversaries[0].space: empty; name at least one axis"),
+    ({"rotation": [-30, 30, 3]}, {"k": 2}, "adversaries[0].k: only search worst_of_k takes k, not grid"),
+    ({"rotation": [-30, 30, 3]}, {"search": "worst_of_k", "k": 1}, "adversaries[0].k: worst_of_k needs at least 2"),
+    ({"rotation": [-30, 30, 3]}, {"stepz": 3}, "unknown key 'adversaries[0].stepz'; did you mean 'steps'?"),
+    ("later", {}, "adversaries[0].space: 'later' is adversaries[1], further down"),
+    ({"hflip": [0, 1, 2]}, {}, "adversaries[0].space: 'hflip' has no continuous parameter"),
+    ({"gausian_noise": [0, 0.1, 2]}, {}, "unknown axis 'gausian_noise'; did you mean 'gaussian_noise'?"),
+    ({"rotation": [-30, 30, 101]}, {"search": "random", "max_points": 100}, "101 points, more than max_points 100;"),
+]
+
+
+@pytest.mark.parametrize(("space", "change", "message"), BAD_ADVERSARIES, ids=[m for *_, m in BAD_ADVERSARIES])
+def test_bad_adversaries_give_one_line_with_the_key_path(
+    space: Any, change: dict[str, Any], message: str, tiny_experiment: dict[str, Any], write_yaml: Callable[..., Path]
+) -> None:
+    first = {"name": "first", "space": space, "search": "grid", **change}
+    later = {"name": "later", "space": {"rotation": [-30, 30, 3]}, "search": "grid"}
+    path = write_yaml({**tiny_experiment, "adversaries": [first, later]})
+    if ".inf" in str(space):  # YAML infinity, which safe_dump would quote
+        path.write_text(path.read_text().replace("'.inf'", ".inf"))
+    with pytest.raises(ConfigError) as info:
+        resolve_experiment(load_config(path))
+    assert message in str(info.value) and "\n" not in str(info.value)

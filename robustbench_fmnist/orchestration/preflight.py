@@ -21,6 +21,7 @@ from robustbench_fmnist.evaluation.cells import Cell, experiment_cells
 from robustbench_fmnist.files import REPORT, absolute, check_replaceable, check_writable_folder, folder_kind
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.models.timm_models import timm_architecture
+from robustbench_fmnist.perturbations.space_checks import check_adversaries
 from robustbench_fmnist.report.bundle import ReportData
 from robustbench_fmnist.runtime import resolve_device
 from robustbench_fmnist.training.checkpoints import checkpoint_dir, read_user_checkpoint
@@ -82,8 +83,13 @@ def check_cache_apart(cache: Path, report: Path) -> None:
 
 
 def resolve_experiment(config: ExperimentConfig) -> tuple[list[Cell], list[ResolvedModel]]:
-    """Every cell and model the config names, checked against the registries: cells first, one ConfigError."""
-    return experiment_cells(config), resolve(config)
+    """Every cell and model the config names, checked against the registries: cells first, one ConfigError.
+
+    The adversaries' axes are checked between the two, so a misspelt axis stops before any model is built.
+    """
+    cells = experiment_cells(config)
+    check_adversaries(config)
+    return cells, resolve(config)
 
 
 def probe_model(resolved: ResolvedModel) -> None:
