@@ -399,6 +399,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if found.integrity_only:
         print(f"{len(found.integrity_only)} adapted records checked for integrity only (their predictions depend "
               "on the whole cell; --all evaluates them again)")  # fmt: skip
+    if found.adversary_records:
+        print(f"{len(found.adversary_records)} adversary records checked for integrity (checksum, dtypes; a search "
+              "is repeated only by running its experiment with --retrain)")  # fmt: skip
     print(
         f"verified {found.checked} records ({found.images:,} image-cells evaluated again): "
         + ("every prediction matches" if found.ok else f"{len(found.problems)} problems")

@@ -19,6 +19,7 @@ from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, cell_re
 from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
+from robustbench_fmnist.orchestration.worst_case import worst_case_rows
 from robustbench_fmnist.report.bundle import Examples
 from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -33,6 +34,7 @@ class Assembled:
     models_info: list[dict[str, Any]]
     examples: Examples
     first_seed_models: list[tuple[str, nn.Module, int]] = field(default_factory=list)  # for `throughput:`
+    adversaries: list[dict[str, Any]] = field(default_factory=list)  # adversaries.csv
 
 
 def training_method(model: ResolvedModel) -> str:
@@ -121,7 +123,8 @@ def assemble(
                 first_seed_models.append((resolved.name, model, info["macs"]))
             models_info += entries
     examples = collect_examples(cells, test_images, labels, example_outputs, first_seed)
-    return Assembled(scored, models_info, examples, first_seed_models)
+    attacks = {t: a for t in plan.attack if t not in failures and (a := store.load_adversary(t)) is not None}
+    return Assembled(scored, models_info, examples, first_seed_models, worst_case_rows(attacks, labels))
 
 
 def _score_stored(

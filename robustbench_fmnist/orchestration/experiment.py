@@ -28,12 +28,13 @@ from robustbench_fmnist.orchestration.assembly import Assembled, assemble
 from robustbench_fmnist.orchestration.bench import benchmark
 from robustbench_fmnist.orchestration.checks import check_experiment
 from robustbench_fmnist.orchestration.executors import EXECUTORS
-from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask, build_plan
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, Plan, TrainTask, build_plan
 from robustbench_fmnist.orchestration.preflight import CheckedExperiment
 from robustbench_fmnist.orchestration.provenance import run_record
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import EvaluationSettings
 from robustbench_fmnist.orchestration.work import Failure, Work
+from robustbench_fmnist.orchestration.worst_case import adversary_frame
 from robustbench_fmnist.report.agreement import reference_cells
 from robustbench_fmnist.report.bundle import ReportData, frame, outcomes_from
 from robustbench_fmnist.report.writer import write_report
@@ -136,7 +137,7 @@ class Executed:
             "failed": [f.line for f in self.failures],
             "executor": planned.checked.config.executor.kind,
             # the evaluation records the report was derived from: `verify <report>` checks them and results.csv
-            "records": planned.store.record_checksums(planned.plan.evaluate),
+            "records": planned.store.record_checksums([*planned.plan.evaluate, *planned.plan.attack]),
         }
 
 
@@ -146,7 +147,7 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
     config = checked.config
     executed = Executed(set(), [])
 
-    def store_result(task: TrainTask | EvaluateTask, result: object) -> None:
+    def store_result(task: TrainTask | EvaluateTask | AdversaryTask, result: object) -> None:
         # a full disk stops the run with one line; the atomic writes leave no half-written file
         if isinstance(task, TrainTask):
             needed = sum(t.nbytes for t in result.state.values())
@@ -154,6 +155,9 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
                 planned.store.save_training(task, result)
             executed.trained.add(task)
             timings[f"train {task.model} seed {task.seed}"] = result.metadata["train_seconds"]
+        elif isinstance(task, AdversaryTask):
+            with writing(planned.store.adversary_path(task).parent, "the evaluation store"):
+                planned.store.save_adversary(task, result)
         else:
             with writing(planned.store.evaluation_path(task).parent, "the evaluation store"):
                 planned.store.save_evaluation(task, result)
@@ -220,6 +224,7 @@ def _report_data(
         throughput=throughput,
         outcomes=outcomes_from(scored.outcomes),
         reference=reference,
+        adversaries=adversary_frame(assembled.adversaries) if assembled.adversaries else None,
     )
 
 

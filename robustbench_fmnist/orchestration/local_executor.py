@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from robustbench_fmnist.config import ExecutorConfig
-from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
-from robustbench_fmnist.orchestration.tasks import run_evaluation, run_training
+from robustbench_fmnist.orchestration.plan import TrainTask
+from robustbench_fmnist.orchestration.tasks import run_on_weights, run_training
 from robustbench_fmnist.orchestration.work import (
     Failure,
     OnResult,
@@ -28,7 +28,7 @@ def run_local(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[F
     with progress_bar(len(work), "tasks", unit="task") as bar:
         for task in work.tasks:
             bar.set_postfix_str(task.title)
-            if isinstance(task, EvaluateTask) and task.train in failed_training:
+            if not isinstance(task, TrainTask) and task.train in failed_training:
                 outcome: Result | Failure = training_failed(task, failed_training)
             else:
                 outcome = _attempts(work, task, weights, config.retries + 1)
@@ -63,4 +63,4 @@ def _run_here(work: Work, task: Task, weights: dict[str, dict]) -> Result:
     if task.weights not in weights:
         weights.clear()
         weights[task.weights] = work.stored_weights(task)
-    return run_evaluation(task, resolved, weights[task.weights], work.data.test, work.settings)
+    return run_on_weights(task, resolved, weights[task.weights], work.data.test, work.settings)

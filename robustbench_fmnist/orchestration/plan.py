@@ -77,6 +77,28 @@ def _cells_title(cells: Sequence[Cell]) -> str:
     return f"{cells[0].perturbation} s{min(severities)}-s{max(severities)}"
 
 
+@dataclass(frozen=True)
+class AdversaryTask:
+    """Search one model's weights for each test image's worst case in one adversary's space."""
+
+    model: str
+    adversary: str  # the `adversaries:` entry's name
+    seed: int
+    weights: str  # as EvaluateTask's
+    key: str
+    forward_passes: int  # at most, before early exits: what `plan` shows as the cost
+    train: TrainTask | None = None
+    identity: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return self.model
+
+    @property
+    def title(self) -> str:
+        return f"attack {self.model} seed {self.seed} {self.adversary} (at most {self.forward_passes:,} forward passes)"
+
+
 @dataclass
 class Plan:
     """Every task of an experiment, in the order the local executor runs them."""
@@ -84,13 +106,14 @@ class Plan:
     train: list[TrainTask]
     evaluate: list[EvaluateTask]
     not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> adaptation -> why not
+    attack: list[AdversaryTask] = field(default_factory=list)
 
     @property
-    def tasks(self) -> list[TrainTask | EvaluateTask]:
-        """Each model-seed's training, then its evaluations."""
-        ordered: list[TrainTask | EvaluateTask] = []
-        by_train: dict[TrainTask | None, list[EvaluateTask]] = {}
-        for task in self.evaluate:
+    def tasks(self) -> list[TrainTask | EvaluateTask | AdversaryTask]:
+        """Each model-seed's training, then its evaluations, then its adversaries."""
+        ordered: list[TrainTask | EvaluateTask | AdversaryTask] = []
+        by_train: dict[TrainTask | None, list[EvaluateTask | AdversaryTask]] = {}
+        for task in [*self.evaluate, *self.attack]:
             by_train.setdefault(task.train, []).append(task)
         for task in self.train:
             ordered += [task, *by_train.pop(task, [])]
@@ -153,7 +176,54 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                             identity=identity,
                         )
                     )
+            plan.attack += _adversary_tasks(checked, resolved, seed, weights, train, data_checksum, test_images)
     return plan
+
+
+# the code whose numerics decide an adversary's result, beside the evaluation's
+_ADVERSARY_SOURCES = (_PACKAGE / "evaluation" / "adversary.py",)
+
+
+def _adversary_tasks(
+    checked: CheckedExperiment,
+    resolved: ResolvedModel,
+    seed: int,
+    weights: str,
+    train: TrainTask | None,
+    data_checksum: str,
+    test_images: int,
+) -> list[AdversaryTask]:
+    """One task per `adversaries:` entry for this model's weights with this seed (unadapted)."""
+    config, tasks = checked.config, []
+    for spec in config.adversaries:
+        identity = _evaluation_identity(config, "none", seed, (), weights, data_checksum, test_images)
+        identity.pop("cells")
+        identity.update(
+            kind="adversary",
+            adversary=spec.model_dump(mode="json"),
+            device=checked.device.type,
+            model=_model_identity(resolved),
+            adversary_code=_digest_files(_ADVERSARY_SOURCES),
+        )
+        key = _digest(identity)
+        identity["adversary_name"] = spec.name
+        tasks.append(
+            AdversaryTask(
+                resolved.name, spec.name, seed, weights, key, _forward_passes(spec, test_images), train, identity
+            )
+        )
+    return tasks
+
+
+def _forward_passes(spec: Any, test_images: int) -> int:
+    """The most forward passes an adversary can spend on `test_images` images (early exits spend fewer)."""
+    per_image = {
+        "random": 1,
+        "worst_of_k": spec.k or 1,
+        "grid": spec.point_count(),
+        "gradient": 1 + 2 * spec.steps * spec.restarts,
+    }
+    return test_images * (1 + per_image[spec.search])
 
 
 def _model_identity(resolved: ResolvedModel) -> dict[str, Any]:
@@ -209,8 +279,12 @@ def _digest(identity: dict[str, Any]) -> str:
 
 
 def _evaluation_code() -> str:
+    return _digest_files(_EVALUATION_SOURCES)
+
+
+def _digest_files(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
-    for path in _EVALUATION_SOURCES:
+    for path in paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

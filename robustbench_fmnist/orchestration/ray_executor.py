@@ -21,8 +21,8 @@ import torch
 from robustbench_fmnist.config import ExecutorConfig
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
-from robustbench_fmnist.orchestration.tasks import Evaluation, EvaluationSettings, run_evaluation, run_training
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.tasks import Attack, Evaluation, EvaluationSettings, run_on_weights, run_training
 from robustbench_fmnist.orchestration.work import (
     Failure,
     OnResult,
@@ -67,17 +67,17 @@ def _train_on_worker(
 
 
 def _evaluate_on_worker(
-    task: EvaluateTask,
+    task: EvaluateTask | AdversaryTask,
     resolved: ResolvedModel,
     weights: TrainedWeights | dict[str, torch.Tensor],
     test: Split,
     settings: EvaluationSettings,
     threads: int,
-) -> Evaluation:
+) -> Evaluation | Attack:
     set_progress(False)
     apply_cpu_settings(threads)
     state = weights.state if isinstance(weights, TrainedWeights) else weights
-    return run_evaluation(task, resolved, state, test, settings)
+    return run_on_weights(task, resolved, state, test, settings)
 
 
 def factory_paths(models: dict[str, ResolvedModel]) -> list[str]:
@@ -185,7 +185,7 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
 
 def _failure(task: Task, exc: BaseException, config: ExecutorConfig, failed: dict[TrainTask, Failure]) -> Failure:
     """The failure line of a task Ray gave up on: its own error, or its training's."""
-    if isinstance(task, EvaluateTask) and task.train in failed:
+    if not isinstance(task, TrainTask) and task.train in failed:
         return training_failed(task, failed)
     cause = getattr(exc, "cause", None)
     failure = Failure(task, config.retries + 1, reason_of(cause if isinstance(cause, BaseException) else exc))

@@ -38,6 +38,19 @@ _TENSORS = {
     "true_probability": torch.float32,  # (cells, images): softmax probability of the true class
     "cell_seconds": torch.float64,  # (cells,): how long each cell took
 }
+# an adversary task's per-image observations (evaluation/adversary.py's AdversaryOutputs)
+ADVERSARY_TENSORS = {
+    "clean_prediction": torch.uint8,
+    "random_point": torch.int32,
+    "random_prediction": torch.uint8,
+    "fooling_point": torch.int32,
+    "fooling_prediction": torch.uint8,
+    "worst_point": torch.int32,
+    "worst_true_probability": torch.float32,
+    "sample_indices": torch.int64,
+    "sample_predictions": torch.uint8,
+    "found_values": torch.float32,
+}
 _SLACK = 1e-5  # float32 softmax may round a probability a hair past 1
 
 
@@ -90,7 +103,8 @@ def record_from_outputs(
 def content_sha256(identity: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the identity (canonical JSON) and every tensor's name, dtype, shape and bytes."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode() + b"\0")
-    for name in _TENSORS:
+    # an evaluation record's tensors in their documented order (as written since format 2), any other sorted
+    for name in tuple(_TENSORS) if set(tensors) == set(_TENSORS) else sorted(tensors):
         value = tensors[name].contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -98,17 +112,21 @@ def content_sha256(identity: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 
 
 def write_record(path: Path, record: EvaluationRecord) -> str:
-    """Write the record atomically (whole or absent); returns its content SHA-256."""
-    tensors = record.tensors
-    sha = content_sha256(record.identity, tensors)
-    metadata = {"identity": json.dumps(record.identity, sort_keys=True), "content_sha256": sha}
+    """Write an evaluation record atomically (whole or absent); returns its content SHA-256."""
+    return write_tensors(path, record.identity, record.tensors)
+
+
+def write_tensors(path: Path, identity: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """Any record: tensors and the identity header with their content SHA-256, atomically; returns the SHA-256."""
+    sha = content_sha256(identity, tensors)
+    metadata = {"identity": json.dumps(identity, sort_keys=True), "content_sha256": sha}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return sha
 
 
-def read_record(path: Path) -> EvaluationRecord:
-    """The record at `path`, its checksum and the shapes and ranges of its outputs checked; RecordError why not."""
+def read_tensors(path: Path, schema: dict[str, torch.dtype]) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """A record's identity, tensors (exactly `schema`'s names and dtypes) and checked SHA-256; RecordError why not."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -120,10 +138,26 @@ def read_record(path: Path) -> EvaluationRecord:
         recorded = metadata["content_sha256"]
     except (KeyError, TypeError, ValueError):
         raise RecordError("it names nothing that produced it (no identity header)") from None
-    if set(tensors) != set(_TENSORS) or any(tensors[n].dtype != d for n, d in _TENSORS.items()):
-        raise RecordError(f"it holds {sorted(tensors)} instead of {sorted(_TENSORS)} with their dtypes")
+    if set(tensors) != set(schema) or any(tensors[n].dtype != d for n, d in schema.items()):
+        raise RecordError(f"it holds {sorted(tensors)} instead of {sorted(schema)} with their dtypes")
     if content_sha256(identity, tensors) != recorded:
         raise RecordError("its content does not match the SHA-256 written with it (edited or corrupt)")
+    return identity, tensors, recorded
+
+
+def record_kind(path: Path) -> str:
+    """'adversary' or 'evaluation': what the record's header says it is (an unreadable one reads as evaluation)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            identity = json.loads((handle.metadata() or {}).get("identity", "{}"))
+    except (OSError, SafetensorError, ValueError):
+        return "evaluation"
+    return "adversary" if isinstance(identity, dict) and identity.get("kind") == "adversary" else "evaluation"
+
+
+def read_record(path: Path) -> EvaluationRecord:
+    """The evaluation record at `path`, its checksum and the shapes and ranges of its outputs checked."""
+    identity, tensors, recorded = read_tensors(path, _TENSORS)
     record = EvaluationRecord(identity, **tensors, sha256=recorded)
     _check_outputs(record)
     return record
@@ -152,9 +186,14 @@ def _check_outputs(record: EvaluationRecord) -> None:
 
 def check_identity(record: EvaluationRecord, expected: dict[str, Any]) -> None:
     """RecordError naming the first field in which the record's identity differs from `expected`."""
+    check_identity_of(record.identity, expected)
+
+
+def check_identity_of(identity: dict[str, Any], expected: dict[str, Any]) -> None:
+    """RecordError naming the first field in which `identity` differs from `expected`."""
     for key, value in expected.items():
-        if record.identity.get(key) != value:
-            raise RecordError(f"its {key} is {_short(record.identity.get(key))}, this task's {_short(value)}")
+        if identity.get(key) != value:
+            raise RecordError(f"its {key} is {_short(identity.get(key))}, this task's {_short(value)}")
 
 
 def _short(value: object) -> str:

@@ -16,17 +16,22 @@ from typing import Any
 
 from robustbench_fmnist.data import user_cache_dir
 from robustbench_fmnist.errors import CheckpointError, ConfigError
+from robustbench_fmnist.evaluation.adversary import AdversaryOutputs
 from robustbench_fmnist.files import safe_file_name
-from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
 from robustbench_fmnist.orchestration.records import (
+    ADVERSARY_TENSORS,
     SUFFIX,
     RecordError,
     check_identity,
+    check_identity_of,
     read_record,
+    read_tensors,
     record_from_outputs,
     write_record,
+    write_tensors,
 )
-from robustbench_fmnist.orchestration.tasks import Evaluation
+from robustbench_fmnist.orchestration.tasks import Attack, Evaluation
 from robustbench_fmnist.training.checkpoints import read_checkpoint, save_checkpoint_state
 from robustbench_fmnist.training.weights import TrainedWeights
 
@@ -46,7 +51,8 @@ class TaskStore:
         # evaluations read or written by this store: planning reads each one to check it, and the report needs it
         self._evaluations: dict[str, Evaluation] = {}
         self._weights: dict[str, str | None] = {}  # training key -> the checked SHA-256 of its checkpoint
-        self._checksums: dict[str, str] = {}  # evaluation key -> its record's content SHA-256
+        self._checksums: dict[str, str] = {}  # evaluation or adversary key -> its record's content SHA-256
+        self._attacks: dict[str, Attack] = {}
 
     def evaluation_path(self, task: EvaluateTask) -> Path:
         return self.root / f"{safe_file_name(task.label)}-{task.key[:24]}{SUFFIX}"
@@ -55,6 +61,8 @@ class TaskStore:
         """Whether the task's result is stored and checks out: anything else is done again."""
         if isinstance(task, EvaluateTask):
             return self.load_evaluation(task) is not None
+        if isinstance(task, AdversaryTask):
+            return self.load_adversary(task) is not None
         return self.checkpoint_sha256(task) is not None
 
     def checkpoint_sha256(self, task: TrainTask) -> str | None:
@@ -79,17 +87,54 @@ class TaskStore:
         self._checksums[task.key] = write_record(self.evaluation_path(task), record)
         self._evaluations[task.key] = evaluation
 
-    def record_checksums(self, tasks: list[EvaluateTask]) -> dict[str, str]:
+    def record_checksums(self, tasks: list[EvaluateTask | AdversaryTask]) -> dict[str, str]:
         """The record file name and content SHA-256 of each of `tasks` this store has read or written."""
-        return {self.evaluation_path(t).name: self._checksums[t.key] for t in tasks if t.key in self._checksums}
+        return {self._path(t).name: self._checksums[t.key] for t in tasks if t.key in self._checksums}
 
-    def expected_identity(self, task: EvaluateTask) -> dict[str, Any]:
+    def _path(self, task: EvaluateTask | AdversaryTask) -> Path:
+        return self.adversary_path(task) if isinstance(task, AdversaryTask) else self.evaluation_path(task)
+
+    def expected_identity(self, task: EvaluateTask | AdversaryTask) -> dict[str, Any]:
         """What the task's record must name: the task, its cells, data, code, and the weights it is tied to."""
         identity = {"task_key": task.key, **task.identity, "model_label": task.label}  # another task's: said first
         if task.train is not None:
             identity["checkpoint"] = task.train.path.name
             identity["weights_sha256"] = self.checkpoint_sha256(task.train)
         return identity
+
+    def adversary_path(self, task: AdversaryTask) -> Path:
+        return self.root / f"{safe_file_name(task.model)}-{safe_file_name(task.adversary)}-{task.key[:24]}{SUFFIX}"
+
+    def save_adversary(self, task: AdversaryTask, attack: Attack) -> None:
+        identity = {**self.expected_identity(task), "seconds": attack.seconds}
+        identity["weights_sha256"] = attack.weights_sha256
+        identity["forward_passes"] = attack.outputs.forward_passes
+        self._checksums[task.key] = write_tensors(self.adversary_path(task), identity, attack.outputs.tensors())
+        self._attacks[task.key] = attack
+
+    def load_adversary(self, task: AdversaryTask) -> Attack | None:
+        """The stored result of an adversary task; None if absent or not usable (it is then done again)."""
+        if task.key in self._attacks:
+            return self._attacks[task.key]
+        path = self.adversary_path(task)
+        if not path.is_file():
+            return None
+        try:
+            if task.train is not None and self.checkpoint_sha256(task.train) is None:
+                raise RecordError("the checkpoint of the weights it was made from is missing or unusable")
+            identity, tensors, sha = read_tensors(path, ADVERSARY_TENSORS)
+            check_identity_of(identity, self.expected_identity(task))
+            count = task.identity["test_images"]
+            if any(len(tensors[n]) != count for n in ("clean_prediction", "random_point", "fooling_point")):
+                raise RecordError(f"it holds outputs for other than this task's {count} images")
+        except RecordError as exc:
+            log.warning("stored adversary result %s is not used (%s); searching again", path, exc)
+            return None
+        self._checksums[task.key] = sha
+        outputs = AdversaryOutputs(**tensors, forward_passes=int(identity.get("forward_passes", 0)))
+        attack = Attack(outputs, float(identity["seconds"]), str(identity["weights_sha256"]))
+        self._attacks[task.key] = attack
+        return attack
 
     def load_evaluation(self, task: EvaluateTask) -> Evaluation | None:
         """The stored evaluation of `task`; None if absent or not usable (it is then done again)."""

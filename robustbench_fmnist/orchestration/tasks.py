@@ -13,9 +13,11 @@ import torch
 
 from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
+from robustbench_fmnist.evaluation.adversary import AdversaryOutputs, Search, search_space
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
 from robustbench_fmnist.evaluation.sweep import CellOutputs, evaluate_cells
-from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
+from robustbench_fmnist.perturbations.space import Space
 from robustbench_fmnist.runtime import seed_everything
 from robustbench_fmnist.training.checkpoints import state_sha256
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -114,3 +116,62 @@ def run_evaluation(
     seconds = [r.seconds for r in results]
     outputs_in_order = [outputs[c] for c in task.cells]
     return Evaluation(outputs_in_order, seconds, time.perf_counter() - started, compiled, weights_sha256)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What an adversary task observed: each image's verdicts and points (see evaluation/adversary.py)."""
+
+    outputs: AdversaryOutputs
+    seconds: float
+    weights_sha256: str
+
+
+def adversary_of(identity: dict) -> tuple[Space, Search]:
+    """The space and search an adversary task's identity names."""
+    spec = identity["adversary"]
+    space = Space(
+        tuple((axis, float(low), float(high), int(points)) for axis, (low, high, points) in spec["space"].items())
+    )
+    search = Search(
+        spec["search"], k=spec.get("k") or 1, images=spec["images"], steps=spec["steps"], restarts=spec["restarts"]
+    )
+    return space, search
+
+
+def run_adversary(
+    task: AdversaryTask,
+    resolved: ResolvedModel,
+    state: dict[str, torch.Tensor],
+    test: Split,
+    settings: EvaluationSettings,
+) -> Attack:
+    """Search the task's space for every test image's worst case under the task's weights."""
+    started = time.perf_counter()
+    weights_sha256 = state_sha256(state)
+    model = model_with(resolved, task.seed, state).eval()
+    # eager: the search's batches change size as images drop out, which a compiled model would recompile for
+    prepared = prepare_for_inference(
+        model, settings.device, precision=settings.precision, channels_last=settings.channels_last, compile="never"
+    )
+    images = to_float_images(test.images[: settings.test_images], settings.device)
+    labels = test.labels[: settings.test_images]
+    space, search = adversary_of(task.identity)
+    outputs = search_space(
+        prepared, images, labels, space, search, name=task.label, seed=task.seed, batch_size=settings.batch_size,
+        show_progress=settings.show_progress,
+    )  # fmt: skip
+    return Attack(outputs, time.perf_counter() - started, weights_sha256)
+
+
+def run_on_weights(
+    task: EvaluateTask | AdversaryTask,
+    resolved: ResolvedModel,
+    state: dict[str, torch.Tensor],
+    test: Split,
+    settings: EvaluationSettings,
+) -> Evaluation | Attack:
+    """An evaluation or an adversary task: both take trained weights and the test set."""
+    if isinstance(task, AdversaryTask):
+        return run_adversary(task, resolved, state, test, settings)
+    return run_evaluation(task, resolved, state, test, settings)

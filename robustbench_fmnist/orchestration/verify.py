@@ -26,7 +26,15 @@ from robustbench_fmnist.data import FashionMNIST, to_float_images
 from robustbench_fmnist.errors import CheckpointError, ConfigError
 from robustbench_fmnist.evaluation.sweep import cell_result, evaluate_cells
 from robustbench_fmnist.orchestration.received import spec_code
-from robustbench_fmnist.orchestration.records import SUFFIX, EvaluationRecord, RecordError, read_record
+from robustbench_fmnist.orchestration.records import (
+    ADVERSARY_TENSORS,
+    SUFFIX,
+    EvaluationRecord,
+    RecordError,
+    read_record,
+    read_tensors,
+    record_kind,
+)
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.training.checkpoints import read_checkpoint, read_user_checkpoint, state_sha256
 from robustbench_fmnist.training.resolution import resolve_model
@@ -46,6 +54,7 @@ class Verification:
     checked: int = 0  # records whose sample was evaluated again
     images: int = 0  # image-cells evaluated again
     integrity_only: list[str] = field(default_factory=list)  # adapted records without --all: read, not re-run
+    adversary_records: list[str] = field(default_factory=list)  # worst-case searches: read and checksummed
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -106,6 +115,10 @@ def verify_records(
         if on_record is not None:
             on_record(1)
         try:
+            if record_kind(path) == "adversary":
+                _check_adversary(path, listed)
+                found.adversary_records.append(path.name)  # searched again only by running its task again
+                continue
             record = _read(path, listed)
             problem = _verify_one(path, record, data, models, sample=sample, seed=seed, trust=trust_code, into=found)
         except RecordError as exc:
@@ -115,6 +128,15 @@ def verify_records(
         else:
             records[path.name] = record
     return found, records
+
+
+def _check_adversary(path: Path, listed: dict[str, str] | None) -> None:
+    """An adversary record read and its checksum (and run.json's, for a report) checked."""
+    if not path.is_file():
+        raise RecordError("it is missing")
+    sha = read_tensors(path, ADVERSARY_TENSORS)[2]
+    if listed is not None and sha != listed[path.name]:
+        raise RecordError("it is not the record the report was made from (its SHA-256 differs from run.json's)")
 
 
 def _read(path: Path, listed: dict[str, str] | None) -> EvaluationRecord:

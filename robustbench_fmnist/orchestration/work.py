@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from robustbench_fmnist.config import MAX_SHOWN, ExecutorConfig, shorten
 from robustbench_fmnist.data import FashionMNIST
 from robustbench_fmnist.errors import HarnessError
-from robustbench_fmnist.orchestration.plan import EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
 from robustbench_fmnist.orchestration.tasks import Evaluation, EvaluationSettings
 from robustbench_fmnist.registry import Registry
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -87,7 +87,7 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {shorten(exc, limit)}"
 
 
-def training_failed(task: EvaluateTask, failures: dict[TrainTask, Failure]) -> Failure:
+def training_failed(task: EvaluateTask | AdversaryTask, failures: dict[TrainTask, Failure]) -> Failure:
     """The failure of an evaluation that could not run because its weights' training failed."""
     assert task.train is not None
     return Failure(task, 0, f"its training failed ({failures[task.train].reason})")

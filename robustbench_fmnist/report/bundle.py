@@ -59,6 +59,21 @@ EXAMPLES_FILE = "examples.npz"
 REFERENCE_FILE = "reference.csv"  # optional: the seed spread of a `noise_from:` reference, per cell
 REFERENCE_COLUMNS = ["model", "perturbation", "severity", "parameter", "seeds", "accuracy", "accuracy_std"]
 OUTCOMES_FILE = "outcomes.npz"  # per-image correct/wrong of every cell (optional: older reports lack it)
+ADVERSARIES_FILE = "adversaries.csv"  # optional: written by a run with `adversaries:`
+ADVERSARY_COLUMNS = [
+    "model",
+    "seed",
+    "adversary",
+    "search",
+    "budget",
+    "budget_label",
+    "accuracy",
+    "n_correct",
+    "n_images",
+    "accuracy_low",
+    "accuracy_high",
+]  # fmt: skip  (the columns every row has)
+_ADVERSARY_TEXT = {"model", "adversary", "search", "budget_label"}
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
@@ -110,6 +125,7 @@ class ReportData:
     throughput: pd.DataFrame | None = None
     outcomes: Outcomes | None = None
     reference: pd.DataFrame | None = None  # reference.csv
+    adversaries: pd.DataFrame | None = None  # adversaries.csv: the worst case per model, seed, adversary, budget
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -125,6 +141,8 @@ def write_data(folder: Path, data: ReportData) -> None:
     (folder / "run.json").write_text(text + "\n")
     if data.throughput is not None:
         data.throughput.to_csv(folder / THROUGHPUT_FILE, index=False, float_format="%.6g")
+    if data.adversaries is not None and len(data.adversaries):
+        data.adversaries.to_csv(folder / ADVERSARIES_FILE, index=False, float_format="%.6g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -172,6 +190,9 @@ def read_data(folder: str | Path) -> ReportData:
     reference = None
     if (folder / REFERENCE_FILE).exists():
         reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
+    adversaries = None
+    if (folder / ADVERSARIES_FILE).exists():
+        adversaries = _read_table(folder / ADVERSARIES_FILE, ADVERSARY_COLUMNS, "adversaries")
     return ReportData(
         **tables,
         run=run,
@@ -179,6 +200,7 @@ def read_data(folder: str | Path) -> ReportData:
         throughput=throughput,
         outcomes=_read_outcomes(folder / OUTCOMES_FILE, tables["results"]),
         reference=reference,
+        adversaries=adversaries,
     )
 
 
@@ -217,7 +239,7 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
-    text = _THROUGHPUT_TEXT if kind == "throughput" else _TEXT_COLUMNS
+    text = {"throughput": _THROUGHPUT_TEXT, "adversaries": _ADVERSARY_TEXT}.get(kind, _TEXT_COLUMNS)
     for column in (c for c in columns if c not in text):
         if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
             bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()
@@ -226,7 +248,7 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
                     f"{path}: column {column!r} holds {str(table[column][bad].iloc[0])[:40]!r} on line "
                     f"{int(bad.idxmax()) + 2}, not a number; re-run the experiment"
                 )
-    return table[columns] if kind != "throughput" else table
+    return table[columns] if kind not in ("throughput", "adversaries") else table
 
 
 def _read_run(path: Path) -> dict[str, Any]:

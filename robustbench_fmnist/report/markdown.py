@@ -32,6 +32,8 @@ from robustbench_fmnist.report.tables import (
     summary_spread,
     summary_table,
 )
+from robustbench_fmnist.report.worst_case import HEADERS as WORST_CASE_HEADERS
+from robustbench_fmnist.report.worst_case import worst_case_section
 from robustbench_fmnist.statistics import t_quantile
 
 
@@ -103,6 +105,9 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
         out += _against_reference(data)
     out += _models(cells, run["models"])
     out += _summary(data.results, cells, reference, _exposure(data.results))
+    if data.adversaries is not None:
+        opening, rows = worst_case_section(data.adversaries)
+        out += [*opening, markdown_table(WORST_CASE_HEADERS, rows, "lllrrrrr"), ""]
     out += ["## Figures", ""]
     out += [f"![{title}]({path})\n" for title, path in figures.items()]
     out += _per_class(data)

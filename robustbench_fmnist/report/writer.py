@@ -25,6 +25,7 @@ from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
+from robustbench_fmnist.report.worst_case import seed_curves
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
 
@@ -108,6 +109,9 @@ def render_files(folder: Path) -> None:
         for m, model in enumerate(ex.models):
             png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
             save(f"Examples: {model}", f"examples_{safe_file_name(model)}.png", png)
+    if data.adversaries is not None and (data.adversaries["search"] == "grid").any():
+        figures.plot_worst_case_curves(seed_curves(data.adversaries), folder / "figures" / "worst_case.png")
+        drawn["Worst-case accuracy by budget"] = "figures/worst_case.png"
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     gaps = cell_gap_table(data.results, data.run["models"])

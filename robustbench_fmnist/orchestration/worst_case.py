@@ -1,0 +1,151 @@
+"""The worst-case rows of a run, derived from its stored adversary results: accuracy per budget, invariance.
+
+An image counts as correct under an adversary only if it is right on the clean image and no
+point the search evaluated fooled it. Adversaries over one space share their witnesses: a point
+that fooled an image in the random or worst-of-k search fools it for the grid too (it is a grid
+point), and the random draw is the worst-of-k's first; so grid <= worst-of-k <= random <= clean
+holds per image by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from robustbench_fmnist.evaluation.adversary import NONE, AdversaryOutputs
+from robustbench_fmnist.evaluation.consistency import (
+    mean_accuracy_over_points,
+    orbit_consistency,
+    worst_case_curve,
+)
+from robustbench_fmnist.evaluation.metrics import wilson_interval
+from robustbench_fmnist.orchestration.plan import AdversaryTask
+from robustbench_fmnist.orchestration.tasks import Attack, adversary_of
+from robustbench_fmnist.perturbations.space import Space
+
+SEARCH_STRENGTH = {"random": 0, "worst_of_k": 1, "gradient": 1, "grid": 2}  # what a search's witnesses count for
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Per image, under one adversary: right on the clean image and never fooled; and its smallest fooling radius."""
+
+    clean: torch.Tensor  # (N,) bool: right on the clean image (in every search that counts for this one)
+    correct: torch.Tensor  # (N,) bool
+    fooling_radius: torch.Tensor  # (N,) float64; inf where nothing fooled it
+
+
+def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict[AdversaryTask, Verdicts]:
+    """Each adversary's per-image verdicts, with the witnesses of weaker searches over the same space counted."""
+    labels = labels.cpu().long()
+    by_space: dict[str, list[AdversaryTask]] = {}
+    for task in attacks:
+        by_space.setdefault(_space_key(task), []).append(task)
+    out = {}
+    for task, attack in attacks.items():
+        space, search = adversary_of(task.identity)
+        clean_ok = attack.outputs.clean_prediction.long() == labels
+        radius = _fooling_radius(attack.outputs, space)
+        for other in by_space[_space_key(task)]:
+            other_search = adversary_of(other.identity)[1]
+            if other is task or SEARCH_STRENGTH[other_search.kind] > SEARCH_STRENGTH[search.kind]:
+                continue
+            if search.kind != "gradient" and other_search.kind == "gradient":
+                continue  # gradient's points lie off the grid
+            clean_ok &= attacks[other].outputs.clean_prediction.long() == labels
+            radius = torch.minimum(radius, _draw_radius(attacks[other].outputs, space, search.kind))
+        out[task] = Verdicts(clean_ok, clean_ok & torch.isinf(radius), radius)
+    return out
+
+
+def _space_key(task: AdversaryTask) -> str:
+    return json.dumps(task.identity["adversary"]["space"], sort_keys=True)
+
+
+def _fooling_radius(outputs: AdversaryOutputs, space: Space) -> torch.Tensor:
+    """The radius of each image's fooling point (0 for an off-grid gradient point); inf where none fooled it."""
+    point = outputs.fooling_point.long()
+    radius = torch.full(point.shape, math.inf, dtype=torch.float64)
+    on_grid = point >= 0
+    radius[on_grid] = space.radius[point[on_grid]]
+    radius[point < NONE] = 0.0  # gradient found it: no budget below the whole space is claimed
+    return radius
+
+
+def _draw_radius(outputs: AdversaryOutputs, space: Space, kind: str) -> torch.Tensor:
+    """A weaker search's witnesses as radii: its fooling points (the random draw alone, for `random`)."""
+    if kind == "random":
+        radius = torch.full(outputs.random_point.shape, math.inf, dtype=torch.float64)
+        return radius  # a random adversary counts only its own draw
+    return _fooling_radius(outputs, space).where(outputs.fooling_point.long() >= 0, torch.tensor(math.inf))
+
+
+def worst_case_rows(
+    attacks: dict[AdversaryTask, Attack], labels: torch.Tensor, budgets: int = 6
+) -> list[dict[str, object]]:
+    """adversaries.csv: per model, seed and adversary, the accuracy at each budget (grid) or the whole space."""
+    rows: list[dict[str, object]] = []
+    for task, verdict in verdicts(attacks, labels).items():
+        space, search = adversary_of(task.identity)
+        attack = attacks[task]
+        base = {
+            "model": task.model,
+            "seed": task.seed,
+            "adversary": task.adversary,
+            "search": search.kind,
+            "points": space.size,
+            "forward_passes": attack.outputs.forward_passes,
+            "seconds": attack.seconds,
+        }
+        shares = [round(i / (budgets - 1), 9) for i in range(budgets)] if search.kind == "grid" else [1.0]
+        curve = worst_case_curve(verdict.fooling_radius, verdict.clean, shares)
+        for row in curve.to_dict("records"):
+            rows.append({**base, **row, "budget_label": _budget_label(space, row["budget"])})
+        rows[-1].update(_whole_space_extras(attack.outputs, labels, verdict))
+    return rows
+
+
+def _whole_space_extras(outputs: AdversaryOutputs, labels: torch.Tensor, verdict: Verdicts) -> dict[str, object]:
+    """On the full-budget row: the random case, and where the grid's sample saw every point, invariance."""
+    random_ok = (outputs.random_prediction.long() == labels.cpu().long()) & (
+        outputs.clean_prediction.long() == labels.cpu().long()
+    )
+    count = len(labels)
+    extras: dict[str, object] = {
+        "accuracy_random_draw": float(random_ok.float().mean()),
+        "accuracy_clean": float((outputs.clean_prediction.long() == labels.cpu().long()).float().mean()),
+        "n_correct": int(verdict.correct.sum()),
+        "n_images": count,
+    }
+    extras["accuracy"] = extras["n_correct"] / count
+    extras["accuracy_low"], extras["accuracy_high"] = wilson_interval(extras["n_correct"], count)
+    if len(outputs.sample_indices):
+        sample_labels = labels.cpu()[outputs.sample_indices]
+        extras.update(
+            sample_images=len(outputs.sample_indices),
+            orbit_consistency=orbit_consistency(outputs.sample_predictions),
+            accuracy_over_points=mean_accuracy_over_points(outputs.sample_predictions, sample_labels),
+        )
+    return extras
+
+
+def _budget_label(space: Space, share: float) -> str:
+    """A budget as each axis's range: '±15° rotation, ±1.5 px translate'."""
+    parts = []
+    for entry, (name, low, high, _) in zip(space.entries, space.axes, strict=True):
+        reach = max(abs(low - entry.identity), abs(high - entry.identity)) * share
+        parts.append(f"±{reach:g} {name}")
+    return ", ".join(parts)
+
+
+def adversary_frame(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
+    """The rows as adversaries.csv's table (empty with its columns when the run has no adversaries)."""
+    columns = ["model", "seed", "adversary", "search", "budget", "budget_label", "accuracy", "n_correct", "n_images",
+               "accuracy_low", "accuracy_high", "accuracy_clean", "accuracy_random_draw", "orbit_consistency",
+               "accuracy_over_points", "sample_images", "points", "forward_passes", "seconds"]  # fmt: skip
+    return pd.DataFrame(list(rows)).reindex(columns=columns)

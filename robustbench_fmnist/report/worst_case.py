@@ -1,0 +1,70 @@
+"""The worst-case section of a report: adversaries.csv as tables over seeds, and its curves' data."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from robustbench_fmnist.statistics import t_quantile
+
+
+def seed_curves(adversaries: pd.DataFrame) -> pd.DataFrame:
+    """Each grid adversary's curve over seeds: accuracy and its 95 % interval (over seeds: the t interval of the
+    mean; one seed: the row's Wilson interval over images)."""
+    grid = adversaries[adversaries["search"] == "grid"]
+    rows = []
+    for key, group in grid.groupby(["model", "adversary", "budget", "budget_label"], sort=False):
+        mean = float(group["accuracy"].mean())
+        if len(group) > 1:
+            half = t_quantile(len(group) - 1) * float(group["accuracy"].std(ddof=1)) / len(group) ** 0.5
+            low, high = mean - half, mean + half
+        else:
+            low, high = float(group["accuracy_low"].iloc[0]), float(group["accuracy_high"].iloc[0])
+        rows.append(dict(zip(["model", "adversary", "budget", "budget_label"], key, strict=True)))
+        rows[-1].update(accuracy=mean, accuracy_low=low, accuracy_high=high)
+    return pd.DataFrame(rows)
+
+
+HEADERS = ["model", "adversary", "search", "clean", "one random draw", "worst case", "mean over points",
+           "orbit consistency"]  # fmt: skip
+
+
+def worst_case_section(adversaries: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """'## The worst case per image': its opening lines, and per model and adversary a row of HEADERS."""
+    whole = adversaries[adversaries["budget"] == 1.0]
+    seeds = whole["seed"].nunique()
+    out = [
+        "## The worst case per image",
+        "",
+        "Each adversary searches its space for every test image: an image counts as correct only if it is right "
+        "on the clean image and at every point the search tried (`random`: one draw per image; `worst_of_k`: k "
+        "draws; `grid`: every point; `gradient`: signed-gradient steps on the continuous parameters). "
+        f"Mean over {seeds} seed{'s' if seeds != 1 else ''} (min-max in brackets); per-image counts in "
+        "`adversaries.csv`, the per-image records in the cache (`run.json` lists them).",
+        "",
+    ]
+    rows = []
+    for (model, adversary), group in whole.groupby(["model", "adversary"], sort=False):
+        first = group.iloc[0]
+        over_points = group["accuracy_over_points"] if "accuracy_over_points" in group else pd.Series(dtype=float)
+        rows.append(
+            [
+                model,
+                adversary,
+                first["search"],
+                _spread(group["accuracy_clean"]),
+                _spread(group["accuracy_random_draw"]),
+                _spread(group["accuracy"]),
+                _spread(over_points) if over_points.notna().any() else "",
+                f"{group['orbit_consistency'].mean():.3f}" if group["orbit_consistency"].notna().any() else "",
+            ]
+        )
+    return out, rows
+
+
+def _spread(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return ""
+    if len(values) == 1:
+        return f"{100 * values.iloc[0]:.2f}"
+    return f"{100 * values.mean():.2f} [{100 * values.min():.2f}-{100 * values.max():.2f}]"

@@ -1,0 +1,66 @@
+"""An experiment with `adversaries:` end to end: tasks in the plan, per-image records stored and resumed, the rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from robustbench_fmnist.config import parse_config
+from robustbench_fmnist.orchestration.experiment import plan_experiment, run_experiment
+
+ADVERSARIES = [
+    {"name": "spatial", "space": {"rotation": [-30, 30, 5], "translate": [-2, 2, 3]}, "search": "grid", "images": 40},
+    {"name": "spatial_w4", "space": "spatial", "search": "worst_of_k", "k": 4},
+    {"name": "spatial_random", "space": "spatial", "search": "random"},
+    {"name": "light_pgd", "space": {"brightness": [-0.4, 0.4, 5]}, "search": "gradient", "steps": 3, "restarts": 1},
+]
+
+
+@pytest.fixture
+def config(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **tiny_experiment,
+        "models": [{"name": "baseline_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}}],
+        "perturbations": [{"name": "rotation", "severities": [1]}],
+        "adversaries": ADVERSARIES,
+        "threads": 1,
+    }
+
+
+@pytest.mark.slow
+def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: dict[str, Any], capsys) -> None:
+    planned = plan_experiment(parse_config(config))
+    attacks = [t for t in planned.missing if type(t).__name__ == "AdversaryTask"]
+    assert [t.adversary for t in attacks] == [a["name"] for a in ADVERSARIES]
+    assert "attack baseline_cnn_tiny seed 0 spatial (at most" in planned.describe()
+    folder = run_experiment(parse_config(config))
+    rows = pd.read_csv(folder / "adversaries.csv")
+    whole = rows[rows.budget == 1.0].set_index("adversary")
+    clean = whole["accuracy_clean"].iloc[0]
+    assert whole.loc["spatial", "accuracy"] <= whole.loc["spatial_w4", "accuracy"]
+    assert whole.loc["spatial_w4", "accuracy"] <= whole.loc["spatial_random", "accuracy"] <= clean
+    assert whole.loc["light_pgd", "accuracy"] <= clean
+    curve = rows[rows.adversary == "spatial"].sort_values("budget")
+    assert len(curve) == 6 and curve["accuracy"].is_monotonic_decreasing and curve["budget"].iloc[0] == 0.0
+    assert curve["accuracy"].iloc[0] == pytest.approx(clean)  # no budget: the clean image alone
+    assert whole.loc["spatial", "sample_images"] == 40 and 0 <= whole.loc["spatial", "orbit_consistency"] <= 1
+    report = (folder / "report.md").read_text()
+    assert "## The worst case per image" in report and "figures/worst_case.png" in report
+    assert (folder / "figures" / "worst_case.png").stat().st_size > 0
+    run = json.loads((folder / "run.json").read_text())
+    assert sum("spatial" in name for name in run["tasks"]["records"]) == 3
+    # stored: a second run searches nothing and gives the same rows
+    again = run_experiment(parse_config(config))
+    rerun = json.loads((again / "run.json").read_text())
+    assert rerun["tasks"]["ran"] == 0
+    # verify reads the adversary records (their checksums) beside re-evaluating the evaluations
+    from robustbench_fmnist.cli import main
+
+    assert main(["-q", "verify", str(again), "--sample", "20"]) == 0
+    assert "4 adversary records checked for integrity" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(
+        pd.read_csv(again / "adversaries.csv").drop(columns="seconds"), rows.drop(columns="seconds")
+    )
