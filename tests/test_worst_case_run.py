@@ -23,7 +23,10 @@ ADVERSARIES = [
 def config(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
     return {
         **tiny_experiment,
-        "models": [{"name": "baseline_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}}],
+        "models": [
+            {"name": "baseline_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}},
+            {"name": "deep_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}},
+        ],
         "perturbations": [{"name": "rotation", "severities": [1]}],
         "adversaries": ADVERSARIES,
         "threads": 1,
@@ -34,10 +37,16 @@ def config(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
 def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: dict[str, Any], capsys) -> None:
     planned = plan_experiment(parse_config(config))
     attacks = [t for t in planned.missing if type(t).__name__ == "AdversaryTask"]
-    assert [t.adversary for t in attacks] == [a["name"] for a in ADVERSARIES]
+    assert [t.adversary for t in attacks] == [a["name"] for a in ADVERSARIES] * 2
     assert "attack baseline_cnn_tiny seed 0 spatial (at most" in planned.describe()
     folder = run_experiment(parse_config(config))
     rows = pd.read_csv(folder / "adversaries.csv")
+    consistency = pd.read_csv(folder / "consistency.csv")
+    assert {"clean", "rotation s1", "worst case: spatial"} <= set(consistency["condition"])
+    assert (consistency["kappa"].between(-1, 1) | consistency["kappa"].isna()).all() and consistency[
+        "n_images"
+    ].nunique() == 1
+    rows = rows[rows.model == "baseline_cnn_tiny"]
     whole = rows[rows.budget == 1.0].set_index("adversary")
     clean = whole["accuracy_clean"].iloc[0]
     assert whole.loc["spatial", "accuracy"] <= whole.loc["spatial_w4", "accuracy"]
@@ -49,9 +58,10 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     assert whole.loc["spatial", "sample_images"] == 40 and 0 <= whole.loc["spatial", "orbit_consistency"] <= 1
     report = (folder / "report.md").read_text()
     assert "## The worst case per image" in report and "figures/worst_case.png" in report
+    assert "## Do models fail on the same images?" in report and "figures/consistency_spatial.png" in report
     assert (folder / "figures" / "worst_case.png").stat().st_size > 0
     run = json.loads((folder / "run.json").read_text())
-    assert sum("spatial" in name for name in run["tasks"]["records"]) == 3
+    assert sum("spatial" in name for name in run["tasks"]["records"]) == 6
     # stored: a second run searches nothing and gives the same rows
     again = run_experiment(parse_config(config))
     rerun = json.loads((again / "run.json").read_text())
@@ -60,7 +70,8 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     from robustbench_fmnist.cli import main
 
     assert main(["-q", "verify", str(again), "--sample", "20"]) == 0
-    assert "4 adversary records checked for integrity" in capsys.readouterr().out
+    assert "8 adversary records checked for integrity" in capsys.readouterr().out
+    again_rows = pd.read_csv(again / "adversaries.csv")
     pd.testing.assert_frame_equal(
-        pd.read_csv(again / "adversaries.csv").drop(columns="seconds"), rows.drop(columns="seconds")
+        again_rows[again_rows.model == "baseline_cnn_tiny"].drop(columns="seconds"), rows.drop(columns="seconds")
     )

@@ -103,9 +103,26 @@ class _Scorer:
         """(N,) bool: the images right on the clean image that no point has fooled yet."""
         return self.fooling_rank == math.inf
 
-    def fooled_clean(self, clean: torch.Tensor) -> None:
-        """Images wrong on the clean image are fooled before any search: nothing is spent on them."""
+    def fooled_clean(self, clean: torch.Tensor, clean_true: torch.Tensor) -> None:
+        """Images wrong on the clean image are fooled before any search: nothing is spent on them.
+
+        The clean results stand for the space's identity point wherever a search meets it: the same
+        image evaluated again in another batch could differ in the last bits and flip a near tie.
+        """
+        self.clean, self.clean_true = clean, clean_true
         self.fooling_rank[clean.long() != self.labels.long()] = -1.0
+
+    def at(self, rows: torch.Tensor, points: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict` for images `rows` at `points` (parameters `values`); the identity point from the clean pass."""
+        identity = self.space.identity_index
+        same = points == identity if identity is not None else torch.zeros_like(points, dtype=torch.bool)
+        if not bool(same.any()):
+            return self.predict(rows, values)
+        classes, true = self.clean[rows].clone(), self.clean_true[rows].clone()
+        moved = ~same
+        if bool(moved.any()):
+            classes[moved], true[moved] = self.predict(rows[moved], values if values.dim() == 1 else values[moved])
+        return classes, true
 
     def predict(self, rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Classes and true-class probabilities of images `rows` at parameters `values` ((len, D) or (D,))."""
@@ -123,7 +140,7 @@ class _Scorer:
     def score(self, rows: torch.Tensor, points: torch.Tensor, ranks: torch.Tensor, uniform: bool) -> torch.Tensor:
         """Evaluate images `rows` at `points` (`ranks`: their places in the search order); their classes."""
         values = self.space.points[points[0]] if uniform else self.space.points[points]
-        classes, true = self.predict(rows, values)
+        classes, true = self.at(rows, points, values)
         wrong = classes.long() != self.labels[rows].long()
         self.keep_first_fooling(rows[wrong], points[wrong], ranks[wrong].double(), classes[wrong])
         self.keep_worst(rows, points, true)
@@ -166,8 +183,8 @@ def search_space(
     scorer = _Scorer(prepared, images, labels, space, name=name, seed=seed)
     everyone = torch.arange(len(labels))
     clean_values = space.identities if space.identity_index is None else space.points[space.identity_index]
-    clean = _batched(scorer.predict, everyone, clean_values, batch_size)[0]
-    scorer.fooled_clean(clean)
+    clean, clean_true = _batched(scorer.predict, everyone, clean_values, batch_size)
+    scorer.fooled_clean(clean, clean_true)
     k = search.k if search.kind == "worst_of_k" else 1
     drawn = draws(space, len(labels), k, seed, everyone)
     empty = torch.zeros(0, dtype=torch.int64)
@@ -235,7 +252,12 @@ def _grid_sample(
     true = torch.empty(len(sample), space.size, dtype=torch.float32)
     with progress_bar(space.size, f"grid sample {scorer.name}", unit="point", enabled=show_progress) as bar:
         for point in range(space.size):
-            classes[:, point], true[:, point] = _batched(scorer.predict, sample, space.points[point], batch_size)
+            classes[:, point], true[:, point] = _batched(
+                lambda rows, values, p=point: scorer.at(rows, torch.full_like(rows, p), values),
+                sample,
+                space.points[point],
+                batch_size,
+            )
             bar.update(1)
     order = _search_order(space, classes, labels[sample])
     rank = torch.empty_like(order)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -19,7 +20,7 @@ from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, cell_re
 from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
-from robustbench_fmnist.orchestration.worst_case import worst_case_rows
+from robustbench_fmnist.orchestration.worst_case import consistency_rows, verdicts, worst_case_rows
 from robustbench_fmnist.report.bundle import Examples
 from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -35,6 +36,7 @@ class Assembled:
     examples: Examples
     first_seed_models: list[tuple[str, nn.Module, int]] = field(default_factory=list)  # for `throughput:`
     adversaries: list[dict[str, Any]] = field(default_factory=list)  # adversaries.csv
+    consistency: pd.DataFrame | None = None  # consistency.csv, for a run with adversaries
 
 
 def training_method(model: ResolvedModel) -> str:
@@ -123,8 +125,13 @@ def assemble(
                 first_seed_models.append((resolved.name, model, info["macs"]))
             models_info += entries
     examples = collect_examples(cells, test_images, labels, example_outputs, first_seed)
+    assembled = Assembled(scored, models_info, examples, first_seed_models)
     attacks = {t: a for t in plan.attack if t not in failures and (a := store.load_adversary(t)) is not None}
-    return Assembled(scored, models_info, examples, first_seed_models, worst_case_rows(attacks, labels))
+    if attacks:
+        verdict_by_task = verdicts(attacks, labels)
+        assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
+        assembled.consistency = consistency_rows(scored.outcomes, verdict_by_task)
+    return assembled
 
 
 def _score_stored(

@@ -225,6 +225,7 @@ def _report_data(
         outcomes=outcomes_from(scored.outcomes),
         reference=reference,
         adversaries=adversary_frame(assembled.adversaries) if assembled.adversaries else None,
+        consistency=assembled.consistency,
     )
 
 

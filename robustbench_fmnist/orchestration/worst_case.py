@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 
 from robustbench_fmnist.evaluation.adversary import NONE, AdversaryOutputs
+from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.evaluation.consistency import (
+    consistency_matrix,
     mean_accuracy_over_points,
     orbit_consistency,
     worst_case_curve,
@@ -64,7 +66,8 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
 
 
 def _space_key(task: AdversaryTask) -> str:
-    return json.dumps(task.identity["adversary"]["space"], sort_keys=True)
+    """The searches whose witnesses count together: one model's weights (model and seed) over one space."""
+    return json.dumps([task.model, task.seed, task.identity["adversary"]["space"]], sort_keys=True)
 
 
 def _fooling_radius(outputs: AdversaryOutputs, space: Space) -> torch.Tensor:
@@ -86,11 +89,14 @@ def _draw_radius(outputs: AdversaryOutputs, space: Space, kind: str) -> torch.Te
 
 
 def worst_case_rows(
-    attacks: dict[AdversaryTask, Attack], labels: torch.Tensor, budgets: int = 6
+    attacks: dict[AdversaryTask, Attack],
+    labels: torch.Tensor,
+    verdict_by_task: dict[AdversaryTask, Verdicts],
+    budgets: int = 6,
 ) -> list[dict[str, object]]:
     """adversaries.csv: per model, seed and adversary, the accuracy at each budget (grid) or the whole space."""
     rows: list[dict[str, object]] = []
-    for task, verdict in verdicts(attacks, labels).items():
+    for task, verdict in verdict_by_task.items():
         space, search = adversary_of(task.identity)
         attack = attacks[task]
         base = {
@@ -149,3 +155,43 @@ def adversary_frame(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
                "accuracy_low", "accuracy_high", "accuracy_clean", "accuracy_random_draw", "orbit_consistency",
                "accuracy_over_points", "sample_images", "points", "forward_passes", "seconds"]  # fmt: skip
     return pd.DataFrame(list(rows)).reindex(columns=columns)
+
+
+def consistency_rows(
+    outcomes: Sequence[tuple[tuple[str, int, str, int], torch.Tensor]],
+    verdict_by_task: dict[AdversaryTask, Verdicts],
+    *,
+    resamples: int = 1000,
+) -> pd.DataFrame:
+    """consistency.csv: error consistency (kappa) between every two trained models (model, seed), per condition.
+
+    The conditions are the clean test set, each suite cell (perturbation at a severity) and each
+    adversary's worst case; pairs of one model's seeds say how much of it is training noise.
+    """
+    conditions: dict[str, dict[str, torch.Tensor]] = {}
+    for (model, seed, perturbation, severity), correct in outcomes:
+        condition = perturbation if perturbation == CLEAN else f"{perturbation} s{severity}"
+        conditions.setdefault(condition, {})[_unit(model, seed)] = correct.bool()
+    for task, verdict in verdict_by_task.items():
+        conditions.setdefault(f"worst case: {task.adversary}", {})[_unit(task.model, task.seed)] = verdict.correct
+    frames = []
+    for condition, correct in conditions.items():
+        if len(correct) < 2:
+            continue
+        matrix = consistency_matrix(correct, seed=0, resamples=resamples)
+        units = {side: [_split(u) for u in matrix[f"model_{side}"]] for side in ("a", "b")}
+        matrix = matrix.drop(columns=["model_a", "model_b"])
+        matrix.insert(0, "condition", condition)
+        for place, (side, part) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)], start=1):
+            matrix.insert(place, f"{'model' if part == 0 else 'seed'}_{side}", [u[part] for u in units[side]])
+        frames.append(matrix)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _unit(model: str, seed: int) -> str:
+    return f"{model}|{seed}"  # model names never hold '|' (config.py)
+
+
+def _split(unit: str) -> tuple[str, int]:
+    model, _, seed = unit.rpartition("|")
+    return model, int(seed)

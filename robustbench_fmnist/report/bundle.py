@@ -74,6 +74,10 @@ ADVERSARY_COLUMNS = [
     "accuracy_high",
 ]  # fmt: skip  (the columns every row has)
 _ADVERSARY_TEXT = {"model", "adversary", "search", "budget_label"}
+CONSISTENCY_FILE = "consistency.csv"  # optional: error consistency between trained models, for a run with adversaries
+CONSISTENCY_COLUMNS = ["condition", "model_a", "seed_a", "model_b", "seed_b", "kappa", "kappa_low", "kappa_high",
+                       "c_obs", "c_exp", "accuracy_a", "accuracy_b", "n_images"]  # fmt: skip
+_CONSISTENCY_TEXT = {"condition", "model_a", "model_b"}
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
@@ -126,6 +130,7 @@ class ReportData:
     outcomes: Outcomes | None = None
     reference: pd.DataFrame | None = None  # reference.csv
     adversaries: pd.DataFrame | None = None  # adversaries.csv: the worst case per model, seed, adversary, budget
+    consistency: pd.DataFrame | None = None  # consistency.csv: error consistency between trained models
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -143,6 +148,8 @@ def write_data(folder: Path, data: ReportData) -> None:
         data.throughput.to_csv(folder / THROUGHPUT_FILE, index=False, float_format="%.6g")
     if data.adversaries is not None and len(data.adversaries):
         data.adversaries.to_csv(folder / ADVERSARIES_FILE, index=False, float_format="%.6g")
+    if data.consistency is not None and len(data.consistency):
+        data.consistency.to_csv(folder / CONSISTENCY_FILE, index=False, float_format="%.6g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -190,9 +197,11 @@ def read_data(folder: str | Path) -> ReportData:
     reference = None
     if (folder / REFERENCE_FILE).exists():
         reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
-    adversaries = None
+    adversaries = consistency = None
     if (folder / ADVERSARIES_FILE).exists():
         adversaries = _read_table(folder / ADVERSARIES_FILE, ADVERSARY_COLUMNS, "adversaries")
+    if (folder / CONSISTENCY_FILE).exists():
+        consistency = _read_table(folder / CONSISTENCY_FILE, CONSISTENCY_COLUMNS, "consistency")
     return ReportData(
         **tables,
         run=run,
@@ -201,6 +210,7 @@ def read_data(folder: str | Path) -> ReportData:
         outcomes=_read_outcomes(folder / OUTCOMES_FILE, tables["results"]),
         reference=reference,
         adversaries=adversaries,
+        consistency=consistency,
     )
 
 
@@ -239,7 +249,9 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
-    text = {"throughput": _THROUGHPUT_TEXT, "adversaries": _ADVERSARY_TEXT}.get(kind, _TEXT_COLUMNS)
+    text = {"throughput": _THROUGHPUT_TEXT, "adversaries": _ADVERSARY_TEXT, "consistency": _CONSISTENCY_TEXT}.get(
+        kind, _TEXT_COLUMNS
+    )
     for column in (c for c in columns if c not in text):
         if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
             bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()

@@ -32,8 +32,8 @@ from robustbench_fmnist.report.tables import (
     summary_spread,
     summary_table,
 )
+from robustbench_fmnist.report.worst_case import CONSISTENCY_HEADERS, consistency_summary, worst_case_section
 from robustbench_fmnist.report.worst_case import HEADERS as WORST_CASE_HEADERS
-from robustbench_fmnist.report.worst_case import worst_case_section
 from robustbench_fmnist.statistics import t_quantile
 
 
@@ -108,6 +108,18 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     if data.adversaries is not None:
         opening, rows = worst_case_section(data.adversaries)
         out += [*opening, markdown_table(WORST_CASE_HEADERS, rows, "lllrrrrr"), ""]
+    if data.consistency is not None:
+        out += [
+            "## Do models fail on the same images?",
+            "",
+            "Error consistency (Geirhos et al. 2020): kappa = (c_obs - c_exp) / (1 - c_exp) over the test images, 0 "
+            "where two trainings' errors are as independent as their accuracies allow, 1 where they err on the same "
+            "images. Mean over pairs of trainings [lowest, highest]; every pair with its bootstrap interval is in "
+            "`consistency.csv`.",
+            "",
+            markdown_table(CONSISTENCY_HEADERS, consistency_summary(data.consistency), "lrrrr"),
+            "",
+        ]
     out += ["## Figures", ""]
     out += [f"![{title}]({path})\n" for title, path in figures.items()]
     out += _per_class(data)

@@ -68,3 +68,33 @@ def _spread(values: pd.Series) -> str:
     if len(values) == 1:
         return f"{100 * values.iloc[0]:.2f}"
     return f"{100 * values.mean():.2f} [{100 * values.min():.2f}-{100 * values.max():.2f}]"
+
+
+CONSISTENCY_HEADERS = ["condition", "between models: kappa", "pairs", "between seeds of one model: kappa", "pairs"]
+
+
+def consistency_summary(consistency: pd.DataFrame) -> list[list[str]]:
+    """Per condition (clean, each worst case, then the suite cells): mean kappa between different models and
+    between seeds of one model, with the range over pairs."""
+    rows = []
+    order = sorted(set(consistency["condition"]), key=lambda c: (c != "clean", not c.startswith("worst case"), c))
+    for condition in order:
+        mine = consistency[consistency["condition"] == condition]
+        same = mine["model_a"] == mine["model_b"]
+        rows.append([condition, *_kappa_cell(mine[~same]["kappa"]), *_kappa_cell(mine[same]["kappa"])])
+    return rows
+
+
+def _kappa_cell(values: pd.Series) -> list[str]:
+    values = values.dropna()
+    if values.empty:
+        return ["", "0"]
+    return [f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]", str(len(values))]
+
+
+def model_matrix(consistency: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """Kappa between different models in one condition, averaged over their seed pairs (with the intervals')."""
+    mine = consistency[(consistency["condition"] == condition) & (consistency["model_a"] != consistency["model_b"])]
+    pairs = mine.assign(first=mine[["model_a", "model_b"]].min(axis=1), second=mine[["model_a", "model_b"]].max(axis=1))
+    grouped = pairs.groupby(["first", "second"], sort=False)[["kappa", "kappa_low", "kappa_high"]].mean()
+    return grouped.reset_index().rename(columns={"first": "model_a", "second": "model_b"})

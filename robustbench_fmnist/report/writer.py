@@ -25,7 +25,7 @@ from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
-from robustbench_fmnist.report.worst_case import seed_curves
+from robustbench_fmnist.report.worst_case import model_matrix, seed_curves
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
 
@@ -112,6 +112,13 @@ def render_files(folder: Path) -> None:
     if data.adversaries is not None and (data.adversaries["search"] == "grid").any():
         figures.plot_worst_case_curves(seed_curves(data.adversaries), folder / "figures" / "worst_case.png")
         drawn["Worst-case accuracy by budget"] = "figures/worst_case.png"
+    if data.consistency is not None:
+        for condition in dict.fromkeys(data.consistency["condition"]):
+            matrix = model_matrix(data.consistency, condition)
+            if condition.startswith("worst case") and len(set(matrix["model_a"]) | set(matrix["model_b"])) >= 2:
+                name = f"consistency_{safe_file_name(condition.removeprefix('worst case: '))}.png"
+                figures.plot_consistency_matrix(matrix, folder / "figures" / name, f"Error consistency, {condition}")
+                drawn[f"Error consistency, {condition}"] = f"figures/{name}"
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     gaps = cell_gap_table(data.results, data.run["models"])
