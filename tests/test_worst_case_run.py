@@ -59,6 +59,9 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     report = (folder / "report.md").read_text()
     assert "## The worst case per image" in report and "figures/worst_case.png" in report
     assert "## Do models fail on the same images?" in report and "figures/consistency_spatial.png" in report
+    assert "figures/fooling_spatial_baseline_cnn_tiny.png" in report
+    fooling = pd.read_csv(folder / "fooling.csv")
+    assert len(fooling) == 2 * 5 * 3 * 3 and fooling["fooling_rate"].dropna().between(0, 1).all()
     assert (folder / "figures" / "worst_case.png").stat().st_size > 0
     run = json.loads((folder / "run.json").read_text())
     assert sum("spatial" in name for name in run["tasks"]["records"]) == 6
@@ -71,6 +74,10 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
 
     assert main(["-q", "verify", str(again), "--sample", "20"]) == 0
     assert "8 adversary records checked for integrity" in capsys.readouterr().out
+    # the report re-renders from its own files alone, the worst-case sections included
+    before = (again / "report.md").read_text()
+    assert main(["-q", "report", str(again)]) == 0
+    assert (again / "report.md").read_text() == before
     again_rows = pd.read_csv(again / "adversaries.csv")
     pd.testing.assert_frame_equal(
         again_rows[again_rows.model == "baseline_cnn_tiny"].drop(columns="seconds"), rows.drop(columns="seconds")

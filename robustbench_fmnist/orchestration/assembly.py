@@ -20,7 +20,7 @@ from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, cell_re
 from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
-from robustbench_fmnist.orchestration.worst_case import consistency_rows, verdicts, worst_case_rows
+from robustbench_fmnist.orchestration.worst_case import consistency_rows, fooling_rows, verdicts, worst_case_rows
 from robustbench_fmnist.report.bundle import Examples
 from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -37,6 +37,7 @@ class Assembled:
     first_seed_models: list[tuple[str, nn.Module, int]] = field(default_factory=list)  # for `throughput:`
     adversaries: list[dict[str, Any]] = field(default_factory=list)  # adversaries.csv
     consistency: pd.DataFrame | None = None  # consistency.csv, for a run with adversaries
+    fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the sample
 
 
 def training_method(model: ResolvedModel) -> str:
@@ -131,6 +132,7 @@ def assemble(
         verdict_by_task = verdicts(attacks, labels)
         assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
         assembled.consistency = consistency_rows(scored.outcomes, verdict_by_task)
+        assembled.fooling = fooling_rows(attacks, labels)
     return assembled
 
 

@@ -226,6 +226,7 @@ def _report_data(
         reference=reference,
         adversaries=adversary_frame(assembled.adversaries) if assembled.adversaries else None,
         consistency=assembled.consistency,
+        fooling=assembled.fooling,
     )
 
 

@@ -21,6 +21,7 @@ from robustbench_fmnist.evaluation.adversary import NONE, AdversaryOutputs
 from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.evaluation.consistency import (
     consistency_matrix,
+    fooling_rate_per_point,
     mean_accuracy_over_points,
     orbit_consistency,
     worst_case_curve,
@@ -195,3 +196,29 @@ def _unit(model: str, seed: int) -> str:
 def _split(unit: str) -> tuple[str, int]:
     model, _, seed = unit.rpartition("|")
     return model, int(seed)
+
+
+def fooling_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> pd.DataFrame:
+    """fooling.csv: per grid adversary, model and seed, how often each point fools the sample's images that are right
+    clean (the heatmaps over the space are drawn from it)."""
+    frames = []
+    for task, attack in attacks.items():
+        outputs = attack.outputs
+        if not len(outputs.sample_indices):
+            continue
+        sample_labels = labels.cpu()[outputs.sample_indices]
+        clean = outputs.clean_prediction[outputs.sample_indices].long() == sample_labels.long()
+        rates = fooling_rate_per_point(outputs.sample_predictions, sample_labels, clean)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": task.model,
+                    "seed": task.seed,
+                    "adversary": task.adversary,
+                    "point": range(len(rates)),
+                    "fooling_rate": rates.numpy(),
+                    "n_images": int(clean.sum()),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

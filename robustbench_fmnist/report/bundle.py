@@ -78,6 +78,8 @@ CONSISTENCY_FILE = "consistency.csv"  # optional: error consistency between trai
 CONSISTENCY_COLUMNS = ["condition", "model_a", "seed_a", "model_b", "seed_b", "kappa", "kappa_low", "kappa_high",
                        "c_obs", "c_exp", "accuracy_a", "accuracy_b", "n_images"]  # fmt: skip
 _CONSISTENCY_TEXT = {"condition", "model_a", "model_b"}
+FOOLING_FILE = "fooling.csv"  # optional: per grid point, how often it fools the grid's sample
+FOOLING_COLUMNS = ["model", "seed", "adversary", "point", "fooling_rate", "n_images"]
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
@@ -131,6 +133,7 @@ class ReportData:
     reference: pd.DataFrame | None = None  # reference.csv
     adversaries: pd.DataFrame | None = None  # adversaries.csv: the worst case per model, seed, adversary, budget
     consistency: pd.DataFrame | None = None  # consistency.csv: error consistency between trained models
+    fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the grid's sample
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -150,6 +153,8 @@ def write_data(folder: Path, data: ReportData) -> None:
         data.adversaries.to_csv(folder / ADVERSARIES_FILE, index=False, float_format="%.6g")
     if data.consistency is not None and len(data.consistency):
         data.consistency.to_csv(folder / CONSISTENCY_FILE, index=False, float_format="%.6g")
+    if data.fooling is not None and len(data.fooling):
+        data.fooling.to_csv(folder / FOOLING_FILE, index=False, float_format="%.6g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -197,11 +202,13 @@ def read_data(folder: str | Path) -> ReportData:
     reference = None
     if (folder / REFERENCE_FILE).exists():
         reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
-    adversaries = consistency = None
+    adversaries = consistency = fooling = None
     if (folder / ADVERSARIES_FILE).exists():
         adversaries = _read_table(folder / ADVERSARIES_FILE, ADVERSARY_COLUMNS, "adversaries")
     if (folder / CONSISTENCY_FILE).exists():
         consistency = _read_table(folder / CONSISTENCY_FILE, CONSISTENCY_COLUMNS, "consistency")
+    if (folder / FOOLING_FILE).exists():
+        fooling = _read_table(folder / FOOLING_FILE, FOOLING_COLUMNS, "fooling")
     return ReportData(
         **tables,
         run=run,
@@ -211,6 +218,7 @@ def read_data(folder: str | Path) -> ReportData:
         reference=reference,
         adversaries=adversaries,
         consistency=consistency,
+        fooling=fooling,
     )
 
 
@@ -249,9 +257,12 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise HarnessError(f"{path}: columns {missing} missing; it was written by another version, re-run")
-    text = {"throughput": _THROUGHPUT_TEXT, "adversaries": _ADVERSARY_TEXT, "consistency": _CONSISTENCY_TEXT}.get(
-        kind, _TEXT_COLUMNS
-    )
+    text = {
+        "throughput": _THROUGHPUT_TEXT,
+        "adversaries": _ADVERSARY_TEXT,
+        "consistency": _CONSISTENCY_TEXT,
+        "fooling": {"model", "adversary"},
+    }.get(kind, _TEXT_COLUMNS)
     for column in (c for c in columns if c not in text):
         if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
             bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
+import torch
+
+from robustbench_fmnist.evaluation.consistency import heatmap
+from robustbench_fmnist.files import safe_file_name
+from robustbench_fmnist.perturbations.space import Space
 from robustbench_fmnist.statistics import t_quantile
 
 
@@ -98,3 +105,40 @@ def model_matrix(consistency: pd.DataFrame, condition: str) -> pd.DataFrame:
     pairs = mine.assign(first=mine[["model_a", "model_b"]].min(axis=1), second=mine[["model_a", "model_b"]].max(axis=1))
     grouped = pairs.groupby(["first", "second"], sort=False)[["kappa", "kappa_low", "kappa_high"]].mean()
     return grouped.reset_index().rename(columns={"first": "model_a", "second": "model_b"})
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """One model's fooling rates over a grid adversary's first two dimensions (the others averaged)."""
+
+    title: str
+    filename: str
+    grid: torch.Tensor
+    row_values: list[float]
+    col_values: list[float]
+    row_name: str
+    col_name: str
+
+
+def fooling_heatmaps(fooling: pd.DataFrame, adversaries: list[dict[str, Any]]) -> list[Heatmap]:
+    """Per grid adversary of two or more dimensions and per model, the seed-averaged fooling rate of every point."""
+    spaces = {a["name"]: a["space"] for a in adversaries}
+    maps = []
+    for (adversary, model), group in fooling.groupby(["adversary", "model"], sort=False):
+        space = Space(tuple((axis, float(lo), float(hi), int(n)) for axis, (lo, hi, n) in spaces[adversary].items()))
+        if len(space.dims) < 2:
+            continue
+        rates = torch.tensor(group.groupby("point")["fooling_rate"].mean().sort_index().to_numpy())
+        shape = tuple(len(g) for g in space.grids)
+        maps.append(
+            Heatmap(
+                title=f"How often each point fools {model}: {adversary}",
+                filename=f"fooling_{safe_file_name(adversary)}_{safe_file_name(model)}.png",
+                grid=heatmap(rates, shape, (0, 1)),
+                row_values=space.grids[0].tolist(),
+                col_values=space.grids[1].tolist(),
+                row_name=space.dims[0],
+                col_name=space.dims[1],
+            )
+        )
+    return maps

@@ -25,7 +25,7 @@ from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
-from robustbench_fmnist.report.worst_case import model_matrix, seed_curves
+from robustbench_fmnist.report.worst_case import fooling_heatmaps, model_matrix, seed_curves
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
 
@@ -112,6 +112,13 @@ def render_files(folder: Path) -> None:
     if data.adversaries is not None and (data.adversaries["search"] == "grid").any():
         figures.plot_worst_case_curves(seed_curves(data.adversaries), folder / "figures" / "worst_case.png")
         drawn["Worst-case accuracy by budget"] = "figures/worst_case.png"
+    if data.fooling is not None:
+        for shown in fooling_heatmaps(data.fooling, data.run["config"].get("adversaries") or []):
+            figures.plot_fooling_heatmap(
+                shown.grid, shown.row_values, shown.col_values, shown.row_name, shown.col_name, shown.title,
+                folder / "figures" / shown.filename,
+            )  # fmt: skip
+            drawn[shown.title] = f"figures/{shown.filename}"
     if data.consistency is not None:
         for condition in dict.fromkeys(data.consistency["condition"]):
             matrix = model_matrix(data.consistency, condition)
