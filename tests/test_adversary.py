@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustbench_fmnist.evaluation.adversary import NONE, Search, draws, search_space
+from robustbench_fmnist.evaluation.adversary import NONE, Search, budget_level, draws, search_space
 from robustbench_fmnist.evaluation.inference import prepare_for_inference
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.perturbations.space import Space, perturb_at
@@ -45,7 +45,7 @@ def test_grid_le_worst_of_k_le_random_le_clean_per_image(setup: tuple, space: Sp
 @pytest.mark.parametrize("space", [SPACE, LIGHT], ids=["spatial", "light"])
 def test_the_grid_with_early_exits_finds_what_brute_force_finds(setup: tuple, space: Space) -> None:
     """Every image at every point: right at all of them exactly where the grid search says so, and the grid's first
-    fooling point lies at the smallest radius that fools the image."""
+    fooling point lies in the smallest budget level that fools the image."""
     model, images, labels = setup
     grid, out = _correct(model, images, labels, space, Search("grid", images=50))
     wrong = torch.zeros(len(labels), space.size, dtype=torch.bool)
@@ -54,8 +54,9 @@ def test_the_grid_with_early_exits_finds_what_brute_force_finds(setup: tuple, sp
             wrong[:, point] = model(perturb_at(images, space, space.points[point])).argmax(1) != labels
     assert torch.equal(grid, ~wrong.any(1))
     fooled = out.fooling_point >= 0
-    smallest = torch.where(wrong, space.radius.unsqueeze(0), torch.tensor(float("inf"))).min(1).values
-    assert torch.allclose(space.radius[out.fooling_point[fooled].long()], smallest[fooled])
+    level = budget_level(space).double()
+    smallest = torch.where(wrong, level.unsqueeze(0), torch.tensor(float("inf"))).min(1).values
+    assert torch.equal(level[out.fooling_point[fooled].long()], smallest[fooled]), "found in the smallest budget"
     assert out.forward_passes < len(labels) * (space.size + 2), "early exits spend fewer passes than brute force"
     assert out.sample_predictions.shape == (50, space.size)
     assert torch.equal(

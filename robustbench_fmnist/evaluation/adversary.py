@@ -7,9 +7,10 @@ points) and spends forward passes only where they can still change an image's ve
 - `worst_of_k`: k draws, the first of them the random one; an image is done once one fools it;
 - `grid`: a sample of `images` images at every point (for consistency, heatmaps and the average
   over the space; its fooling rates order the points), then the rest point by point in order
-  of budget radius, the points that fool most first within one radius, each image dropped once
-  a point fools it. The first fooling point found is then at the smallest radius that fools it,
-  so one pass gives the whole robustness curve;
+  of budget level (the sub-grids of 1/5, 2/5, ... of the space's reach), the points that fool
+  most first within a level, each image dropped once a point fools it. The first fooling point
+  found is then in the smallest budget that fools the image, so one pass gives the whole
+  robustness curve;
 - `gradient`: signed-gradient ascent of the loss on the continuous parameters through the
   differentiable warp and light, from `restarts` random points, `steps` steps each, checked at
   the end through the suite's own kernels.
@@ -34,6 +35,7 @@ from robustbench_fmnist.perturbations.space import Space, perturb_at
 from robustbench_fmnist.progress import progress_bar
 
 NONE = -1  # no point fooled the image
+BUDGET_LEVELS = 5  # the grid's budgets: 0, 1/5, ..., 1 of the space's reach
 
 
 @dataclass(frozen=True)
@@ -302,12 +304,20 @@ def _flush(scorer: _Scorer, pending: list[tuple[torch.Tensor, torch.Tensor]], ra
         scorer.score(rows[chunk], points[chunk], rank[points[chunk]], uniform)
 
 
+def budget_level(space: Space, levels: int = BUDGET_LEVELS) -> torch.Tensor:
+    """(P,) each point's budget level: the smallest k in 0..levels whose sub-grid (radius <= k / levels) holds it."""
+    return torch.ceil(space.radius * levels - 1e-9).clamp_min(0).long()
+
+
 def _search_order(space: Space, sample_classes: torch.Tensor, sample_labels: torch.Tensor) -> torch.Tensor:
-    """Points by budget radius, and within one radius the ones that fooled most of the sample first."""
+    """Points by budget level, and within one level the ones that fooled most of the sample first.
+
+    An image fooled at level k is then known to stand at every smaller budget (their points were
+    all tried) and needs no more points: the curve at the budget levels comes from one pass.
+    """
     fooled = (sample_classes.long() != sample_labels.long().unsqueeze(1)).double().mean(0)
-    radius = space.radius.round(decimals=9)
     by_rate = torch.argsort(-fooled, stable=True)
-    return by_rate[torch.argsort(radius[by_rate], stable=True)]
+    return by_rate[torch.argsort(budget_level(space)[by_rate], stable=True)]
 
 
 def _gradient(scorer: _Scorer, search: Search, start: torch.Tensor, batch_size: int) -> torch.Tensor:

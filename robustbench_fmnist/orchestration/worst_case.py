@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from robustbench_fmnist.evaluation.adversary import NONE, AdversaryOutputs
+from robustbench_fmnist.evaluation.adversary import BUDGET_LEVELS, NONE, AdversaryOutputs
 from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.evaluation.consistency import (
     consistency_matrix,
@@ -93,7 +93,7 @@ def worst_case_rows(
     attacks: dict[AdversaryTask, Attack],
     labels: torch.Tensor,
     verdict_by_task: dict[AdversaryTask, Verdicts],
-    budgets: int = 6,
+    budgets: int = BUDGET_LEVELS,
 ) -> list[dict[str, object]]:
     """adversaries.csv: per model, seed and adversary, the accuracy at each budget (grid) or the whole space."""
     rows: list[dict[str, object]] = []
@@ -109,7 +109,7 @@ def worst_case_rows(
             "forward_passes": attack.outputs.forward_passes,
             "seconds": attack.seconds,
         }
-        shares = [round(i / (budgets - 1), 9) for i in range(budgets)] if search.kind == "grid" else [1.0]
+        shares = [round(i / budgets, 9) for i in range(budgets + 1)] if search.kind == "grid" else [1.0]
         curve = worst_case_curve(verdict.fooling_radius, verdict.clean, shares)
         for row in curve.to_dict("records"):
             rows.append({**base, **row, "budget_label": _budget_label(space, row["budget"])})
