@@ -95,6 +95,7 @@ def test_reproduce_with_trust_code_imports_it_and_says_so(
     assert f"--trust-code: models[0].factory imports module '{MODULE}' and calls build" in captured.out
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_report_rerenders_without_importing(received: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     folder, marker = received
     monkeypatch.chdir(folder.parent)  # report replaces the folder, so not from inside it; MODULE stays importable
@@ -171,6 +172,7 @@ def test_a_pickled_array_in_a_report_is_refused_not_loaded(
     assert not marker.exists()
 
 
+@pytest.mark.slow  # over 5 s: in make test, not in make test-fast
 def test_report_html_shows_a_reports_html_as_text_and_reads_no_file_outside_it(
     received: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
