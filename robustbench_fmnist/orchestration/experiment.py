@@ -63,7 +63,9 @@ class PlannedExperiment:
         """The plan as `plan` and `run --dry-run` print it: one line per task, done or to do."""
         tasks = self.plan.tasks
         lines = [
-            f"{len(tasks)} tasks ({len(self.plan.train)} trainings, {len(self.plan.evaluate)} evaluations), "
+            f"{len(tasks)} tasks ({len(self.plan.train)} trainings, {len(self.plan.evaluate)} evaluations"
+            + (f", {len(self.plan.attack)} adversary searches" if self.plan.attack else "")
+            + "), "
             f"{len(tasks) - len(self.missing)} done, {len(self.missing)} to do; executor "
             f"{self.checked.config.executor.kind}; report -> {self.checked.folder}"
         ]
