@@ -82,3 +82,28 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     pd.testing.assert_frame_equal(
         again_rows[again_rows.model == "baseline_cnn_tiny"].drop(columns="seconds"), rows.drop(columns="seconds")
     )
+
+
+@pytest.mark.slow
+def test_an_edited_adversary_record_is_searched_again(config: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A record whose observations were edited fails its checksum: searched again, the same rows as before."""
+    import logging
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = {**config, "models": config["models"][:1], "adversaries": ADVERSARIES[:1]}
+    first = pd.read_csv(run_experiment(parse_config(config)) / "adversaries.csv").drop(columns="seconds")
+    (path,) = (Path(config["cache_dir"]) / "evaluations").glob("*-spatial-*.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    tensors["clean_prediction"] = (tensors["clean_prediction"] + 1) % 10  # every clean class changed
+    save_file(tensors, str(path), metadata=metadata)
+    with caplog.at_level(logging.WARNING):
+        folder = run_experiment(parse_config(config))
+    lines = [r.getMessage() for r in caplog.records if path.name in r.getMessage()]
+    assert len(lines) == 1 and "does not match the SHA-256" in lines[0] and "searching again" in lines[0]
+    assert json.loads((folder / "run.json").read_text())["tasks"]["ran"] == 1
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "adversaries.csv").drop(columns="seconds"), first)
