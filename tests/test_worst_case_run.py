@@ -38,7 +38,9 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     planned = plan_experiment(parse_config(config))
     attacks = [t for t in planned.missing if type(t).__name__ == "AdversaryTask"]
     assert [t.adversary for t in attacks] == [a["name"] for a in ADVERSARIES] * 2
-    assert "attack baseline_cnn_tiny seed 0 spatial (at most" in planned.describe()
+    described = planned.describe()
+    assert "attack baseline_cnn_tiny seed 0 spatial (at most" in described
+    assert ", 8 adversary searches), " in described and "under a minute here" in described
     folder = run_experiment(parse_config(config))
     rows = pd.read_csv(folder / "adversaries.csv")
     consistency = pd.read_csv(folder / "consistency.csv")

@@ -383,3 +383,15 @@ def measure_conv_ceiling(device: torch.device, *, repeats: int = 5) -> Throughpu
 def _skipped(row: ThroughputRow, reason: str) -> ThroughputRow:
     row.status, row.reason = "skipped", reason
     return row
+
+
+def forward_seconds_per_image(model: nn.Module, device: torch.device, batch_size: int = 256) -> float:
+    """Seconds per image of the model's eager forward pass on one batch here (fastest of three): for estimates."""
+    prepared = prepare_for_inference(model.eval(), device, compile="never")
+    batch = torch.rand(batch_size, 1, 28, 28, device=device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            prepared(batch)
+
+    return min(time_calls(forward, device, warmup=1, repeats=3)) / batch_size

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from robustbench_fmnist.config import ExperimentConfig
 from robustbench_fmnist.data import FashionMNIST, load_fashion_mnist, to_float_images
 from robustbench_fmnist.errors import HarnessError
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
+from robustbench_fmnist.evaluation.throughput import forward_seconds_per_image
 from robustbench_fmnist.files import hold_folder, writing
 from robustbench_fmnist.orchestration.assembly import Assembled, assemble
 from robustbench_fmnist.orchestration.bench import benchmark
@@ -39,7 +40,7 @@ from robustbench_fmnist.report.agreement import reference_cells
 from robustbench_fmnist.report.bundle import ReportData, frame, outcomes_from
 from robustbench_fmnist.report.writer import write_report
 from robustbench_fmnist.runtime import cpu_settings
-from robustbench_fmnist.training.weights import cached_weights, user_weights
+from robustbench_fmnist.training.weights import cached_weights, seeded_model, user_weights
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class PlannedExperiment:
     test_images: int
     plan: Plan
     store: TaskStore
-    done: set[TrainTask | EvaluateTask]
+    done: set[TrainTask | EvaluateTask | AdversaryTask]
+    _speed: dict[str, float] = field(default_factory=dict)  # seconds per image of each model's forward here
 
     @property
     def missing(self) -> list[TrainTask | EvaluateTask]:
@@ -69,10 +71,21 @@ class PlannedExperiment:
             f"{len(tasks) - len(self.missing)} done, {len(self.missing)} to do; executor "
             f"{self.checked.config.executor.kind}; report -> {self.checked.folder}"
         ]
-        lines += [f"  {'done' if t in self.done else 'to do':<6} {t.title}" for t in tasks]
+        lines += [f"  {'done' if t in self.done else 'to do':<6} {t.title}{self._estimate(t)}" for t in tasks]
         for model, reasons in self.plan.not_applicable.items():
             lines += [f"  {'n/a':<6} {model}: {a} {why}" for a, why in reasons.items()]
         return "\n".join(lines)
+
+    def _estimate(self, task: TrainTask | EvaluateTask | AdversaryTask) -> str:
+        """For an adversary search still to do: its most forward passes at this machine's measured forward speed."""
+        if not isinstance(task, AdversaryTask) or task in self.done:
+            return ""
+        if task.model not in self._speed:
+            resolved = next(m for m in self.checked.models if m.name == task.model)
+            model = seeded_model(resolved, task.seed)
+            self._speed[task.model] = forward_seconds_per_image(model, self.checked.device)
+        minutes = task.forward_passes * self._speed[task.model] / 60
+        return f", at most about {minutes:.0f} min here" if minutes >= 1 else ", under a minute here"
 
 
 def plan_experiment(
