@@ -65,6 +65,21 @@ def test_the_same_plan_on_ray_gives_the_local_results(tiny_experiment: dict[str,
     assert not plan_experiment(parse_config(grid)).missing, "every result came back and was stored"
 
 
+def test_adversaries_and_transfers_on_ray_give_the_local_rows(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
+    """Searches and the transfers that wait on them (through Ray's object refs) give what the local executor gives."""
+    adversaries = [
+        {"name": "spatial", "space": {"rotation": [-20, 20, 5]}, "search": "grid", "images": 20},
+        {"name": "spatial_w3", "space": "spatial", "search": "worst_of_k", "k": 3},
+    ]
+    changes = {"seeds": [0], "perturbations": [{"name": "rotation", "severities": [1]}], "adversaries": adversaries}
+    local = run_experiment(parse_config(_grid(tiny_experiment, tmp_path, "adv-local", **changes)))
+    on_ray = run_experiment(parse_config(_grid(tiny_experiment, tmp_path, "adv-ray", executor=_ray(), **changes)))
+    for name, timing in (("adversaries.csv", ["seconds"]), ("transfer.csv", [])):
+        ray_rows, local_rows = (pd.read_csv(f / name).drop(columns=timing) for f in (on_ray, local))
+        pd.testing.assert_frame_equal(ray_rows, local_rows)
+    assert len(pd.read_csv(on_ray / "transfer.csv")) == 2
+
+
 def test_a_task_that_raises_is_retried_then_reported_while_the_others_land(
     tiny_experiment: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

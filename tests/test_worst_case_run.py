@@ -40,7 +40,8 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     assert [t.adversary for t in attacks] == [a["name"] for a in ADVERSARIES] * 2
     described = planned.describe()
     assert "attack baseline_cnn_tiny seed 0 spatial (at most" in described
-    assert ", 8 adversary searches), " in described and "under a minute here" in described
+    assert ", 8 adversary searches, 2 transfers), " in described and "under a minute here" in described
+    assert "transfer spatial seed 0: deep_cnn_tiny at baseline_cnn_tiny's worst points" in described
     folder = run_experiment(parse_config(config))
     rows = pd.read_csv(folder / "adversaries.csv")
     consistency = pd.read_csv(folder / "consistency.csv")
@@ -58,7 +59,13 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     assert len(curve) == 6 and curve["accuracy"].is_monotonic_decreasing and curve["budget"].iloc[0] == 0.0
     assert curve["accuracy"].iloc[0] == pytest.approx(clean)  # no budget: the clean image alone
     assert whole.loc["spatial", "sample_images"] == 40 and 0 <= whole.loc["spatial", "orbit_consistency"] <= 1
+    transfer = pd.read_csv(folder / "transfer.csv")
+    assert sorted(zip(transfer["source"], transfer["model"], strict=True)) == [
+        ("baseline_cnn_tiny", "deep_cnn_tiny"), ("deep_cnn_tiny", "baseline_cnn_tiny")
+    ]  # fmt: skip
+    assert (transfer["accuracy"] <= transfer["accuracy_clean"]).all()
     report = (folder / "report.md").read_text()
+    assert "## Do the worst points transfer?" in report
     assert "## The worst case per image" in report and "figures/worst_case.png" in report
     assert "## Do models fail on the same images?" in report and "figures/consistency_spatial.png" in report
     assert "figures/fooling_spatial_baseline_cnn_tiny.png" in report
@@ -66,7 +73,7 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     assert len(fooling) == 2 * 5 * 3 * 3 and fooling["fooling_rate"].dropna().between(0, 1).all()
     assert (folder / "figures" / "worst_case.png").stat().st_size > 0
     run = json.loads((folder / "run.json").read_text())
-    assert sum("spatial" in name for name in run["tasks"]["records"]) == 6
+    assert sum("spatial" in name for name in run["tasks"]["records"]) == 8  # 6 searches, 2 transfers
     # stored: a second run searches nothing and gives the same rows
     again = run_experiment(parse_config(config))
     rerun = json.loads((again / "run.json").read_text())
@@ -75,7 +82,7 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     from robustbench_fmnist.cli import main
 
     assert main(["-q", "verify", str(again), "--sample", "20"]) == 0
-    assert "8 adversary records checked for integrity" in capsys.readouterr().out
+    assert "10 adversary records checked for integrity" in capsys.readouterr().out
     # the report re-renders from its own files alone, the worst-case sections included
     before = (again / "report.md").read_text()
     assert main(["-q", "report", str(again)]) == 0

@@ -20,7 +20,13 @@ from robustbench_fmnist.evaluation.sweep import CellOutputs, CellResult, cell_re
 from robustbench_fmnist.orchestration.plan import EvaluateTask, Plan, TrainTask
 from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
-from robustbench_fmnist.orchestration.worst_case import consistency_rows, fooling_rows, verdicts, worst_case_rows
+from robustbench_fmnist.orchestration.worst_case import (
+    consistency_rows,
+    fooling_rows,
+    transfer_rows,
+    verdicts,
+    worst_case_rows,
+)
 from robustbench_fmnist.report.bundle import Examples
 from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -38,6 +44,7 @@ class Assembled:
     adversaries: list[dict[str, Any]] = field(default_factory=list)  # adversaries.csv
     consistency: pd.DataFrame | None = None  # consistency.csv, for a run with adversaries
     fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the sample
+    transfer: pd.DataFrame | None = None  # transfer.csv: each model at another's worst points
 
 
 def training_method(model: ResolvedModel) -> str:
@@ -133,6 +140,8 @@ def assemble(
         assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
         assembled.consistency = consistency_rows(scored.outcomes, verdict_by_task)
         assembled.fooling = fooling_rows(attacks, labels)
+        transfers = {t: r for t in plan.transfer if t not in failures and (r := store.load_transfer(t)) is not None}
+        assembled.transfer = transfer_rows(transfers, verdict_by_task, labels) if transfers else None
     return assembled
 
 

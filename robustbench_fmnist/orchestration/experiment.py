@@ -29,11 +29,11 @@ from robustbench_fmnist.orchestration.assembly import Assembled, assemble
 from robustbench_fmnist.orchestration.bench import benchmark
 from robustbench_fmnist.orchestration.checks import check_experiment
 from robustbench_fmnist.orchestration.executors import EXECUTORS
-from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, Plan, TrainTask, build_plan
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, Plan, TrainTask, TransferTask, build_plan
 from robustbench_fmnist.orchestration.preflight import CheckedExperiment
 from robustbench_fmnist.orchestration.provenance import run_record
 from robustbench_fmnist.orchestration.task_store import TaskStore
-from robustbench_fmnist.orchestration.tasks import EvaluationSettings
+from robustbench_fmnist.orchestration.tasks import Attack, EvaluationSettings
 from robustbench_fmnist.orchestration.work import Failure, Work
 from robustbench_fmnist.orchestration.worst_case import adversary_frame
 from robustbench_fmnist.report.agreement import reference_cells
@@ -67,6 +67,7 @@ class PlannedExperiment:
         lines = [
             f"{len(tasks)} tasks ({len(self.plan.train)} trainings, {len(self.plan.evaluate)} evaluations"
             + (f", {len(self.plan.attack)} adversary searches" if self.plan.attack else "")
+            + (f", {len(self.plan.transfer)} transfers" if self.plan.transfer else "")
             + "), "
             f"{len(tasks) - len(self.missing)} done, {len(self.missing)} to do; executor "
             f"{self.checked.config.executor.kind}; report -> {self.checked.folder}"
@@ -152,7 +153,9 @@ class Executed:
             "failed": [f.line for f in self.failures],
             "executor": planned.checked.config.executor.kind,
             # the evaluation records the report was derived from: `verify <report>` checks them and results.csv
-            "records": planned.store.record_checksums([*planned.plan.evaluate, *planned.plan.attack]),
+            "records": planned.store.record_checksums(
+                [*planned.plan.evaluate, *planned.plan.attack, *planned.plan.transfer]
+            ),
         }
 
 
@@ -162,7 +165,7 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
     config = checked.config
     executed = Executed(set(), [])
 
-    def store_result(task: TrainTask | EvaluateTask | AdversaryTask, result: object) -> None:
+    def store_result(task: TrainTask | EvaluateTask | AdversaryTask | TransferTask, result: object) -> None:
         # a full disk stops the run with one line; the atomic writes leave no half-written file
         if isinstance(task, TrainTask):
             needed = sum(t.nbytes for t in result.state.values())
@@ -173,6 +176,9 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
         elif isinstance(task, AdversaryTask):
             with writing(planned.store.adversary_path(task).parent, "the evaluation store"):
                 planned.store.save_adversary(task, result)
+        elif isinstance(task, TransferTask):
+            with writing(planned.store.transfer_path(task).parent, "the evaluation store"):
+                planned.store.save_transfer(task, result)
         else:
             with writing(planned.store.evaluation_path(task).parent, "the evaluation store"):
                 planned.store.save_evaluation(task, result)
@@ -187,6 +193,7 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
             planned.data,
             _evaluation_settings(config, checked.device, planned.test_images),
             stored_weights=_stored_weights_reader(checked),
+            stored_attack=_stored_attack_reader(planned.store),
             threads=config.threads,
         )
         executed.failures = EXECUTORS.get(config.executor.kind).run(work, config.executor, store_result)
@@ -242,6 +249,7 @@ def _report_data(
         adversaries=adversary_frame(assembled.adversaries) if assembled.adversaries else None,
         consistency=assembled.consistency,
         fooling=assembled.fooling,
+        transfer=assembled.transfer,
     )
 
 
@@ -256,6 +264,18 @@ def _evaluation_settings(config: ExperimentConfig, device: torch.device, count: 
         adaptation=AdaptationSettings(evaluation.bn, evaluation.tent),
         test_images=count,
     )
+
+
+def _stored_attack_reader(store: TaskStore) -> Callable[[AdversaryTask], Attack]:
+    """Where a transfer gets the search whose worst points it uses: the task store (its task ran, or ran before)."""
+
+    def stored_attack(task: AdversaryTask) -> Attack:
+        attack = store.load_adversary(task)
+        if attack is None:
+            raise HarnessError(f"{task.title} has no stored result (it failed or was not run); run again")
+        return attack
+
+    return stored_attack
 
 
 def _stored_weights_reader(checked: CheckedExperiment) -> Callable[[EvaluateTask], dict[str, torch.Tensor]]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from robustbench_fmnist.config import ExecutorConfig
-from robustbench_fmnist.orchestration.plan import TrainTask
-from robustbench_fmnist.orchestration.tasks import run_on_weights, run_training
+from robustbench_fmnist.orchestration.plan import TrainTask, TransferTask
+from robustbench_fmnist.orchestration.tasks import run_on_weights, run_training, run_transfer
 from robustbench_fmnist.orchestration.work import (
     Failure,
     OnResult,
@@ -63,4 +63,8 @@ def _run_here(work: Work, task: Task, weights: dict[str, dict]) -> Result:
     if task.weights not in weights:
         weights.clear()
         weights[task.weights] = work.stored_weights(task)
+    if isinstance(task, TransferTask):
+        assert work.stored_attack is not None
+        source = work.stored_attack(task.source).outputs  # stored before: transfers run last, in plan order
+        return run_transfer(task, resolved, weights[task.weights], source, work.data.test, work.settings)
     return run_on_weights(task, resolved, weights[task.weights], work.data.test, work.settings)

@@ -99,6 +99,28 @@ class AdversaryTask:
         return f"attack {self.model} seed {self.seed} {self.adversary} (at most {self.forward_passes:,} forward passes)"
 
 
+@dataclass(frozen=True)
+class TransferTask:
+    """Evaluate one model's weights at the points another model's grid search found worst, image by image."""
+
+    model: str  # the model evaluated
+    seed: int
+    adversary: str
+    source: AdversaryTask  # whose worst points: another model's search with the same seed and adversary
+    weights: str
+    key: str
+    train: TrainTask | None = None
+    identity: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return self.model
+
+    @property
+    def title(self) -> str:
+        return f"transfer {self.adversary} seed {self.seed}: {self.model} at {self.source.model}'s worst points"
+
+
 @dataclass
 class Plan:
     """Every task of an experiment, in the order the local executor runs them."""
@@ -107,10 +129,12 @@ class Plan:
     evaluate: list[EvaluateTask]
     not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> adaptation -> why not
     attack: list[AdversaryTask] = field(default_factory=list)
+    transfer: list[TransferTask] = field(default_factory=list)
 
     @property
-    def tasks(self) -> list[TrainTask | EvaluateTask | AdversaryTask]:
-        """Each model-seed's training, then its evaluations, then its adversaries."""
+    def tasks(self) -> list[TrainTask | EvaluateTask | AdversaryTask | TransferTask]:
+        """Each model-seed's training, then its evaluations, then its adversaries; the transfers last (they read
+        other models' searches)."""
         ordered: list[TrainTask | EvaluateTask | AdversaryTask] = []
         by_train: dict[TrainTask | None, list[EvaluateTask | AdversaryTask]] = {}
         for task in [*self.evaluate, *self.attack]:
@@ -119,7 +143,7 @@ class Plan:
             ordered += [task, *by_train.pop(task, [])]
         for rest in by_train.values():
             ordered += rest
-        return ordered
+        return [*ordered, *self.transfer]
 
 
 def cell_groups(cells: Sequence[Cell]) -> list[tuple[Cell, ...]]:
@@ -177,7 +201,23 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                         )
                     )
             plan.attack += _adversary_tasks(checked, resolved, seed, weights, train, data_checksum, test_images)
+    plan.transfer = _transfer_tasks(plan.attack)
     return plan
+
+
+def _transfer_tasks(attacks: list[AdversaryTask]) -> list[TransferTask]:
+    """For every grid adversary and seed, each model at each other model's worst points."""
+    grids = [t for t in attacks if t.identity["adversary"]["search"] == "grid"]
+    tasks = []
+    for source in grids:
+        for target in grids:
+            if (target.adversary, target.seed) != (source.adversary, source.seed) or target.model == source.model:
+                continue
+            identity = {**target.identity, "kind": "transfer", "source_key": source.key, "source_model": source.model}
+            key = _digest(identity)
+            tasks.append(TransferTask(target.model, target.seed, target.adversary, source, target.weights, key,
+                                      target.train, identity))  # fmt: skip
+    return tasks
 
 
 # the code whose numerics decide an adversary's result, beside the evaluation's

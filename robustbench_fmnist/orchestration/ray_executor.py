@@ -21,8 +21,16 @@ import torch
 from robustbench_fmnist.config import ExecutorConfig
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.errors import ConfigError
-from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
-from robustbench_fmnist.orchestration.tasks import Attack, Evaluation, EvaluationSettings, run_on_weights, run_training
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask, TransferTask
+from robustbench_fmnist.orchestration.tasks import (
+    Attack,
+    Evaluation,
+    EvaluationSettings,
+    Transfer,
+    run_on_weights,
+    run_training,
+    run_transfer,
+)
 from robustbench_fmnist.orchestration.work import (
     Failure,
     OnResult,
@@ -80,6 +88,21 @@ def _evaluate_on_worker(
     return run_on_weights(task, resolved, state, test, settings)
 
 
+def _transfer_on_worker(
+    task: TransferTask,
+    resolved: ResolvedModel,
+    weights: TrainedWeights | dict[str, torch.Tensor],
+    source: Attack,
+    test: Split,
+    settings: EvaluationSettings,
+    threads: int,
+) -> Transfer:
+    set_progress(False)
+    apply_cpu_settings(threads)
+    state = weights.state if isinstance(weights, TrainedWeights) else weights
+    return run_transfer(task, resolved, state, source.outputs, test, settings)
+
+
 def factory_paths(models: dict[str, ResolvedModel]) -> list[str]:
     """The folders the models' `factory:` modules are imported from, so workers on this machine find them too."""
     paths = []
@@ -135,11 +158,13 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
     }
     train_remote = ray.remote(_train_on_worker).options(**options)
     evaluate_remote = ray.remote(_evaluate_on_worker).options(**options)
+    transfer_remote = ray.remote(_transfer_on_worker).options(**options)
     threads = _worker_threads(work.threads, config.cpus_per_task)
     settings = EvaluationSettings(**{**work.settings.__dict__, "show_progress": False})
     train_data, test_data = ray.put(work.data.train), ray.put(work.data.test)  # shipped once
     pending: dict[Any, Task] = {}
     training_refs: dict[TrainTask, Any] = {}
+    attack_refs: dict[AdversaryTask, Any] = {}  # a transfer waits on its source search's result through Ray
     stored: dict[str, Any] = {}  # weights loaded from the cache, put once per weights
     for task in work.tasks:
         resolved = work.models[task.model]
@@ -152,7 +177,15 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
                 if task.weights not in stored:
                     stored[task.weights] = ray.put(work.stored_weights(task))
                 weights = stored[task.weights]
-            ref = evaluate_remote.remote(task, resolved, weights, test_data, settings, threads)
+            if isinstance(task, TransferTask):
+                source = attack_refs.get(task.source)
+                if source is None:
+                    source = ray.put(work.stored_attack(task.source))
+                ref = transfer_remote.remote(task, resolved, weights, source, test_data, settings, threads)
+            else:
+                ref = evaluate_remote.remote(task, resolved, weights, test_data, settings, threads)
+                if isinstance(task, AdversaryTask):
+                    attack_refs[task] = ref
         pending[ref] = task
     failures: list[Failure] = []
     failed_training: dict[TrainTask, Failure] = {}

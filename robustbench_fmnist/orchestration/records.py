@@ -51,6 +51,8 @@ ADVERSARY_TENSORS = {
     "sample_predictions": torch.uint8,
     "found_values": torch.float32,
 }
+# a transfer task's: the point each image was evaluated at, and the class there
+TRANSFER_TENSORS = {"points": torch.int32, "predictions": torch.uint8}
 _SLACK = 1e-5  # float32 softmax may round a probability a hair past 1
 
 
@@ -146,13 +148,14 @@ def read_tensors(path: Path, schema: dict[str, torch.dtype]) -> tuple[dict[str, 
 
 
 def record_kind(path: Path) -> str:
-    """'adversary' or 'evaluation': what the record's header says it is (an unreadable one reads as evaluation)."""
+    """'adversary', 'transfer' or 'evaluation', as the record's header says (unreadable: 'evaluation')."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             identity = json.loads((handle.metadata() or {}).get("identity", "{}"))
     except (OSError, SafetensorError, ValueError):
         return "evaluation"
-    return "adversary" if isinstance(identity, dict) and identity.get("kind") == "adversary" else "evaluation"
+    kind = identity.get("kind") if isinstance(identity, dict) else None
+    return kind if kind in ("adversary", "transfer") else "evaluation"
 
 
 def read_record(path: Path) -> EvaluationRecord:

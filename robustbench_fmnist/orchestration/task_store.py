@@ -18,10 +18,11 @@ from robustbench_fmnist.data import user_cache_dir
 from robustbench_fmnist.errors import CheckpointError, ConfigError
 from robustbench_fmnist.evaluation.adversary import AdversaryOutputs
 from robustbench_fmnist.files import safe_file_name
-from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask, TransferTask
 from robustbench_fmnist.orchestration.records import (
     ADVERSARY_TENSORS,
     SUFFIX,
+    TRANSFER_TENSORS,
     RecordError,
     check_identity,
     check_identity_of,
@@ -31,7 +32,7 @@ from robustbench_fmnist.orchestration.records import (
     write_record,
     write_tensors,
 )
-from robustbench_fmnist.orchestration.tasks import Attack, Evaluation
+from robustbench_fmnist.orchestration.tasks import Attack, Evaluation, Transfer
 from robustbench_fmnist.training.checkpoints import read_checkpoint, save_checkpoint_state
 from robustbench_fmnist.training.weights import TrainedWeights
 
@@ -53,6 +54,7 @@ class TaskStore:
         self._weights: dict[str, str | None] = {}  # training key -> the checked SHA-256 of its checkpoint
         self._checksums: dict[str, str] = {}  # evaluation or adversary key -> its record's content SHA-256
         self._attacks: dict[str, Attack] = {}
+        self._transfers: dict[str, Transfer] = {}
 
     def evaluation_path(self, task: EvaluateTask) -> Path:
         return self.root / f"{safe_file_name(task.label)}-{task.key[:24]}{SUFFIX}"
@@ -63,6 +65,8 @@ class TaskStore:
             return self.load_evaluation(task) is not None
         if isinstance(task, AdversaryTask):
             return self.load_adversary(task) is not None
+        if isinstance(task, TransferTask):
+            return self.load_transfer(task) is not None
         return self.checkpoint_sha256(task) is not None
 
     def checkpoint_sha256(self, task: TrainTask) -> str | None:
@@ -91,10 +95,12 @@ class TaskStore:
         """The record file name and content SHA-256 of each of `tasks` this store has read or written."""
         return {self._path(t).name: self._checksums[t.key] for t in tasks if t.key in self._checksums}
 
-    def _path(self, task: EvaluateTask | AdversaryTask) -> Path:
+    def _path(self, task: EvaluateTask | AdversaryTask | TransferTask) -> Path:
+        if isinstance(task, TransferTask):
+            return self.transfer_path(task)
         return self.adversary_path(task) if isinstance(task, AdversaryTask) else self.evaluation_path(task)
 
-    def expected_identity(self, task: EvaluateTask | AdversaryTask) -> dict[str, Any]:
+    def expected_identity(self, task: EvaluateTask | AdversaryTask | TransferTask) -> dict[str, Any]:
         """What the task's record must name: the task, its cells, data, code, and the weights it is tied to."""
         identity = {"task_key": task.key, **task.identity, "model_label": task.label}  # another task's: said first
         if task.train is not None:
@@ -135,6 +141,46 @@ class TaskStore:
         attack = Attack(outputs, float(identity["seconds"]), str(identity["weights_sha256"]))
         self._attacks[task.key] = attack
         return attack
+
+    def transfer_path(self, task: TransferTask) -> Path:
+        name = f"{safe_file_name(task.model)}-at-{safe_file_name(task.source.model)}-{safe_file_name(task.adversary)}"
+        return self.root / f"{name}-{task.key[:24]}{SUFFIX}"
+
+    def save_transfer(self, task: TransferTask, transfer: Transfer) -> None:
+        self.load_adversary(task.source)  # its record's checksum, which the transfer names
+        identity = {**self.expected_identity(task), "seconds": transfer.seconds}
+        identity["source_record"] = self._checksums.get(task.source.key)
+        identity["weights_sha256"] = transfer.weights_sha256
+        self._checksums[task.key] = write_tensors(self.transfer_path(task), identity, transfer.tensors())
+        self._transfers[task.key] = transfer
+
+    def load_transfer(self, task: TransferTask) -> Transfer | None:
+        """The stored result of a transfer task; None if absent or not usable (it is then done again).
+
+        Tied to its source search's record too: a source searched again makes the transfer stale."""
+        if task.key in self._transfers:
+            return self._transfers[task.key]
+        path = self.transfer_path(task)
+        if not path.is_file():
+            return None
+        try:
+            if self.load_adversary(task.source) is None:
+                raise RecordError("the search whose worst points it used is not stored")
+            identity, tensors, sha = read_tensors(path, TRANSFER_TENSORS)
+            check_identity_of(
+                identity, {**self.expected_identity(task), "source_record": self._checksums[task.source.key]}
+            )
+            if len(tensors["points"]) != task.identity["test_images"]:
+                raise RecordError("it holds outputs for other than this task's images")
+        except RecordError as exc:
+            log.warning("stored transfer %s is not used (%s); evaluating again", path, exc)
+            return None
+        self._checksums[task.key] = sha
+        transfer = Transfer(
+            **tensors, seconds=float(identity["seconds"]), weights_sha256=str(identity["weights_sha256"])
+        )
+        self._transfers[task.key] = transfer
+        return transfer
 
     def load_evaluation(self, task: EvaluateTask) -> Evaluation | None:
         """The stored evaluation of `task`; None if absent or not usable (it is then done again)."""

@@ -15,9 +15,9 @@ from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
 from robustbench_fmnist.evaluation.adversary import AdversaryOutputs, Search, search_space
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
-from robustbench_fmnist.evaluation.sweep import CellOutputs, evaluate_cells
-from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
-from robustbench_fmnist.perturbations.space import Space
+from robustbench_fmnist.evaluation.sweep import NO_PREDICTION, CellOutputs, evaluate_cells
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask, TransferTask
+from robustbench_fmnist.perturbations.space import Space, perturb_at
 from robustbench_fmnist.runtime import seed_everything
 from robustbench_fmnist.training.checkpoints import state_sha256
 from robustbench_fmnist.training.resolution import ResolvedModel
@@ -175,3 +175,55 @@ def run_on_weights(
     if isinstance(task, AdversaryTask):
         return run_adversary(task, resolved, state, test, settings)
     return run_evaluation(task, resolved, state, test, settings)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a transfer task observed: per image the point it was evaluated at and the class there."""
+
+    points: torch.Tensor  # (N,) int32: the source's fooling point, else its lowest true-class probability
+    predictions: torch.Tensor  # (N,) uint8
+    seconds: float
+    weights_sha256: str
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The observations as the record stores them."""
+        return {"points": self.points, "predictions": self.predictions}
+
+
+def worst_points(source: AdversaryOutputs, space: Space) -> torch.Tensor:
+    """(N,) each image's worst point in a search: where it was fooled, else where its true class was least likely
+    (the identity for an image no point was tried on: one wrong on the clean image)."""
+    points = torch.where(source.fooling_point >= 0, source.fooling_point, source.worst_point).long()
+    identity = space.identity_index if space.identity_index is not None else 0
+    return torch.where(points >= 0, points, torch.full_like(points, identity))
+
+
+def run_transfer(
+    task: TransferTask,
+    resolved: ResolvedModel,
+    state: dict[str, torch.Tensor],
+    source: AdversaryOutputs,
+    test: Split,
+    settings: EvaluationSettings,
+) -> Transfer:
+    """The task's model at the source search's worst point of every image (one forward pass each)."""
+    started = time.perf_counter()
+    model = model_with(resolved, task.seed, state).eval()
+    prepared = prepare_for_inference(
+        model, settings.device, precision=settings.precision, channels_last=settings.channels_last, compile="never"
+    )
+    images = to_float_images(test.images[: settings.test_images], settings.device)
+    labels = test.labels[: settings.test_images]
+    space, _ = adversary_of(task.identity)
+    points = worst_points(source, space)
+    predictions = torch.empty(len(labels), dtype=torch.uint8)
+    for first in range(0, len(labels), settings.batch_size):
+        rows = torch.arange(first, min(first + settings.batch_size, len(labels)))
+        batch = perturb_at(images[rows.to(settings.device)], space, space.points[points[rows]], seed=task.seed,
+                           indices=rows)  # fmt: skip
+        with torch.inference_mode():
+            logits = prepared(batch)
+        classes = logits.float().argmax(1).masked_fill(~torch.isfinite(logits).all(1), NO_PREDICTION)
+        predictions[rows] = classes.to(torch.uint8).cpu()
+    return Transfer(points.int(), predictions, time.perf_counter() - started, state_sha256(state))

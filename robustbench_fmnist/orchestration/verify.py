@@ -29,6 +29,7 @@ from robustbench_fmnist.orchestration.received import spec_code
 from robustbench_fmnist.orchestration.records import (
     ADVERSARY_TENSORS,
     SUFFIX,
+    TRANSFER_TENSORS,
     EvaluationRecord,
     RecordError,
     read_record,
@@ -115,7 +116,7 @@ def verify_records(
         if on_record is not None:
             on_record(1)
         try:
-            if record_kind(path) == "adversary":
+            if record_kind(path) in ("adversary", "transfer"):
                 _check_adversary(path, listed)
                 found.adversary_records.append(path.name)  # searched again only by running its task again
                 continue
@@ -131,10 +132,10 @@ def verify_records(
 
 
 def _check_adversary(path: Path, listed: dict[str, str] | None) -> None:
-    """An adversary record read and its checksum (and run.json's, for a report) checked."""
+    """An adversary or transfer record read and its checksum (and run.json's, for a report) checked."""
     if not path.is_file():
         raise RecordError("it is missing")
-    sha = read_tensors(path, ADVERSARY_TENSORS)[2]
+    sha = read_tensors(path, ADVERSARY_TENSORS if record_kind(path) == "adversary" else TRANSFER_TENSORS)[2]
     if listed is not None and sha != listed[path.name]:
         raise RecordError("it is not the record the report was made from (its SHA-256 differs from run.json's)")
 

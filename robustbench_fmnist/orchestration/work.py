@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from robustbench_fmnist.config import MAX_SHOWN, ExecutorConfig, shorten
 from robustbench_fmnist.data import FashionMNIST
 from robustbench_fmnist.errors import HarnessError
-from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask
-from robustbench_fmnist.orchestration.tasks import Evaluation, EvaluationSettings
+from robustbench_fmnist.orchestration.plan import AdversaryTask, EvaluateTask, TrainTask, TransferTask
+from robustbench_fmnist.orchestration.tasks import Attack, Evaluation, EvaluationSettings, Transfer
 from robustbench_fmnist.registry import Registry
 from robustbench_fmnist.training.resolution import ResolvedModel
 from robustbench_fmnist.training.weights import TrainedWeights
 
-Task = TrainTask | EvaluateTask
+Task = TrainTask | EvaluateTask | AdversaryTask | TransferTask
 MAX_REASON_CHARACTERS = 300  # a failure line in the terminal, run.json and report.md
-Result = TrainedWeights | Evaluation
+Result = TrainedWeights | Evaluation | Attack | Transfer
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Work:
     data: FashionMNIST
     settings: EvaluationSettings
     stored_weights: Callable[[EvaluateTask], dict]  # the weights of an evaluation whose training is not in `tasks`
+    stored_attack: Callable[[AdversaryTask], Attack] | None = None  # a transfer's source search, once stored
     threads: int | None = None  # the config's `threads:`, applied on every worker
 
     def __len__(self) -> int:
@@ -87,7 +88,7 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {shorten(exc, limit)}"
 
 
-def training_failed(task: EvaluateTask | AdversaryTask, failures: dict[TrainTask, Failure]) -> Failure:
+def training_failed(task: EvaluateTask | AdversaryTask | TransferTask, failures: dict[TrainTask, Failure]) -> Failure:
     """The failure of an evaluation that could not run because its weights' training failed."""
     assert task.train is not None
     return Failure(task, 0, f"its training failed ({failures[task.train].reason})")

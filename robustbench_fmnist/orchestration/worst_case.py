@@ -27,8 +27,8 @@ from robustbench_fmnist.evaluation.consistency import (
     worst_case_curve,
 )
 from robustbench_fmnist.evaluation.metrics import wilson_interval
-from robustbench_fmnist.orchestration.plan import AdversaryTask
-from robustbench_fmnist.orchestration.tasks import Attack, adversary_of
+from robustbench_fmnist.orchestration.plan import AdversaryTask, TransferTask
+from robustbench_fmnist.orchestration.tasks import Attack, Transfer, adversary_of
 from robustbench_fmnist.perturbations.space import Space
 
 SEARCH_STRENGTH = {"random": 0, "worst_of_k": 1, "gradient": 1, "grid": 2}  # what a search's witnesses count for
@@ -222,3 +222,38 @@ def fooling_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> 
             )
         )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def transfer_rows(
+    transfers: dict[TransferTask, Transfer], verdict_by_task: dict[AdversaryTask, Verdicts], labels: torch.Tensor
+) -> pd.DataFrame:
+    """transfer.csv: each model at another's worst points (grid adversaries), beside its own worst case and clean.
+
+    An image counts as correct at the source's worst point only if the model is right on the clean image too.
+    """
+    own = {(t.model, t.seed, t.adversary): v for t, v in verdict_by_task.items()}
+    rows = []
+    for task, transfer in transfers.items():
+        mine = own.get((task.model, task.seed, task.adversary))
+        source = verdict_by_task.get(task.source)
+        if mine is None or source is None:
+            continue
+        correct = mine.clean & (transfer.predictions.long() == labels.cpu().long())
+        low, high = wilson_interval(int(correct.sum()), len(correct))
+        rows.append(
+            {
+                "adversary": task.adversary,
+                "seed": task.seed,
+                "source": task.source.model,
+                "model": task.model,
+                "accuracy": float(correct.float().mean()),
+                "n_correct": int(correct.sum()),
+                "n_images": len(correct),
+                "accuracy_low": low,
+                "accuracy_high": high,
+                "accuracy_clean": float(mine.clean.float().mean()),
+                "accuracy_own_worst_case": float(mine.correct.float().mean()),
+                "source_worst_case": float(source.correct.float().mean()),
+            }
+        )
+    return pd.DataFrame(rows)

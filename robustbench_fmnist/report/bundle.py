@@ -80,6 +80,9 @@ CONSISTENCY_COLUMNS = ["condition", "model_a", "seed_a", "model_b", "seed_b", "k
 _CONSISTENCY_TEXT = {"condition", "model_a", "model_b"}
 FOOLING_FILE = "fooling.csv"  # optional: per grid point, how often it fools the grid's sample
 FOOLING_COLUMNS = ["model", "seed", "adversary", "point", "fooling_rate", "n_images"]
+TRANSFER_FILE = "transfer.csv"  # optional: each model at the points another's grid search found worst
+TRANSFER_COLUMNS = ["adversary", "seed", "source", "model", "accuracy", "n_correct", "n_images", "accuracy_low",
+                    "accuracy_high", "accuracy_clean", "accuracy_own_worst_case", "source_worst_case"]  # fmt: skip
 THROUGHPUT_FILE = "throughput.csv"  # optional: written by `bench`, or by `run` with throughput.enabled
 
 
@@ -134,6 +137,7 @@ class ReportData:
     adversaries: pd.DataFrame | None = None  # adversaries.csv: the worst case per model, seed, adversary, budget
     consistency: pd.DataFrame | None = None  # consistency.csv: error consistency between trained models
     fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the grid's sample
+    transfer: pd.DataFrame | None = None  # transfer.csv: each model at the points worst for another
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -155,6 +159,8 @@ def write_data(folder: Path, data: ReportData) -> None:
         data.consistency.to_csv(folder / CONSISTENCY_FILE, index=False, float_format="%.6g")
     if data.fooling is not None and len(data.fooling):
         data.fooling.to_csv(folder / FOOLING_FILE, index=False, float_format="%.6g")
+    if data.transfer is not None and len(data.transfer):
+        data.transfer.to_csv(folder / TRANSFER_FILE, index=False, float_format="%.6g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -202,13 +208,15 @@ def read_data(folder: str | Path) -> ReportData:
     reference = None
     if (folder / REFERENCE_FILE).exists():
         reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
-    adversaries = consistency = fooling = None
+    adversaries = consistency = fooling = transfer = None
     if (folder / ADVERSARIES_FILE).exists():
         adversaries = _read_table(folder / ADVERSARIES_FILE, ADVERSARY_COLUMNS, "adversaries")
     if (folder / CONSISTENCY_FILE).exists():
         consistency = _read_table(folder / CONSISTENCY_FILE, CONSISTENCY_COLUMNS, "consistency")
     if (folder / FOOLING_FILE).exists():
         fooling = _read_table(folder / FOOLING_FILE, FOOLING_COLUMNS, "fooling")
+    if (folder / TRANSFER_FILE).exists():
+        transfer = _read_table(folder / TRANSFER_FILE, TRANSFER_COLUMNS, "transfer")
     return ReportData(
         **tables,
         run=run,
@@ -219,6 +227,7 @@ def read_data(folder: str | Path) -> ReportData:
         adversaries=adversaries,
         consistency=consistency,
         fooling=fooling,
+        transfer=transfer,
     )
 
 
@@ -262,6 +271,7 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
         "adversaries": _ADVERSARY_TEXT,
         "consistency": _CONSISTENCY_TEXT,
         "fooling": {"model", "adversary"},
+        "transfer": {"adversary", "source", "model"},
     }.get(kind, _TEXT_COLUMNS)
     for column in (c for c in columns if c not in text):
         if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):

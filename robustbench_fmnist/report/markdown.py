@@ -32,7 +32,13 @@ from robustbench_fmnist.report.tables import (
     summary_spread,
     summary_table,
 )
-from robustbench_fmnist.report.worst_case import CONSISTENCY_HEADERS, consistency_summary, worst_case_section
+from robustbench_fmnist.report.worst_case import (
+    CONSISTENCY_HEADERS,
+    TRANSFER_HEADERS,
+    consistency_summary,
+    transfer_table,
+    worst_case_section,
+)
 from robustbench_fmnist.report.worst_case import HEADERS as WORST_CASE_HEADERS
 from robustbench_fmnist.statistics import t_quantile
 
@@ -108,6 +114,18 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
     if data.adversaries is not None:
         opening, rows = worst_case_section(data.adversaries)
         out += [*opening, markdown_table(WORST_CASE_HEADERS, rows, "lllrrrrr"), ""]
+    if data.transfer is not None:
+        out += [
+            "## Do the worst points transfer?",
+            "",
+            "Each model evaluated at the point of each image that another model's grid search found worst (where it "
+            "fooled that model, else where that model's true class was least likely); an image counts only if the "
+            "model is also right on the clean image. Near its own worst case, the points fool both models; near "
+            "clean, each model has worst points of its own. Per seed in `transfer.csv`.",
+            "",
+            markdown_table(TRANSFER_HEADERS, transfer_table(data.transfer), "llrlrr"),
+            "",
+        ]
     if data.consistency is not None:
         out += [
             "## Do models fail on the same images?",

@@ -142,3 +142,23 @@ def fooling_heatmaps(fooling: pd.DataFrame, adversaries: list[dict[str, Any]]) -
             )
         )
     return maps
+
+
+TRANSFER_HEADERS = ["adversary", "model", "at its own worst points", "at the worst points of", "there", "clean"]
+
+
+def transfer_table(transfer: pd.DataFrame) -> list[list[str]]:
+    """Per adversary and model: its own worst case, and its accuracy at each other model's worst points (seed means)."""
+    rows = []
+    for (adversary, model, source), group in transfer.groupby(["adversary", "model", "source"], sort=False):
+        rows.append(
+            [
+                adversary,
+                model,
+                _spread(group["accuracy_own_worst_case"]),
+                source,
+                _spread(group["accuracy"]),
+                _spread(group["accuracy_clean"]),
+            ]
+        )
+    return rows
