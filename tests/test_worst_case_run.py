@@ -69,6 +69,9 @@ def test_adversaries_run_as_tasks_store_records_and_give_ordered_rows(config: di
     assert "## The worst case per image" in report and "figures/worst_case.png" in report
     assert "## Do models fail on the same images?" in report and "figures/consistency_spatial.png" in report
     assert "figures/fooling_spatial_baseline_cnn_tiny.png" in report
+    assert "figures/fooling_by_class_spatial_baseline_cnn_tiny.png" in report
+    by_class = pd.read_csv(folder / "fooling_by_class.csv")
+    assert len(by_class) == 2 * 10 * 5 * 3  # models x classes x rotation x translate_x
     fooling = pd.read_csv(folder / "fooling.csv")
     assert len(fooling) == 2 * 5 * 3 * 3 and fooling["fooling_rate"].dropna().between(0, 1).all()
     assert (folder / "figures" / "worst_case.png").stat().st_size > 0

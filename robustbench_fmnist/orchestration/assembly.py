@@ -22,6 +22,7 @@ from robustbench_fmnist.orchestration.task_store import TaskStore
 from robustbench_fmnist.orchestration.tasks import Evaluation
 from robustbench_fmnist.orchestration.worst_case import (
     consistency_rows,
+    fooling_by_class_rows,
     fooling_rows,
     transfer_rows,
     verdicts,
@@ -45,6 +46,7 @@ class Assembled:
     consistency: pd.DataFrame | None = None  # consistency.csv, for a run with adversaries
     fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the sample
     transfer: pd.DataFrame | None = None  # transfer.csv: each model at another's worst points
+    fooling_by_class: pd.DataFrame | None = None  # fooling_by_class.csv: the heatmaps' slices per true class
 
 
 def training_method(model: ResolvedModel) -> str:
@@ -140,6 +142,7 @@ def assemble(
         assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
         assembled.consistency = consistency_rows(scored.outcomes, verdict_by_task)
         assembled.fooling = fooling_rows(attacks, labels)
+        assembled.fooling_by_class = fooling_by_class_rows(attacks, labels)
         transfers = {t: r for t in plan.transfer if t not in failures and (r := store.load_transfer(t)) is not None}
         assembled.transfer = transfer_rows(transfers, verdict_by_task, labels) if transfers else None
     return assembled

@@ -250,6 +250,7 @@ def _report_data(
         consistency=assembled.consistency,
         fooling=assembled.fooling,
         transfer=assembled.transfer,
+        fooling_by_class=assembled.fooling_by_class,
     )
 
 

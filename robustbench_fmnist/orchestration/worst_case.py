@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.evaluation.adversary import BUDGET_LEVELS, NONE, AdversaryOutputs
 from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.evaluation.consistency import (
     consistency_matrix,
     fooling_rate_per_point,
+    fooling_rate_per_point_by_class,
+    heatmap,
     mean_accuracy_over_points,
     orbit_consistency,
     worst_case_curve,
@@ -257,3 +260,31 @@ def transfer_rows(
             }
         )
     return pd.DataFrame(rows)
+
+
+def fooling_by_class_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> pd.DataFrame:
+    """fooling_by_class.csv: per grid adversary of 2+ dimensions, model and true class, how often each point of its
+    first two dimensions fools the sample's images right clean (other dimensions and seeds averaged)."""
+    slices: dict[tuple[str, str], list[torch.Tensor]] = {}
+    grids: dict[tuple[str, str], Space] = {}
+    for task, attack in attacks.items():
+        outputs = attack.outputs
+        space = adversary_of(task.identity)[0]
+        if not len(outputs.sample_indices) or len(space.dims) < 2:
+            continue
+        sample_labels = labels.cpu()[outputs.sample_indices]
+        clean = outputs.clean_prediction[outputs.sample_indices].long() == sample_labels.long()
+        rates = fooling_rate_per_point_by_class(outputs.sample_predictions, sample_labels, clean, len(CLASS_NAMES))
+        shape = tuple(len(g) for g in space.grids)
+        key = (task.model, task.adversary)
+        slices.setdefault(key, []).append(torch.stack([heatmap(r, shape, (0, 1)) for r in rates]))
+        grids[key] = space
+    rows = []
+    for (model, adversary), per_seed in slices.items():
+        mean = torch.nanmean(torch.stack(per_seed), dim=0)  # (classes, rows, cols)
+        space = grids[model, adversary]
+        for c, name in enumerate(CLASS_NAMES):
+            for i, row_value in enumerate(space.grids[0].tolist()):
+                for j, col_value in enumerate(space.grids[1].tolist()):
+                    rows.append([model, adversary, name, row_value, col_value, float(mean[c, i, j])])
+    return pd.DataFrame(rows, columns=["model", "adversary", "class", "row_value", "col_value", "fooling_rate"])

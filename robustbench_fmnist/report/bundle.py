@@ -80,6 +80,8 @@ CONSISTENCY_COLUMNS = ["condition", "model_a", "seed_a", "model_b", "seed_b", "k
 _CONSISTENCY_TEXT = {"condition", "model_a", "model_b"}
 FOOLING_FILE = "fooling.csv"  # optional: per grid point, how often it fools the grid's sample
 FOOLING_COLUMNS = ["model", "seed", "adversary", "point", "fooling_rate", "n_images"]
+FOOLING_BY_CLASS_FILE = "fooling_by_class.csv"  # optional: fooling.csv's heatmap slices per true class
+FOOLING_BY_CLASS_COLUMNS = ["model", "adversary", "class", "row_value", "col_value", "fooling_rate"]
 TRANSFER_FILE = "transfer.csv"  # optional: each model at the points another's grid search found worst
 TRANSFER_COLUMNS = ["adversary", "seed", "source", "model", "accuracy", "n_correct", "n_images", "accuracy_low",
                     "accuracy_high", "accuracy_clean", "accuracy_own_worst_case", "source_worst_case"]  # fmt: skip
@@ -138,6 +140,7 @@ class ReportData:
     consistency: pd.DataFrame | None = None  # consistency.csv: error consistency between trained models
     fooling: pd.DataFrame | None = None  # fooling.csv: each grid point's fooling rate on the grid's sample
     transfer: pd.DataFrame | None = None  # transfer.csv: each model at the points worst for another
+    fooling_by_class: pd.DataFrame | None = None  # fooling_by_class.csv: the heatmap slices per true class
 
 
 def frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -161,6 +164,8 @@ def write_data(folder: Path, data: ReportData) -> None:
         data.fooling.to_csv(folder / FOOLING_FILE, index=False, float_format="%.6g")
     if data.transfer is not None and len(data.transfer):
         data.transfer.to_csv(folder / TRANSFER_FILE, index=False, float_format="%.6g")
+    if data.fooling_by_class is not None and len(data.fooling_by_class):
+        data.fooling_by_class.to_csv(folder / FOOLING_BY_CLASS_FILE, index=False, float_format="%.4g")
     if data.examples is not None:
         ex = data.examples
         np.savez_compressed(
@@ -208,7 +213,7 @@ def read_data(folder: str | Path) -> ReportData:
     reference = None
     if (folder / REFERENCE_FILE).exists():
         reference = _read_table(folder / REFERENCE_FILE, REFERENCE_COLUMNS, "reference")
-    adversaries = consistency = fooling = transfer = None
+    adversaries = consistency = fooling = transfer = by_class = None
     if (folder / ADVERSARIES_FILE).exists():
         adversaries = _read_table(folder / ADVERSARIES_FILE, ADVERSARY_COLUMNS, "adversaries")
     if (folder / CONSISTENCY_FILE).exists():
@@ -217,6 +222,8 @@ def read_data(folder: str | Path) -> ReportData:
         fooling = _read_table(folder / FOOLING_FILE, FOOLING_COLUMNS, "fooling")
     if (folder / TRANSFER_FILE).exists():
         transfer = _read_table(folder / TRANSFER_FILE, TRANSFER_COLUMNS, "transfer")
+    if (folder / FOOLING_BY_CLASS_FILE).exists():
+        by_class = _read_table(folder / FOOLING_BY_CLASS_FILE, FOOLING_BY_CLASS_COLUMNS, "fooling_by_class")
     return ReportData(
         **tables,
         run=run,
@@ -228,6 +235,7 @@ def read_data(folder: str | Path) -> ReportData:
         consistency=consistency,
         fooling=fooling,
         transfer=transfer,
+        fooling_by_class=by_class,
     )
 
 
@@ -272,6 +280,7 @@ def _read_table(path: Path, columns: list[str], kind: str) -> pd.DataFrame:
         "consistency": _CONSISTENCY_TEXT,
         "fooling": {"model", "adversary"},
         "transfer": {"adversary", "source", "model"},
+        "fooling_by_class": {"model", "adversary", "class"},
     }.get(kind, _TEXT_COLUMNS)
     for column in (c for c in columns if c not in text):
         if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):

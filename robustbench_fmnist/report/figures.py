@@ -385,3 +385,34 @@ def plot_consistency_matrix(matrix: pd.DataFrame, path: Path, title: str) -> Non
         axis.set_title(title)
         figure.tight_layout()
         _save(_png(figure), path)
+
+
+def plot_class_heatmaps(by_class: pd.DataFrame, row_name: str, col_name: str, title: str, path: Path) -> None:
+    """fooling_by_class.csv's rows of one model and adversary: a heatmap per true class, on one colour scale."""
+    classes = list(dict.fromkeys(by_class["class"]))
+    row_values = sorted(set(by_class["row_value"]))
+    col_values = sorted(set(by_class["col_value"]))
+    colours = plt.get_cmap("Reds").with_extremes(bad="lightgrey")  # NaN: no image of the class right clean
+    columns = 5
+    rows = -(-len(classes) // columns)
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.1 * rows + 0.6), squeeze=False)
+        image = None
+        for axis, name in zip(axes.flat, classes, strict=False):
+            mine = by_class[by_class["class"] == name].pivot(
+                index="row_value", columns="col_value", values="fooling_rate"
+            )
+            values = mine.reindex(index=row_values, columns=col_values).to_numpy(dtype=float)
+            image = axis.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=0, vmax=1, aspect="auto")
+            axis.set_title(name, fontsize=8)
+            axis.set_xticks(*_sparse_ticks(col_values, 3))
+            axis.set_yticks(*_sparse_ticks(row_values, 3))
+            axis.tick_params(labelsize=6)
+        for axis in list(axes.flat)[len(classes) :]:
+            axis.axis("off")
+        figure.supxlabel(col_name, fontsize=8)
+        figure.supylabel(row_name, fontsize=8)
+        if image is not None:
+            figure.colorbar(image, ax=axes, label="share of images fooled", shrink=0.8)
+        figure.suptitle(title, fontsize=9)
+        _save(_png(figure), path)

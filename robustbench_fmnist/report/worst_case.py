@@ -120,12 +120,22 @@ class Heatmap:
     col_name: str
 
 
+def space_dims(adversaries: list[dict[str, Any]], name: str) -> tuple[str, ...]:
+    """The dimensions of the named adversary's space, as run.json's config records it."""
+    space = next(a["space"] for a in adversaries if a["name"] == name)
+    return _space(space).dims
+
+
+def _space(space: dict[str, Any]) -> Space:
+    return Space(tuple((axis, float(lo), float(hi), int(n)) for axis, (lo, hi, n) in space.items()))
+
+
 def fooling_heatmaps(fooling: pd.DataFrame, adversaries: list[dict[str, Any]]) -> list[Heatmap]:
     """Per grid adversary of two or more dimensions and per model, the seed-averaged fooling rate of every point."""
     spaces = {a["name"]: a["space"] for a in adversaries}
     maps = []
     for (adversary, model), group in fooling.groupby(["adversary", "model"], sort=False):
-        space = Space(tuple((axis, float(lo), float(hi), int(n)) for axis, (lo, hi, n) in spaces[adversary].items()))
+        space = _space(spaces[adversary])
         if len(space.dims) < 2:
             continue
         rates = torch.tensor(group.groupby("point")["fooling_rate"].mean().sort_index().to_numpy())

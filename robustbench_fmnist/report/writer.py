@@ -25,7 +25,7 @@ from robustbench_fmnist.report.html import render_html
 from robustbench_fmnist.report.markdown import render_markdown
 from robustbench_fmnist.report.remedies import cell_gap_table
 from robustbench_fmnist.report.tables import seed_mean
-from robustbench_fmnist.report.worst_case import fooling_heatmaps, model_matrix, seed_curves
+from robustbench_fmnist.report.worst_case import fooling_heatmaps, model_matrix, seed_curves, space_dims
 
 FAMILY_ORDER = ("lighting", "viewpoint", "noise", "blur", "digital")
 
@@ -119,6 +119,14 @@ def render_files(folder: Path) -> None:
                 folder / "figures" / shown.filename,
             )  # fmt: skip
             drawn[shown.title] = f"figures/{shown.filename}"
+    if data.fooling_by_class is not None:
+        adversaries = data.run["config"].get("adversaries") or []
+        for (model, adversary), rows in data.fooling_by_class.groupby(["model", "adversary"], sort=False):
+            row_name, col_name = space_dims(adversaries, adversary)[:2]
+            name = f"fooling_by_class_{safe_file_name(adversary)}_{safe_file_name(model)}.png"
+            title = f"How often each point fools {model}, by true class: {adversary}"
+            figures.plot_class_heatmaps(rows, row_name, col_name, title, folder / "figures" / name)
+            drawn[title] = f"figures/{name}"
     if data.consistency is not None:
         for condition in dict.fromkeys(data.consistency["condition"]):
             matrix = model_matrix(data.consistency, condition)
