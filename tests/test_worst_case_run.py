@@ -119,3 +119,19 @@ def test_an_edited_adversary_record_is_searched_again(config: dict[str, Any], ca
     assert len(lines) == 1 and "does not match the SHA-256" in lines[0] and "searching again" in lines[0]
     assert json.loads((folder / "run.json").read_text())["tasks"]["ran"] == 1
     pd.testing.assert_frame_equal(pd.read_csv(folder / "adversaries.csv").drop(columns="seconds"), first)
+
+
+def test_bench_measures_each_adversarys_search_step_against_the_bare_forward(config: dict[str, Any]) -> None:
+    from robustbench_fmnist.orchestration.bench import run_bench
+
+    quick = {"devices": ["cpu"], "batch_sizes": [32], "dtypes": ["float32"], "latency": False,
+             "training_batch_size": None, "perturbations": False, "sweep": False, "repeats": 1}  # fmt: skip
+    config = {**config, "models": config["models"][:1], "adversaries": ADVERSARIES[:2], "throughput": quick}
+    folder, table = run_bench(parse_config(config))
+    steps = table[table["kind"].isin(["adversary step", "adversary forward"])]
+    assert sorted(set(steps["model"])) == ["baseline_cnn_tiny spatial", "baseline_cnn_tiny spatial_w4"]
+    assert (steps["images_per_second"] > 0).all() and len(steps) == 4
+    assert (folder / "throughput.csv").is_file()
+    from robustbench_fmnist.report.markdown import _throughput  # the throughput section a report shows
+
+    assert "A worst-case search's step" in "\n".join(_throughput(table))

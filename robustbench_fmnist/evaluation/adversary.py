@@ -21,6 +21,7 @@ was observed per image (classes, points, probabilities); every accuracy is deriv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -404,3 +405,12 @@ def _differentiable(images: torch.Tensor, space: Space, values: torch.Tensor) ->
             elif entry.name == "exposure":
                 out = (out * amount).clamp(0, 1)
     return out
+
+
+def adversary_step(
+    prepared: PreparedModel, images: torch.Tensor, labels: torch.Tensor, space: Space, name: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One step of a search as `search_space` runs it, for timing: (rows, points) -> the classes there."""
+    scorer = _Scorer(prepared, images, labels, space, name=name, seed=0)
+    scorer.fooled_clean(labels.to(torch.uint8), torch.ones(len(labels)))
+    return lambda rows, points: scorer.score(rows, points, torch.zeros_like(points), uniform=False)

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from robustbench_fmnist.evaluation.adversary import adversary_step, draws
 from robustbench_fmnist.evaluation.cells import Cell, perturb_cell
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
 from robustbench_fmnist.evaluation.sweep import evaluate_cells
+from robustbench_fmnist.perturbations.space import Space
 
 THROUGHPUT_COLUMNS = [
     "kind",
@@ -395,3 +397,40 @@ def forward_seconds_per_image(model: nn.Module, device: torch.device, batch_size
             prepared(batch)
 
     return min(time_calls(forward, device, warmup=1, repeats=3)) / batch_size
+
+
+def measure_adversary_step(
+    name: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    space: Space,
+    *,
+    batch_size: int = 1000,
+    repeats: int = 3,
+) -> list[ThroughputRow]:
+    """A worst-case search's step (each image perturbed at its own point, the forward pass, the verdicts kept)
+    against the bare forward pass on the same batch: rows `adversary step` and `adversary forward`."""
+    device = images.device
+    prepared = prepare_for_inference(model.eval(), device, compile="never")
+    count = min(batch_size, len(labels))
+    rows = torch.arange(count)
+    points = draws(space, count, 1, seed=0, indices=rows)[:, 0]
+    step = adversary_step(prepared, images[:count], labels[:count].cpu(), space, name)
+    batch = images[:count].contiguous(memory_format=prepared.memory_format)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            prepared(batch).argmax(1)
+
+    times = _alternated_times(
+        {"adversary step": lambda: step(rows, points), "adversary forward": bare}, device, repeats
+    )
+    out = []
+    for kind, seconds in times.items():
+        row = ThroughputRow(kind, name, str(device), count, channels_last=prepared.memory_format == torch.channels_last)
+        row.__dict__.update(_rates(count, seconds))
+        row.ms_per_batch = 1000 * statistics.median(seconds)
+        row.threads = torch.get_num_threads()
+        out.append(row)
+    return out

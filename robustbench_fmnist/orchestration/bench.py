@@ -17,6 +17,7 @@ from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.evaluation.throughput import (
     THROUGHPUT_COLUMNS,
     ThroughputRow,
+    measure_adversary_step,
     measure_conv_ceiling,
     measure_inference,
     measure_latency,
@@ -27,6 +28,7 @@ from robustbench_fmnist.evaluation.throughput import (
 from robustbench_fmnist.files import hold_folder
 from robustbench_fmnist.models import count_macs
 from robustbench_fmnist.orchestration.checks import check_experiment
+from robustbench_fmnist.perturbations.space import Space
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.runtime import cpu_settings, seed_everything
@@ -111,6 +113,14 @@ def _throughput_plan(
                 repeats=max(1, min(settings.repeats, 3)),
             )
             plan.append((f"{name} sweep", measure))
+    for spec in config.adversaries:
+        space = Space(tuple((axis, float(lo), float(hi), int(n)) for axis, (lo, hi, n) in spec.space.items()))
+        for name, model, _ in models:
+            measure = partial(
+                measure_adversary_step, f"{name} {spec.name}", model, images, labels, space,
+                batch_size=config.evaluation.batch_size, repeats=max(1, min(settings.repeats, 3)),
+            )  # fmt: skip
+            plan.append((f"{name} {spec.name} step", measure))
     if settings.perturbations:
         seed = config.run_seeds[0]
         plan += [

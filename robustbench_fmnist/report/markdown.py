@@ -560,6 +560,7 @@ def _throughput(throughput: pd.DataFrame) -> list[str]:
     out = _inference_table(ok)
     out += _latency_and_training_table(ok)
     out += _sweep_table(ok)
+    out += _adversary_step_table(ok)
     out += _perturbation_table(ok)
     skipped = throughput[throughput["status"] == "skipped"]
     if len(skipped):
@@ -639,6 +640,26 @@ def _sweep_table(ok: pd.DataFrame) -> list[str]:
         "The evaluation sweep (perturb, forward, score) against the bare forward pass over the same batches:",
         "",
         markdown_table(["model", "forward images/s", "sweep images/s", "sweep / forward (%)"], lines),
+        "",
+    ]
+
+
+def _adversary_step_table(ok: pd.DataFrame) -> list[str]:
+    """A worst-case search's step against the bare forward pass on the same batch, where both were measured."""
+    steps = ok[ok["kind"].isin(["adversary step", "adversary forward"])]
+    if steps.empty:
+        return []
+    table = steps.pivot_table(index="model", columns="kind", values="images_per_second", sort=False)
+    lines = [
+        [model, _rate(r["adversary forward"]), _rate(r["adversary step"]),
+         ratio(r["adversary step"] / r["adversary forward"])]
+        for model, r in table.iterrows()
+    ]  # fmt: skip
+    return [
+        "A worst-case search's step (each image at its own point, perturbed, forward, verdicts kept) against the "
+        "bare forward pass on the same batch:",
+        "",
+        markdown_table(["model", "forward images/s", "search step images/s", "step / forward (%)"], lines),
         "",
     ]
 
