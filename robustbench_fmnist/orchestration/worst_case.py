@@ -34,7 +34,9 @@ from robustbench_fmnist.orchestration.plan import AdversaryTask, TransferTask
 from robustbench_fmnist.orchestration.tasks import Attack, Transfer, adversary_of
 from robustbench_fmnist.perturbations.space import Space
 
-SEARCH_STRENGTH = {"random": 0, "worst_of_k": 1, "gradient": 1, "grid": 2}  # what a search's witnesses count for
+# whose witnesses a search counts: those of weaker searches over the same space (gradient counts the random draw,
+# its own first point, and nobody counts gradient's off-grid points)
+SEARCH_STRENGTH = {"random": 0.0, "gradient": 0.5, "worst_of_k": 1.0, "grid": 2.0}
 
 
 @dataclass(frozen=True)
