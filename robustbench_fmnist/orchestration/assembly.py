@@ -136,16 +136,28 @@ def assemble(
             models_info += entries
     examples = collect_examples(cells, test_images, labels, example_outputs, first_seed)
     assembled = Assembled(scored, models_info, examples, first_seed_models)
-    attacks = {t: a for t in plan.attack if t not in failures and (a := store.load_adversary(t)) is not None}
-    if attacks:
-        verdict_by_task = verdicts(attacks, labels)
-        assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
-        assembled.consistency = consistency_rows(scored.outcomes, verdict_by_task)
-        assembled.fooling = fooling_rows(attacks, labels)
-        assembled.fooling_by_class = fooling_by_class_rows(attacks, labels)
-        transfers = {t: r for t in plan.transfer if t not in failures and (r := store.load_transfer(t)) is not None}
-        assembled.transfer = transfer_rows(transfers, verdict_by_task, labels) if transfers else None
+    _add_worst_case(assembled, plan, store, failures, labels)
     return assembled
+
+
+def _add_worst_case(
+    assembled: Assembled,
+    plan: Plan,
+    store: TaskStore,
+    failures: dict[TrainTask | EvaluateTask, str],
+    labels: torch.Tensor,
+) -> None:
+    """The worst-case tables, derived from the stored searches and transfers (nothing without adversaries)."""
+    attacks = {t: a for t in plan.attack if t not in failures and (a := store.load_adversary(t)) is not None}
+    if not attacks:
+        return
+    verdict_by_task = verdicts(attacks, labels)
+    assembled.adversaries = worst_case_rows(attacks, labels, verdict_by_task)
+    assembled.consistency = consistency_rows(assembled.scored.outcomes, verdict_by_task)
+    assembled.fooling = fooling_rows(attacks, labels)
+    assembled.fooling_by_class = fooling_by_class_rows(attacks, labels)
+    transfers = {t: r for t in plan.transfer if t not in failures and (r := store.load_transfer(t)) is not None}
+    assembled.transfer = transfer_rows(transfers, verdict_by_task, labels) if transfers else None
 
 
 def _score_stored(

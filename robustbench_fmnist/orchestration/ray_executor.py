@@ -149,7 +149,8 @@ def run_on_ray(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[
         ray.shutdown()  # disconnects this driver; the cluster keeps running
 
 
-def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnResult) -> list[Failure]:
+def _submit(ray: Any, work: Work, config: ExecutorConfig) -> dict[Any, Task]:
+    """Every task handed to Ray in plan order, each waiting on the results it reads through their refs."""
     options = {
         "num_cpus": config.cpus_per_task,
         "num_gpus": config.gpus_per_task,
@@ -187,6 +188,11 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
                 if isinstance(task, AdversaryTask):
                     attack_refs[task] = ref
         pending[ref] = task
+    return pending
+
+
+def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnResult) -> list[Failure]:
+    pending = _submit(ray, work, config)
     failures: list[Failure] = []
     failed_training: dict[TrainTask, Failure] = {}
     waiting = list(pending)  # the tasks whose results have not come back

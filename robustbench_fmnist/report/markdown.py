@@ -111,6 +111,24 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
         out += _against_reference(data)
     out += _models(cells, run["models"])
     out += _summary(data.results, cells, reference, _exposure(data.results))
+    out += _worst_case_sections(data)
+    out += ["## Figures", ""]
+    out += [f"![{title}]({path})\n" for title, path in figures.items()]
+    out += _per_class(data)
+    units = {p["name"]: p["unit"] for p in run["perturbations"]}
+    exposure = _exposure(data.results)
+    for pert in run["perturbations"]:
+        if pert["name"] in set(cells["perturbation"]):
+            out += _perturbation_section(cells, pert, units[pert["name"]], exposure)
+    if data.throughput is not None:
+        out += _throughput(data.throughput)
+    out += _environment(run)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _worst_case_sections(data: ReportData) -> list[str]:
+    """The worst case, transfer and error consistency sections of a run with adversaries (none otherwise)."""
+    out: list[str] = []
     if data.adversaries is not None:
         opening, rows = worst_case_section(data.adversaries)
         out += [*opening, markdown_table(WORST_CASE_HEADERS, rows, "lllrrrrr"), ""]
@@ -138,18 +156,7 @@ def render_markdown(data: ReportData, figures: dict[str, str]) -> str:
             markdown_table(CONSISTENCY_HEADERS, consistency_summary(data.consistency), "lrrrr"),
             "",
         ]
-    out += ["## Figures", ""]
-    out += [f"![{title}]({path})\n" for title, path in figures.items()]
-    out += _per_class(data)
-    units = {p["name"]: p["unit"] for p in run["perturbations"]}
-    exposure = _exposure(data.results)
-    for pert in run["perturbations"]:
-        if pert["name"] in set(cells["perturbation"]):
-            out += _perturbation_section(cells, pert, units[pert["name"]], exposure)
-    if data.throughput is not None:
-        out += _throughput(data.throughput)
-    out += _environment(run)
-    return "\n".join(out).rstrip("\n") + "\n"
+    return out
 
 
 def _invalid_cells(results: pd.DataFrame) -> list[str]:

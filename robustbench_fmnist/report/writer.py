@@ -109,31 +109,7 @@ def render_files(folder: Path) -> None:
         for m, model in enumerate(ex.models):
             png = figures.example_grid(ex.images, ex.labels, ex.predictions[m], ex.row_names, CLASS_NAMES, model)
             save(f"Examples: {model}", f"examples_{safe_file_name(model)}.png", png)
-    if data.adversaries is not None and (data.adversaries["search"] == "grid").any():
-        figures.plot_worst_case_curves(seed_curves(data.adversaries), folder / "figures" / "worst_case.png")
-        drawn["Worst-case accuracy by budget"] = "figures/worst_case.png"
-    if data.fooling is not None:
-        for shown in fooling_heatmaps(data.fooling, data.run["config"].get("adversaries") or []):
-            figures.plot_fooling_heatmap(
-                shown.grid, shown.row_values, shown.col_values, shown.row_name, shown.col_name, shown.title,
-                folder / "figures" / shown.filename,
-            )  # fmt: skip
-            drawn[shown.title] = f"figures/{shown.filename}"
-    if data.fooling_by_class is not None:
-        adversaries = data.run["config"].get("adversaries") or []
-        for (model, adversary), rows in data.fooling_by_class.groupby(["model", "adversary"], sort=False):
-            row_name, col_name = space_dims(adversaries, adversary)[:2]
-            name = f"fooling_by_class_{safe_file_name(adversary)}_{safe_file_name(model)}.png"
-            title = f"How often each point fools {model}, by true class: {adversary}"
-            figures.plot_class_heatmaps(rows, row_name, col_name, title, folder / "figures" / name)
-            drawn[title] = f"figures/{name}"
-    if data.consistency is not None:
-        for condition in dict.fromkeys(data.consistency["condition"]):
-            matrix = model_matrix(data.consistency, condition)
-            if condition.startswith("worst case") and len(set(matrix["model_a"]) | set(matrix["model_b"])) >= 2:
-                name = f"consistency_{safe_file_name(condition.removeprefix('worst case: '))}.png"
-                figures.plot_consistency_matrix(matrix, folder / "figures" / name, f"Error consistency, {condition}")
-                drawn[f"Error consistency, {condition}"] = f"figures/{name}"
+    drawn.update(_worst_case_figures(data, folder / "figures"))
     if data.throughput is not None and (data.throughput["kind"] == "inference").any():
         save("Inference throughput by batch size", "throughput.png", figures.throughput_curves(data.throughput))
     gaps = cell_gap_table(data.results, data.run["models"])
@@ -143,3 +119,34 @@ def render_files(folder: Path) -> None:
     (folder / "report.md").write_text(text, encoding="utf-8")
     title = f"Robustness report: {data.run['config']['name']}"
     (folder / "report.html").write_text(render_html(text, folder, title), encoding="utf-8")
+
+
+def _worst_case_figures(data: ReportData, figures_dir: Path) -> dict[str, str]:
+    """The worst-case curves, fooling heatmaps and kappa matrices of a run with adversaries: title -> path."""
+    drawn: dict[str, str] = {}
+    if data.adversaries is not None and (data.adversaries["search"] == "grid").any():
+        figures.plot_worst_case_curves(seed_curves(data.adversaries), figures_dir / "worst_case.png")
+        drawn["Worst-case accuracy by budget"] = "figures/worst_case.png"
+    if data.fooling is not None:
+        for shown in fooling_heatmaps(data.fooling, data.run["config"].get("adversaries") or []):
+            figures.plot_fooling_heatmap(
+                shown.grid, shown.row_values, shown.col_values, shown.row_name, shown.col_name, shown.title,
+                figures_dir / shown.filename,
+            )  # fmt: skip
+            drawn[shown.title] = f"figures/{shown.filename}"
+    if data.fooling_by_class is not None:
+        adversaries = data.run["config"].get("adversaries") or []
+        for (model, adversary), rows in data.fooling_by_class.groupby(["model", "adversary"], sort=False):
+            row_name, col_name = space_dims(adversaries, adversary)[:2]
+            name = f"fooling_by_class_{safe_file_name(adversary)}_{safe_file_name(model)}.png"
+            title = f"How often each point fools {model}, by true class: {adversary}"
+            figures.plot_class_heatmaps(rows, row_name, col_name, title, figures_dir / name)
+            drawn[title] = f"figures/{name}"
+    if data.consistency is not None:
+        for condition in dict.fromkeys(data.consistency["condition"]):
+            matrix = model_matrix(data.consistency, condition)
+            if condition.startswith("worst case") and len(set(matrix["model_a"]) | set(matrix["model_b"])) >= 2:
+                name = f"consistency_{safe_file_name(condition.removeprefix('worst case: '))}.png"
+                figures.plot_consistency_matrix(matrix, figures_dir / name, f"Error consistency, {condition}")
+                drawn[f"Error consistency, {condition}"] = f"figures/{name}"
+    return drawn
