@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
@@ -152,19 +153,27 @@ def run_adversary(
     """Search the task's space for every test image's worst case under the task's weights."""
     started = time.perf_counter()
     weights_sha256 = state_sha256(state)
-    model = model_with(resolved, task.seed, state).eval()
-    # eager: the search's batches change size as images drop out, which a compiled model would recompile for
-    prepared = prepare_for_inference(
-        model, settings.device, precision=settings.precision, channels_last=settings.channels_last, compile="never"
-    )
-    images = to_float_images(test.images[: settings.test_images], settings.device)
-    labels = test.labels[: settings.test_images]
+    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings)
     space, search = adversary_of(task.identity)
     outputs = search_space(
         prepared, images, labels, space, search, name=task.label, seed=task.seed, batch_size=settings.batch_size,
         show_progress=settings.show_progress,
     )  # fmt: skip
     return Attack(outputs, time.perf_counter() - started, weights_sha256)
+
+
+def _eager_on_test(
+    model: nn.Module, test: Split, settings: EvaluationSettings
+) -> tuple[PreparedModel, torch.Tensor, torch.Tensor]:
+    """The model prepared eager, and the settings' test images on the device with their labels.
+
+    Eager: a search's batches change size as images drop out, which a compiled model would recompile for."""
+    prepared = prepare_for_inference(
+        model.eval(), settings.device, precision=settings.precision, channels_last=settings.channels_last,
+        compile="never",
+    )  # fmt: skip
+    images = to_float_images(test.images[: settings.test_images], settings.device)
+    return prepared, images, test.labels[: settings.test_images]
 
 
 def run_on_weights(
@@ -212,12 +221,7 @@ def run_transfer(
 ) -> Transfer:
     """The task's model at the source search's worst point of every image (one forward pass each)."""
     started = time.perf_counter()
-    model = model_with(resolved, task.seed, state).eval()
-    prepared = prepare_for_inference(
-        model, settings.device, precision=settings.precision, channels_last=settings.channels_last, compile="never"
-    )
-    images = to_float_images(test.images[: settings.test_images], settings.device)
-    labels = test.labels[: settings.test_images]
+    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings)
     space, _ = adversary_of(task.identity)
     points = worst_points(source, space)
     predictions = torch.empty(len(labels), dtype=torch.uint8)
