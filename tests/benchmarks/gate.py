@@ -90,6 +90,22 @@ def min_seconds(function: Callable[[], object], *, rounds: int, warmup: int = 1)
     return best
 
 
+def paired_seconds(
+    first: Callable[[], object], second: Callable[[], object], *, rounds: int, warmup: int = 1
+) -> tuple[list[float], list[float]]:
+    """Each function timed `rounds` times, in turn (A B A B ...), so each pair sees the same machine."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for function, into in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            function()
+            into.append(time.perf_counter() - start)
+    return times
+
+
 def paired_ratio(seconds: Sequence[float], calibration_seconds: Sequence[float]) -> float:
     """Median over rounds of (benchmark round / the calibration measured just before it).
 

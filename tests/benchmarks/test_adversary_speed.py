@@ -13,6 +13,8 @@ is right on more images keeps more of them standing, so the cost is printed with
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.baseline import BASELINE_RECIPE
 from robustbench_fmnist.perturbations.space import Space
 from robustbench_fmnist.training.loop import train_model
-from tests.benchmarks.gate import min_seconds
+from tests.benchmarks.gate import min_seconds, paired_ratio, paired_seconds
 from tests.conftest import real_data_available
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -92,8 +94,12 @@ def test_a_search_step_runs_at_80_percent_of_the_bare_forward(trained: tuple) ->
         with torch.inference_mode():
             prepared(batch).argmax(1)
 
-    stepping, forward = min_seconds(step, rounds=7), min_seconds(bare, rounds=7)
-    share = forward / stepping
+    # alternated, each step timed beside a bare forward, the median of the pairs' ratios: a shared VM's
+    # speed drifts for seconds at a time, and the fastest of 7 of each, timed apart, read 76 % in one CI
+    # run where the two differ by the warp's 5 % (the step's other work is a few index operations)
+    steps, forwards = paired_seconds(step, bare, rounds=15)
+    share = paired_ratio(forwards, steps)
+    stepping, forward = statistics.median(steps), statistics.median(forwards)
     print(f"\nsearch step over 1,000 images at their own points: {1000 * stepping:.1f} ms, bare forward "
           f"{1000 * forward:.1f} ms: {100 * share:.0f} % (target 80 %)")  # fmt: skip
     assert share >= 0.8, f"a search step runs at {100 * share:.0f} % of the bare forward (target 80 %)"
