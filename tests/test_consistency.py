@@ -22,7 +22,10 @@ from robustbench_fmnist.evaluation.consistency import (
     orbit_consistency,
     worst_case_curve,
 )
+from robustbench_fmnist.evaluation.metrics import wilson_interval
 from robustbench_fmnist.report.figures import plot_consistency_matrix, plot_fooling_heatmap, plot_worst_case_curves
+from robustbench_fmnist.report.worst_case import seed_interval, worst_case_section
+from robustbench_fmnist.statistics import accuracy_half_width
 
 
 def _bools(*values: int) -> torch.Tensor:
@@ -241,3 +244,27 @@ def test_consistency_matrix_figure(tmp_path: Path) -> None:
     path = tmp_path / "consistency.png"
     plot_consistency_matrix(consistency_matrix({"x": A, "y": B, "z": ~A}), path, "error consistency")
     assert _is_png(path)
+
+
+def test_the_worst_case_tables_give_each_accuracy_the_harness_interval() -> None:
+    """Over seeds: the mean with the t interval and the test-set term (statistics.accuracy_half_width); one seed:
+    Wilson over the images; a search that does not measure a column leaves it blank."""
+    per_seed = pd.Series([0.10, 0.14, 0.12])
+    mean, low, high = seed_interval(per_seed, 10_000)
+    half = accuracy_half_width(pd.Series([0.12]), pd.Series([0.02]), pd.Series([3]), pd.Series([10_000]))[0]
+    assert mean == pytest.approx(0.12) and (low, high) == pytest.approx((0.12 - half, 0.12 + half))
+    assert half > 4.303 * 0.02 / 3**0.5  # the seeds' t term (2 degrees of freedom) and the images' on top
+    assert seed_interval(pd.Series([0.3]), 500)[1:] == pytest.approx(wilson_interval(150, 500))
+    rows = pd.DataFrame(
+        {
+            "model": "m", "seed": [0, 1, 2, 0], "adversary": ["a", "a", "a", "r"], "search": ["grid"] * 3 + ["random"],
+            "budget": 1.0, "accuracy": [0.10, 0.14, 0.12, 0.5], "n_images": 10_000, "accuracy_clean": 0.9,
+            "accuracy_random_draw": 0.5, "accuracy_over_points": [0.4, 0.5, 0.6, None], "sample_images": 500,
+            "orbit_consistency": [0.2, 0.2, 0.2, None],
+        }
+    )  # fmt: skip
+    _, table = worst_case_section(rows)
+    grid, random = table
+    assert grid[5] == f"12.00 ({100 * (0.12 - half):.2f}–{100 * (0.12 + half):.2f})"
+    assert grid[3].startswith("90.00 (89.") and grid[6].startswith("50.00 (")
+    assert random[6] == "" and random[7] == "" and random[5].startswith("50.00 (49.")

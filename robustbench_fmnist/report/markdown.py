@@ -139,7 +139,8 @@ def _worst_case_sections(data: ReportData) -> list[str]:
             "Each model evaluated at the point of each image that another model's grid search found worst (where it "
             "fooled that model, else where that model's true class was least likely); an image counts only if the "
             "model is also right on the clean image. Near its own worst case, the points fool both models; near "
-            "clean, each model has worst points of its own. Per seed in `transfer.csv`.",
+            "clean, each model has worst points of its own. Accuracy in %, the mean over seeds with its 95 % interval "
+            "as in the table above; per seed in `transfer.csv`.",
             "",
             markdown_table(TRANSFER_HEADERS, transfer_table(data.transfer), "llrlrr"),
             "",

@@ -9,26 +9,37 @@ import pandas as pd
 import torch
 
 from robustbench_fmnist.evaluation.consistency import heatmap
+from robustbench_fmnist.evaluation.metrics import wilson_interval
 from robustbench_fmnist.files import safe_file_name
 from robustbench_fmnist.perturbations.space import Space
-from robustbench_fmnist.statistics import t_quantile
+from robustbench_fmnist.statistics import accuracy_half_width
 
 
 def seed_curves(adversaries: pd.DataFrame) -> pd.DataFrame:
-    """Each grid adversary's curve over seeds: accuracy and its 95 % interval (over seeds: the t interval of the
-    mean; one seed: the row's Wilson interval over images)."""
+    """Each grid adversary's curve over seeds: accuracy and its 95 % interval (the harness's accuracy interval:
+    seeds and test images; one seed: the Wilson interval over images)."""
     grid = adversaries[adversaries["search"] == "grid"]
     rows = []
     for key, group in grid.groupby(["model", "adversary", "budget", "budget_label"], sort=False):
-        mean = float(group["accuracy"].mean())
-        if len(group) > 1:
-            half = t_quantile(len(group) - 1) * float(group["accuracy"].std(ddof=1)) / len(group) ** 0.5
-            low, high = mean - half, mean + half
-        else:
-            low, high = float(group["accuracy_low"].iloc[0]), float(group["accuracy_high"].iloc[0])
+        mean, low, high = seed_interval(group["accuracy"], int(group["n_images"].iloc[0]))
         rows.append(dict(zip(["model", "adversary", "budget", "budget_label"], key, strict=True)))
         rows[-1].update(accuracy=mean, accuracy_low=low, accuracy_high=high)
     return pd.DataFrame(rows)
+
+
+def seed_interval(values: pd.Series, images: int) -> tuple[float, float, float]:
+    """The mean of one share per seed (an accuracy over `images` images) and its 95 % interval, as every accuracy
+    of the harness: the t interval over seeds and the sampling of the images; one seed: Wilson over images."""
+    values = values.dropna()
+    mean = float(values.mean())
+    if len(values) == 1:
+        low, high = wilson_interval(round(mean * images), images)
+        return mean, low, high
+    one = pd.Series([mean])
+    half = float(
+        accuracy_half_width(one, pd.Series([values.std(ddof=1)]), pd.Series([len(values)]), pd.Series([images]))[0]
+    )
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 HEADERS = ["model", "adversary", "search", "clean", "one random draw", "worst case", "mean over points",
@@ -39,42 +50,53 @@ def worst_case_section(adversaries: pd.DataFrame) -> tuple[list[str], list[list[
     """'## The worst case per image': its opening lines, and per model and adversary a row of HEADERS."""
     whole = adversaries[adversaries["budget"] == 1.0]
     seeds = whole["seed"].nunique()
+    spread = (
+        f"mean over {seeds} seeds with its 95 % interval (between trainings and over the test images, as every "
+        "accuracy here)"
+        if seeds > 1
+        else "one seed, with the 95 % Wilson interval over the test images (training noise left out)"
+    )
     out = [
         "## The worst case per image",
         "",
         "Each adversary searches its space for every test image: an image counts as correct only if it is right "
         "on the clean image and at every point the search tried (`random`: one draw per image; `worst_of_k`: k "
         "draws; `grid`: every point; `gradient`: signed-gradient steps on the continuous parameters). "
-        f"Mean over {seeds} seed{'s' if seeds != 1 else ''} (min-max in brackets); per-image counts in "
-        "`adversaries.csv`, the per-image records in the cache (`run.json` lists them).",
+        f"Accuracy in %, {spread}. The mean over points and the orbit consistency (the share of images "
+        "predicted alike at every point, right or wrong) come from the grid's sample of images, the rest from "
+        "the whole test set; per-image counts in `adversaries.csv`, the per-image records in the cache "
+        "(`run.json` lists them).",
         "",
     ]
     rows = []
     for (model, adversary), group in whole.groupby(["model", "adversary"], sort=False):
-        first = group.iloc[0]
-        over_points = group["accuracy_over_points"] if "accuracy_over_points" in group else pd.Series(dtype=float)
+        images = int(group["n_images"].iloc[0])
+        sample = (
+            int(group["sample_images"].iloc[0])
+            if "sample_images" in group and group["sample_images"].notna().any()
+            else 0
+        )
         rows.append(
             [
                 model,
                 adversary,
-                first["search"],
-                _spread(group["accuracy_clean"]),
-                _spread(group["accuracy_random_draw"]),
-                _spread(group["accuracy"]),
-                _spread(over_points) if over_points.notna().any() else "",
-                f"{group['orbit_consistency'].mean():.3f}" if group["orbit_consistency"].notna().any() else "",
+                group.iloc[0]["search"],
+                _interval_text(group["accuracy_clean"], images),
+                _interval_text(group["accuracy_random_draw"], images),
+                _interval_text(group["accuracy"], images),
+                _interval_text(group.get("accuracy_over_points", pd.Series(dtype=float)), sample),
+                _interval_text(group.get("orbit_consistency", pd.Series(dtype=float)), sample),
             ]
         )
     return out, rows
 
 
-def _spread(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
+def _interval_text(values: pd.Series, images: int) -> str:
+    """'mean (low–high)' in %, or blank where the search does not measure it."""
+    if values.dropna().empty or images < 1:
         return ""
-    if len(values) == 1:
-        return f"{100 * values.iloc[0]:.2f}"
-    return f"{100 * values.mean():.2f} [{100 * values.min():.2f}-{100 * values.max():.2f}]"
+    mean, low, high = seed_interval(values, images)
+    return f"{100 * mean:.2f} ({100 * low:.2f}–{100 * high:.2f})"
 
 
 CONSISTENCY_HEADERS = ["condition", "between models: kappa", "pairs", "between seeds of one model: kappa", "pairs"]
@@ -158,17 +180,19 @@ TRANSFER_HEADERS = ["adversary", "model", "at its own worst points", "at the wor
 
 
 def transfer_table(transfer: pd.DataFrame) -> list[list[str]]:
-    """Per adversary and model: its own worst case, and its accuracy at each other model's worst points (seed means)."""
+    """Per adversary and model: its own worst case, and its accuracy at each other model's worst points (seed means
+    with their intervals)."""
     rows = []
     for (adversary, model, source), group in transfer.groupby(["adversary", "model", "source"], sort=False):
+        images = int(group["n_images"].iloc[0])
         rows.append(
             [
                 adversary,
                 model,
-                _spread(group["accuracy_own_worst_case"]),
+                _interval_text(group["accuracy_own_worst_case"], images),
                 source,
-                _spread(group["accuracy"]),
-                _spread(group["accuracy_clean"]),
+                _interval_text(group["accuracy"], images),
+                _interval_text(group["accuracy_clean"], images),
             ]
         )
     return rows
