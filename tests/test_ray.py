@@ -49,6 +49,24 @@ def _ray(**changes: Any) -> dict[str, Any]:
     return {"kind": "ray", "address": ADDRESS, "cpus_per_task": 1, **changes}
 
 
+def _cluster_cpus_free_within(seconds: float) -> bool:
+    """Whether every CPU of the test cluster is free again within `seconds`, asked as a driver of its own."""
+    import time
+
+    import ray
+
+    ray.init(address=ADDRESS, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+                return True
+            time.sleep(0.25)
+        return False
+    finally:
+        ray.shutdown()
+
+
 def _results(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "results.csv").drop(columns=["seconds"])
 
@@ -130,7 +148,7 @@ def test_a_worker_killed_mid_task_is_retried(tiny_experiment: dict[str, Any], tm
 def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
     tiny_experiment: dict[str, Any], tmp_path: Path
 ) -> None:
-    """SIGTERM (what the CLI treats as Ctrl-C) once an evaluation is stored: exit 130, no report, tasks cancelled."""
+    """SIGTERM (what the CLI treats as Ctrl-C) once an evaluation is stored: exit 130, no report, the CPUs freed."""
     import signal
     import subprocess
     import sys
@@ -154,6 +172,7 @@ def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
     assert process.returncode == 130, err
     assert "interrupted; every finished task's result is kept" in err
     assert not (Path(grid["output_dir"]) / "tiny").exists()
+    assert _cluster_cpus_free_within(60), "the stopped driver's tasks still hold the cluster's CPUs"
     stored = plan_experiment(parse_config(grid))
     assert stored.done and stored.missing
     folder = run_experiment(parse_config(grid))  # the cluster is free again: the rest runs

@@ -214,10 +214,9 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
                 bar.set_postfix_str(task.title)
                 bar.update(1)
     except KeyboardInterrupt:
-        # only what has not come back: force-cancelling a finished task can trip Ray's own
-        # bookkeeping ("Tried to complete task that was not pending"), which aborts the driver
-        for ref in waiting:
-            ray.cancel(ref, force=True)
+        # no ray.cancel: a cancel racing a task's reply aborts the driver inside Ray (ray 2.60,
+        # "Check failed: it != submissible_tasks_"); the caller's ray.shutdown ends this job,
+        # and the cluster kills the job's workers, so what has not come back stops there
         raise
     return failures
 
