@@ -47,6 +47,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # matched whole
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME_PATTERN = r"^[^\x00-\x1f|]+$"  # no control characters or '|': names go into files and tables
 MAX_ADVERSARY_POINTS = 10_000  # a grid evaluates every point: forward passes per image
+MAX_TTA_COPIES = 100  # test-time augmentation: forward passes per image and cell
 # axes that add two dimensions to a space, x and y (perturbations.space.AxisEntry.dims; config cannot
 # import it, perturbations import config): tests/test_config.py keeps the two in step
 TWO_DIMENSIONAL_AXES = frozenset({"translate"})
@@ -174,7 +175,7 @@ def _name_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-Adaptation = Literal["none", "bn", "tent"]
+Adaptation = Literal["none", "bn", "tent", "tta"]
 
 
 class BatchNormAdaptation(_Strict):
@@ -322,6 +323,41 @@ def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
 AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
 
 
+def space_point_count(space: dict[str, tuple[float, float, int]]) -> int:
+    """How many points a space has: the product of the axes' points, translate's counted for x and for y."""
+    return math.prod(points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in space.items())
+
+
+def _nonempty_space(value: Any) -> Any:
+    if isinstance(value, dict) and not value:
+        raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
+    return value
+
+
+class TtaAdaptation(_Strict):
+    """`tta`: the logits averaged over copies of each image, one at every point of a space (k copies, k passes)."""
+
+    space: dict[str, AxisRange] = Field(
+        default_factory=lambda: {"rotation": (-20.0, 20.0, 5)},
+        description="axis -> [low, high, points]: one copy at each point (k = the points); as adversaries' spaces",
+    )
+
+    _space_given = field_validator("space", mode="before")(classmethod(lambda cls, v: _nonempty_space(v)))
+
+    @property
+    def copies(self) -> int:
+        """k: the copies of each image, one forward pass each."""
+        return space_point_count(self.space)
+
+    @model_validator(mode="after")
+    def _few_copies(self) -> TtaAdaptation:
+        if self.copies > MAX_TTA_COPIES:
+            raise KeyedError(
+                ("space",), f"{self.copies:,} copies, more than {MAX_TTA_COPIES}: each costs a forward pass; use fewer"
+            )
+        return self
+
+
 class AdversarySpec(_Strict):
     """One entry of `adversaries:`: a space of perturbation parameters, and how its worst point per image is found."""
 
@@ -343,15 +379,11 @@ class AdversarySpec(_Strict):
     def _space_given(cls, value: Any) -> Any:
         if isinstance(value, str):  # ExperimentConfig replaces a name by the earlier adversary's space
             raise ValueError(f"{value!r}: a name reuses an earlier adversary's space only inside `adversaries:`")
-        if isinstance(value, dict) and not value:
-            raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
-        return value
+        return _nonempty_space(value)
 
     def point_count(self) -> int:
         """How many points the space has: the product of the axes' points, translate's counted for x and for y."""
-        return math.prod(
-            points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in self.space.items()
-        )
+        return space_point_count(self.space)
 
     @model_validator(mode="after")
     def _search_settings(self) -> AdversarySpec:
@@ -430,10 +462,11 @@ class EvaluationConfig(_Strict):
     test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
     backend: Backend = Field("torch", description="perturbation backend: torch (batched) or albumentations")
     adaptation: tuple[Adaptation, ...] = Field(
-        ("none",), min_length=1, description="test-time adaptations, each evaluated: none, bn, tent"
+        ("none",), min_length=1, description="test-time adaptations, each evaluated: none, bn, tent, tta"
     )
     bn: BatchNormAdaptation = Field(default_factory=BatchNormAdaptation)
     tent: TentAdaptation = Field(default_factory=TentAdaptation)
+    tta: TtaAdaptation = Field(default_factory=TtaAdaptation)
     compile: Literal["auto", "always", "never"] = Field(
         "auto", description="torch.compile the model for the sweep: auto compiles where it pays (inference.py)"
     )

@@ -262,7 +262,7 @@ def _evaluation_settings(config: ExperimentConfig, device: torch.device, count: 
         precision=evaluation.precision,
         channels_last=evaluation.channels_last,
         compile=evaluation.compile,
-        adaptation=AdaptationSettings(evaluation.bn, evaluation.tent),
+        adaptation=AdaptationSettings(evaluation.bn, evaluation.tent, evaluation.tta),
         test_images=count,
     )
 

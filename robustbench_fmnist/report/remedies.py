@@ -37,7 +37,7 @@ class Remedy:
     standard: str  # the label of the standard model it is set against
     architecture: str
     training: str  # standard, checkpoint, or the robust-augmentation method
-    adaptation: str  # none, bn or tent
+    adaptation: str  # none, bn, tent or tta
     recipe_differs: tuple[str, ...] = ()  # recipe fields besides robust_augment that differ from the standard's
 
 
