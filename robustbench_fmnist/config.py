@@ -48,6 +48,7 @@ FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME_PATTERN = r"^[^\x00-\x1f|]+$"  # no control characters or '|': names go into files and tables
 MAX_ADVERSARY_POINTS = 10_000  # a grid evaluates every point: forward passes per image
 MAX_TTA_COPIES = 100  # test-time augmentation: forward passes per image and cell
+MAX_WORST_OF_K = 100  # worst-of-k training: forward passes per image and step
 # axes that add two dimensions to a space, x and y (perturbations.space.AxisEntry.dims; config cannot
 # import it, perturbations import config): tests/test_config.py keeps the two in step
 TWO_DIMENSIONAL_AXES = frozenset({"translate"})
@@ -91,6 +92,39 @@ class SuiteAugment(_Strict):
         return value
 
 
+def _axis_form(value: Any) -> Any:
+    # a range of the wrong length would otherwise read "missing required key ...rotation[2]"
+    if isinstance(value, list | tuple) and len(value) != 3:
+        raise ValueError(f"give [low, high, points], e.g. [-30, 30, 31]; got {len(value)} value(s)")
+    return value
+
+
+def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
+    low, high, points = value
+    if points < 1:
+        raise ValueError(f"points {points}: an axis needs at least 1 ([low, high, points])")
+    if low > high:
+        raise ValueError(f"low {low:g} > high {high:g}")
+    if points == 1 and low != high:
+        raise ValueError(f"one point cannot span low {low:g} to high {high:g}; give low == high, or more points")
+    return value
+
+
+# (low, high, points); the YAML writes [low, high, points]
+AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
+
+
+def space_point_count(space: dict[str, tuple[float, float, int]]) -> int:
+    """How many points a space has: the product of the axes' points, translate's counted for x and for y."""
+    return math.prod(points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in space.items())
+
+
+def _nonempty_space(value: Any) -> Any:
+    if isinstance(value, dict) and not value:
+        raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
+    return value
+
+
 AUGMIX_OPERATIONS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear", "translate")
 
 
@@ -127,8 +161,27 @@ class NoiseAugment(_Strict):
     p: float = Field(0.5, ge=0, le=1, description="chance that an image is noised")
 
 
+class SpaceAugment(_Strict):
+    """Training over a space of transformations (the adversaries' syntax): per image one random point of it
+    (`random_point`), or the worst of k random points under the current model (`worst_of_k`, Engstrom et al.
+    2019)."""
+
+    method: Literal["random_point", "worst_of_k"]
+    space: dict[str, AxisRange] = Field(description="axis -> [low, high, points], as an adversary's space")
+    k: int = Field(10, ge=1, le=MAX_WORST_OF_K, description="worst_of_k: points tried per image and step")
+
+    _space_given = field_validator("space", mode="before")(classmethod(lambda cls, v: _nonempty_space(v)))
+
+    @model_validator(mode="after")
+    def _k_for_worst_of_k(self) -> SpaceAugment:
+        if self.method == "random_point" and "k" in self.model_fields_set:
+            raise KeyedError(("k",), "only method worst_of_k takes k (random_point draws one point); drop it")
+        return self
+
+
 RobustAugment = Annotated[
-    Union[SuiteAugment, AugMixAugment, PolicyAugment, NoiseAugment], Field(discriminator="method")  # noqa: UP007
+    Union[SuiteAugment, AugMixAugment, PolicyAugment, NoiseAugment, SpaceAugment],  # noqa: UP007
+    Field(discriminator="method"),
 ]
 
 
@@ -156,7 +209,9 @@ class TrainRecipe(_Strict):
     channels_last: bool = True
     train_images: int | None = Field(None, ge=1, description="train on the first N images only")
     robust_augment: RobustAugment | None = Field(
-        None, description="robust-training augmentation: suite, augmix, trivialaugment, randaugment, gaussian_noise"
+        None,
+        description="robust-training augmentation: suite, augmix, trivialaugment, randaugment, gaussian_noise, "
+        "random_point, worst_of_k",
     )
 
     _robust_shorthand = field_validator("robust_augment", mode="before")(
@@ -299,39 +354,6 @@ class PerturbationSpec(_Strict):
         """The name results are filed under: the perturbation, tagged when albumentations computes it."""
         backend = self.backend or default_backend
         return self.name if backend == "torch" else f"{self.name}@{backend}"
-
-
-def _axis_form(value: Any) -> Any:
-    # a range of the wrong length would otherwise read "missing required key ...rotation[2]"
-    if isinstance(value, list | tuple) and len(value) != 3:
-        raise ValueError(f"give [low, high, points], e.g. [-30, 30, 31]; got {len(value)} value(s)")
-    return value
-
-
-def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
-    low, high, points = value
-    if points < 1:
-        raise ValueError(f"points {points}: an axis needs at least 1 ([low, high, points])")
-    if low > high:
-        raise ValueError(f"low {low:g} > high {high:g}")
-    if points == 1 and low != high:
-        raise ValueError(f"one point cannot span low {low:g} to high {high:g}; give low == high, or more points")
-    return value
-
-
-# (low, high, points); the YAML writes [low, high, points]
-AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
-
-
-def space_point_count(space: dict[str, tuple[float, float, int]]) -> int:
-    """How many points a space has: the product of the axes' points, translate's counted for x and for y."""
-    return math.prod(points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in space.items())
-
-
-def _nonempty_space(value: Any) -> Any:
-    if isinstance(value, dict) and not value:
-        raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
-    return value
 
 
 class TtaAdaptation(_Strict):

@@ -558,7 +558,12 @@ CASES = [
     Case("compare --model-a that A lacks", _compare_unknown_model, 2, "--model-a: 'nope' is not a model"),
     Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
     # remedies: test-time adaptation and robust training
-    Case("adaptation bm", _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"), 2, "'bn', 'tent' or 'tta'"),
+    Case(
+        "adaptation bm",
+        _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"),
+        2,
+        "'bn', 'tent' or 'tta'",
+    ),
     Case(
         "adaptation on 3 test images",
         _changes({"evaluation": {"adaptation": ["none", "bn"], "test_images": 3}}, "validate"),
@@ -801,6 +806,40 @@ CASES = [
         _adversaries({"name": "a", "space": {"gaussian_noise": [0, 0.2, 5]}, "search": "gradient"}),
         2,
         "adversaries[0].space.gaussian_noise: search gradient cannot follow 'gaussian_noise'",
+    ),
+    # training over a space
+    Case(
+        "worst_of_k training axis misspelt",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {"robust_augment": {"method": "worst_of_k", "space": {"rotaton": [-30, 30, 7]}}},
+                    }
+                ]
+            }
+        ),
+        2,
+        "models[0].train.robust_augment.space: unknown axis 'rotaton'; did you mean 'rotation'?",
+    ),
+    Case(
+        "worst_of_k with k over its limit",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {
+                            "robust_augment": {"method": "worst_of_k", "space": {"rotation": [-30, 30, 7]}, "k": 500}
+                        },
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "less than or equal to 100",
     ),
     # test-time augmentation's copies
     Case(

@@ -21,11 +21,15 @@ GRADIENT_AXES = frozenset({"rotation", "translate", "scale", "shear", "brightnes
 
 
 def check_adversaries(config: ExperimentConfig) -> None:
-    """Raise ConfigError, one line naming the key: an unknown axis, a range its kernel refuses, a gradient it lacks."""
+    """Raise ConfigError, one line naming the key: an unknown axis, a range its kernel refuses, a gradient it lacks;
+    in the adversaries' spaces, test-time augmentation's and the space-augmented trainings'."""
     for i, spec in enumerate(config.adversaries):
         check_space(spec.space, f"adversaries[{i}].space", gradient=spec.search == "gradient")
-    if "tta" in config.evaluation.adaptation:
-        check_space(config.evaluation.tta.space, "evaluation.tta.space", built_in=True)
+    check_space(config.evaluation.tta.space, "evaluation.tta.space", built_in=True)
+    for i, model in enumerate(config.models):
+        augment = model.train.robust_augment if model.train is not None else None
+        if augment is not None and augment.method in ("random_point", "worst_of_k"):
+            check_space(augment.space, f"models[{i}].train.robust_augment.space")
 
 
 def check_space(space: dict[str, tuple[float, float, int]], where: str, *, gradient: bool = False,
