@@ -23,6 +23,7 @@ from robustbench_fmnist.config import (
     SuiteAugment,
     TrainRecipe,
 )
+from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS, ImageRandom, derive_key
 from robustbench_fmnist.perturbations.geometry import affine_matrices, warp_affine
 from robustbench_fmnist.perturbations.space import Space, axis_entry, perturb_at
@@ -402,17 +403,14 @@ def _space_augment(space: Space, k: int) -> BatchAugment:
         if k == 1:
             return candidates
         # the worst copy under the model as it is now, in evaluation mode (no dropout, BatchNorm's
-        # running statistics), so choosing spends forward passes only and changes nothing
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                channels_last = images.is_contiguous(memory_format=torch.channels_last)
-                memory_format = torch.channels_last if channels_last else torch.contiguous_format
-                logits = model(candidates.contiguous(memory_format=memory_format))
-                losses = torch.nn.functional.cross_entropy(logits.float(), labels.repeat(k), reduction="none")
-        finally:
-            model.train(was_training)
+        # running statistics) on an inference copy with BatchNorm folded: choosing costs k forward
+        # passes at inference speed and leaves the model being trained as it was
+        selector = fold_batch_norm(model)
+        channels_last = images.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            logits = selector(candidates.contiguous(memory_format=memory_format))
+            losses = torch.nn.functional.cross_entropy(logits.float(), labels.repeat(k), reduction="none")
         worst = losses.view(k, count).argmax(0)
         return candidates.view(k, count, *images.shape[1:])[worst, torch.arange(count, device=images.device)]
 

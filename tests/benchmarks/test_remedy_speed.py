@@ -112,3 +112,28 @@ def test_suite_augmentation_adds_at_most_30_percent_to_an_epoch(model_name: str)
     print(f"\n{model_name}: epoch of {count:,} images {plain:.2f} s plain, {suite:.2f} s with suite augmentation "
           f"(+{100 * share:.0f} %, target 30 %)")  # fmt: skip
     assert share <= 0.30, f"suite augmentation adds {100 * share:.0f} % to a {model_name} epoch (target 30 %)"
+
+
+@pytest.mark.parametrize(("model_name", "count"), [("baseline_cnn", 4_000), ("deep_cnn", 2_000)])
+def test_worst_of_10_training_costs_at_most_3x_plain_training(model_name: str, count: int) -> None:
+    """The viewpoint issue's target: k = 10 copies per image in one forward (no gradient) before each step."""
+    images, labels = synthetic_split(count, 7)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels))
+    recipe = MODELS.get(model_name).recipe.model_copy(update={"epochs": 1})
+    space = {"rotation": [-30, 30, 31], "translate": [-3, 3, 5]}
+    worst = recipe.model_copy(
+        update={"robust_augment": TrainRecipe(robust_augment={"method": "worst_of_k", "space": space}).robust_augment}
+    )
+
+    def epoch(with_recipe: TrainRecipe) -> Callable[[], object]:
+        def run() -> None:
+            torch.manual_seed(0)
+            train_model(create_model(model_name), split, with_recipe, seed=0, device=CPU)
+
+        return run
+
+    plain, worst_of_10 = fastest(epoch(recipe)), fastest(epoch(worst))
+    ratio = worst_of_10 / plain
+    print(f"\n{model_name}: epoch of {count:,} images {plain:.2f} s plain, {worst_of_10:.2f} s worst-of-10 "
+          f"({ratio:.2f}x, target 3x)")  # fmt: skip
+    assert ratio <= 3.0, f"worst-of-10 training takes {ratio:.2f}x plain training for {model_name} (target 3x)"
