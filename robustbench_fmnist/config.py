@@ -278,6 +278,11 @@ class ModelSpec(_Strict):
     adaptation: tuple[Adaptation, ...] | None = Field(
         None, min_length=1, description="this model's test-time adaptations (default: evaluation.adaptation)"
     )
+    against: str | None = Field(
+        None,
+        description="judge this model as a remedy against that model of the experiment (another architecture, e.g. "
+        "p4_cnn against baseline_cnn); a recipe or adaptation is set against its own architecture's standard",
+    )
 
     _adaptation_shorthand = field_validator("adaptation", mode="before")(
         classmethod(lambda cls, v: _adaptation_list(v))
@@ -628,6 +633,13 @@ class ExperimentConfig(_Strict):
                 "runs in float32, so its rows would not match; set precision: float32"
             )
         models = [s.name for s in self.models]
+        for i, spec in enumerate(self.models):
+            if spec.against is not None and (spec.against not in models or spec.against == spec.name):
+                close = difflib.get_close_matches(spec.against, [m for m in models if m != spec.name], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" ({', '.join(models)})"
+                raise KeyedError(
+                    ("models", i, "against"), f"{spec.against!r} is not another model of the experiment{hint}"
+                )
         # the default may be absent (mCE is then n/a): a run.json records it even where the YAML did not
         named = "reference_model" in self.model_fields_set and self.reference_model != DEFAULT_REFERENCE
         if named and self.reference_model not in models:

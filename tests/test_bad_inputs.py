@@ -807,6 +807,13 @@ CASES = [
         2,
         "adversaries[0].space.gaussian_noise: search gradient cannot follow 'gaussian_noise'",
     ),
+    Case(
+        "against names no model of the experiment",
+        _changes({"models": ["baseline_cnn_tiny", {"name": "p4_cnn_tiny", "against": "baseline_cnn_tny"}]}, "validate"),
+        2,
+        "models[1].against: 'baseline_cnn_tny' is not another model of the experiment; did you mean "
+        "'baseline_cnn_tiny'?",
+    ),
     # training over a space
     Case(
         "worst_of_k training axis misspelt",

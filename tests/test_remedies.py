@@ -513,6 +513,23 @@ def test_remedies_pair_adaptations_with_their_own_weights_and_recipes_with_the_s
     assert found["deep_cnn_augmix"].recipe_differs == ("epochs",), "a longer recipe is not credited silently"
 
 
+def test_another_architecture_is_a_remedy_against_the_model_it_names_and_so_are_its_adaptations() -> None:
+    from robustbench_fmnist.report.remedies import remedies
+
+    recipe = {"epochs": 4, "robust_augment": None}
+    models = [
+        _record("deep_cnn", "standard", recipe=recipe),
+        _record("p4_deep_cnn", "standard", architecture="p4_deep_cnn", against="deep_cnn", recipe=recipe),
+        _record("p4_deep_cnn+tta", "standard", "tta", architecture="p4_deep_cnn", base_model="p4_deep_cnn"),
+        _record("p4_deep_cnn_wok", "worst_of_k", architecture="p4_deep_cnn", recipe=recipe),
+        _record("p4_cnn", "standard", architecture="p4_cnn", recipe=recipe),
+    ]
+    found = {r.label: r for r in remedies(models)}
+    assert set(found) == {"p4_deep_cnn", "p4_deep_cnn+tta", "p4_deep_cnn_wok"}, "p4_cnn names no model: no remedy"
+    assert found["p4_deep_cnn"].standard == "deep_cnn" and found["p4_deep_cnn+tta"].standard == "deep_cnn"
+    assert found["p4_deep_cnn_wok"].standard == "p4_deep_cnn", "a recipe against its own architecture's standard"
+
+
 def test_noise_from_matches_models_by_architecture_and_adaptation_settings() -> None:
     from robustbench_fmnist.report.agreement import _architecture
 

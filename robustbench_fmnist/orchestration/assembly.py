@@ -223,6 +223,8 @@ def _model_entry(
         adaptation="none",
         base_model=resolved.name,
     )
+    if resolved.spec.against is not None:
+        info["against"] = resolved.spec.against
     return model, info
 
 
