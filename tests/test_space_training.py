@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from robustbench_fmnist.config import TrainRecipe
+from robustbench_fmnist.config import TrainRecipe, parse_config
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.models import create_model
+from robustbench_fmnist.orchestration.experiment import run_experiment
 from robustbench_fmnist.perturbations.space import perturb_at
 from robustbench_fmnist.training.augmentation import (
     AUGMENTATIONS,
     build_augmentation,
     build_batch_augmentation,
+    cell_exposure,
     space_draws,
     space_of,
     training_exposure,
@@ -115,3 +118,42 @@ def test_space_trainings_run_per_batch_and_say_which_shifts_they_performed() -> 
 def test_a_bad_space_training_is_refused_by_the_recipe(augment: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainRecipe(robust_augment=augment)
+
+
+def test_a_space_training_sees_the_cells_inside_its_range_and_not_those_beyond() -> None:
+    recipe = TrainRecipe(
+        robust_augment={"method": "worst_of_k", "space": {**SPATIAL, "scale": [1, 1.3, 3], "brightness": [-0.3, 0, 4]}}
+    )
+    seen = {
+        (p, v): cell_exposure(recipe, p, v)
+        for p, v in [("rotation", 15), ("rotation", 30), ("rotation", 45), ("translation", 2), ("translation", 3),
+                     ("shear", 10), ("zoom_in", 1.15), ("zoom_in", 1.5), ("zoom_out", 0.85), ("brightness_down", -0.2),
+                     ("brightness_up", 0.1), ("viewpoint", 0.4)]
+    }  # fmt: skip
+    assert seen == {
+        ("rotation", 15): "seen", ("rotation", 30): "seen", ("rotation", 45): "held out", ("translation", 2): "seen",
+        ("translation", 3): "held out", ("shear", 10): "held out", ("zoom_in", 1.15): "seen",
+        ("zoom_in", 1.5): "held out", ("zoom_out", 0.85): "held out", ("brightness_down", -0.2): "seen",
+        ("brightness_up", 0.1): "held out", ("viewpoint", 0.4): None,
+    }  # fmt: skip
+    one_sided = TrainRecipe(
+        robust_augment={"method": "random_point", "space": {"rotation": [0, 30, 4], "shear": [-20, 20, 5]}}
+    )
+    assert cell_exposure(one_sided, "rotation", 15) == "partly seen", "the cell turns half its images the other way"
+    assert cell_exposure(one_sided, "shear", 10) == "partly seen", "the cell shears half its images along y"
+    suite = TrainRecipe(robust_augment={"method": "suite", "perturbations": ["rotation"]})
+    assert cell_exposure(suite, "rotation", 75) is None, "other recipes: the perturbation's status at any strength"
+
+
+@pytest.mark.slow
+def test_results_mark_each_cell_of_a_space_trained_model_by_its_strength(tiny_experiment: dict[str, Any]) -> None:
+    tiny_experiment["models"] = [
+        {"name": "baseline_cnn_tiny_turned", "architecture": "baseline_cnn_tiny",
+         "train": {"epochs": 1, "robust_augment": {"method": "random_point", "space": {"rotation": [-30, 30, 7]}}}},
+    ]  # fmt: skip
+    tiny_experiment["perturbations"] = [{"name": "rotation", "severities": [1, 2, 3]}, "brightness_up"]
+    folder = run_experiment(parse_config(tiny_experiment))
+    results = pd.read_csv(folder / "results.csv", keep_default_na=False).set_index(["perturbation", "severity"])
+    marks = results["in_training"]
+    assert (marks[("rotation", 1)], marks[("rotation", 2)], marks[("rotation", 3)]) == ("seen", "seen", "held out")
+    assert marks[("brightness_up", 1)] == "held out" and marks[("clean", 0)] == ""

@@ -364,6 +364,38 @@ def _space_seen(spec: SpaceAugment) -> set[str]:
     return seen
 
 
+# the suite's perturbations whose parameter is a magnitude applied in a random direction (and, for
+# translation and shear, along a random axis), and the axis of a space that performs them
+RANDOM_DIRECTION = {"rotation": "rotation", "translation": "translate", "shear": "shear"}
+# those whose parameter is the axis's own value (an added brightness, a contrast or scale factor, ...)
+SAME_VALUE = {
+    "brightness_up": "brightness", "brightness_down": "brightness", "contrast_up": "contrast",
+    "contrast_down": "contrast", "gamma_up": "gamma", "gamma_down": "gamma", "exposure_up": "exposure",
+    "exposure_down": "exposure", "zoom_in": "scale", "zoom_out": "scale",
+}  # fmt: skip
+
+
+def cell_exposure(recipe: TrainRecipe | None, perturbation: str, parameter: float | None) -> str | None:
+    """For training over a space: whether one cell's strength lies inside the space (seen), on one side of it only
+    (partly seen: a random direction, or shear along y where the space shears along x) or beyond it (held out).
+
+    None where the recipe is no space training or the cell is no single axis's (a mix, a probe): the
+    perturbation's status then holds, as for the other recipes.
+    """
+    spec = None if recipe is None else recipe.robust_augment
+    if not isinstance(spec, SpaceAugment) or parameter is None or np.isnan(parameter):
+        return None
+    if perturbation in SAME_VALUE:
+        reach = spec.space.get(SAME_VALUE[perturbation])
+        return SEEN if reach is not None and reach[0] <= parameter <= reach[1] else HELD_OUT
+    if perturbation in RANDOM_DIRECTION:
+        reach = spec.space.get(RANDOM_DIRECTION[perturbation])
+        sides = 0 if reach is None else (reach[0] <= -abs(parameter)) + (abs(parameter) <= reach[1])
+        # shear draws its axis too, and a space's shear is along x: at most half of the cell's images
+        return HELD_OUT if sides == 0 else SEEN if sides == 2 and perturbation != "shear" else PARTLY
+    return None
+
+
 def space_draws(space: Space, seed: int, epoch: int, indices: torch.Tensor, k: int) -> torch.Tensor:
     """(N, k) point indices: each training image's k draws this epoch, keyed by (seed, epoch, space, image index).
 
