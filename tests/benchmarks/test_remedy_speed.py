@@ -92,6 +92,16 @@ def test_tent_costs_at_most_three_plain_cells(deep_model: torch.nn.Module, cell_
     assert tent <= 3.0 * plain, f"tent costs {tent / plain:.2f}x a plain cell (target about 3x)"
 
 
+def _epoch(model_name: str, split: Split, recipe: TrainRecipe) -> Callable[[], object]:
+    """One epoch of training a fresh `model_name` on `split` by `recipe`, seeded."""
+
+    def run() -> None:
+        torch.manual_seed(0)
+        train_model(create_model(model_name), split, recipe, seed=0, device=CPU)
+
+    return run
+
+
 @pytest.mark.parametrize("model_name", ["baseline_cnn", "deep_cnn"])
 def test_suite_augmentation_adds_at_most_30_percent_to_an_epoch(model_name: str) -> None:
     count = 12_000 if model_name == "baseline_cnn" else 4_000
@@ -100,14 +110,7 @@ def test_suite_augmentation_adds_at_most_30_percent_to_an_epoch(model_name: str)
     recipe = MODELS.get(model_name).recipe.model_copy(update={"epochs": 1})
     augmented = recipe.model_copy(update={"robust_augment": TrainRecipe(robust_augment=SUITE).robust_augment})
 
-    def epoch(with_recipe: TrainRecipe) -> Callable[[], object]:
-        def run() -> None:
-            torch.manual_seed(0)
-            train_model(create_model(model_name), split, with_recipe, seed=0, device=CPU)
-
-        return run
-
-    plain, suite = fastest(epoch(recipe)), fastest(epoch(augmented))
+    plain, suite = fastest(_epoch(model_name, split, recipe)), fastest(_epoch(model_name, split, augmented))
     share = suite / plain - 1
     print(f"\n{model_name}: epoch of {count:,} images {plain:.2f} s plain, {suite:.2f} s with suite augmentation "
           f"(+{100 * share:.0f} %, target 30 %)")  # fmt: skip
@@ -125,14 +128,7 @@ def test_worst_of_10_training_costs_at_most_3x_plain_training(model_name: str, c
         update={"robust_augment": TrainRecipe(robust_augment={"method": "worst_of_k", "space": space}).robust_augment}
     )
 
-    def epoch(with_recipe: TrainRecipe) -> Callable[[], object]:
-        def run() -> None:
-            torch.manual_seed(0)
-            train_model(create_model(model_name), split, with_recipe, seed=0, device=CPU)
-
-        return run
-
-    plain, worst_of_10 = fastest(epoch(recipe)), fastest(epoch(worst))
+    plain, worst_of_10 = fastest(_epoch(model_name, split, recipe)), fastest(_epoch(model_name, split, worst))
     ratio = worst_of_10 / plain
     print(f"\n{model_name}: epoch of {count:,} images {plain:.2f} s plain, {worst_of_10:.2f} s worst-of-10 "
           f"({ratio:.2f}x, target 3x)")  # fmt: skip
