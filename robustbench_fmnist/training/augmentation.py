@@ -23,7 +23,7 @@ from robustbench_fmnist.config import (
     SuiteAugment,
     TrainRecipe,
 )
-from robustbench_fmnist.models.fusion import fold_batch_norm
+from robustbench_fmnist.models.fusion import inference_copy
 from robustbench_fmnist.perturbations import PERTURBATIONS, ImageRandom, derive_key
 from robustbench_fmnist.perturbations.geometry import affine_matrices, warp_affine
 from robustbench_fmnist.perturbations.space import Space, axis_entry, perturb_at
@@ -437,7 +437,7 @@ def _space_augment(space: Space, k: int) -> BatchAugment:
         # the worst copy under the model as it is now, in evaluation mode (no dropout, BatchNorm's
         # running statistics) on an inference copy with BatchNorm folded: choosing costs k forward
         # passes at inference speed and leaves the model being trained as it was
-        selector = fold_batch_norm(model)
+        selector = inference_copy(model)
         channels_last = images.is_contiguous(memory_format=torch.channels_last)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         with torch.inference_mode():
