@@ -135,3 +135,38 @@ def test_bench_measures_each_adversarys_search_step_against_the_bare_forward(con
     from robustbench_fmnist.report.markdown import _throughput  # the throughput section a report shows
 
     assert "A worst-case search's step" in "\n".join(_throughput(table))
+
+
+@pytest.mark.slow
+def test_a_model_with_tta_is_also_searched_through_its_k_copies(tiny_experiment: dict[str, Any]) -> None:
+    """An adversary task per adaptation in {none, tta}: the tta search costs k times the passes, files its rows under
+    model+tta, and its clean accuracy is the tta evaluation's clean accuracy (one model behind both)."""
+    config = {
+        **tiny_experiment,
+        "models": [
+            {"name": "baseline_cnn_tiny", "adaptation": ["none", "tta"], "train": {"epochs": 4, "batch_size": 16}}
+        ],
+        "perturbations": [{"name": "rotation", "severities": [1]}],
+        "adversaries": ADVERSARIES[:3],
+        # quarter turns: copies far enough from the image that the averaged logits change its accuracy
+        "evaluation": {"batch_size": 64, "tta": {"space": {"rotation": [-90, 90, 3]}}},
+        "threads": 1,
+    }
+    attacks = [t for t in plan_experiment(parse_config(config)).missing if type(t).__name__ == "AdversaryTask"]
+    by_label = {(t.label, t.adversary): t for t in attacks}
+    assert len(attacks) == 6 and ("baseline_cnn_tiny+tta", "spatial") in by_label
+    plain, augmented = by_label[("baseline_cnn_tiny", "spatial")], by_label[("baseline_cnn_tiny+tta", "spatial")]
+    assert augmented.forward_passes == 3 * plain.forward_passes and augmented.key != plain.key
+    folder = run_experiment(parse_config(config))
+    rows = pd.read_csv(folder / "adversaries.csv")
+    whole = rows[rows.budget == 1.0].set_index(["model", "adversary"])
+    tta = whole.loc["baseline_cnn_tiny+tta"]
+    per_image = tta["forward_passes"] / whole.loc["baseline_cnn_tiny"]["forward_passes"]
+    assert per_image.loc["spatial_random"] == pytest.approx(3, rel=0.5), "k = 3 passes for each of the search's"
+    assert tta.loc["spatial", "accuracy"] <= tta.loc["spatial_w4", "accuracy"] <= tta.loc["spatial_random", "accuracy"]
+    results = pd.read_csv(folder / "results.csv")
+    clean = results[results.perturbation == "clean"].set_index("model")
+    assert clean.loc["baseline_cnn_tiny+tta", "accuracy"] != clean.loc["baseline_cnn_tiny", "accuracy"]
+    for label in ("baseline_cnn_tiny", "baseline_cnn_tiny+tta"):  # a near tie may fall either way between batchings
+        searched = whole.loc[(label, "spatial"), "accuracy_clean"]
+        assert searched == pytest.approx(clean.loc[label, "accuracy"], abs=1.5 / clean.loc[label, "n_images"])

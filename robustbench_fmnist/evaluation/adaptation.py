@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -236,17 +236,36 @@ def tta_space(settings: TtaAdaptation) -> Space:
     return Space(tuple((axis, low, high, points) for axis, (low, high, points) in settings.space.items()))
 
 
+class AveragedOverCopies(nn.Module):
+    """A model whose logits are the average over a copy of its input at every point of a space (`tta`).
+
+    Each copy is the suite's own transformation at one point (perturbations/space.py), so a copy at
+    the space's identity is the image itself. Differentiable in its input, so a gradient search can
+    go through it as through any model.
+    """
+
+    def __init__(self, module: nn.Module, space: Space) -> None:
+        super().__init__()
+        self.module, self.space = module, space
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), device=images.device)
+        for values in self.space.points:
+            total = total + self.module(perturb_at(images, self.space, values)).float()
+        return total / self.space.size
+
+
+def averaged_over_copies(prepared: PreparedModel, settings: TtaAdaptation) -> PreparedModel:
+    """`prepared` behind test-time augmentation: k = the space's points forward passes per image."""
+    return replace(prepared, module=AveragedOverCopies(prepared.module, tta_space(settings)), eager=None)
+
+
 @register_adaptation("tta", applies_to=lambda model: True, needs="")
 def tta_predict(model: nn.Module, images: torch.Tensor, settings: AdaptationSettings) -> torch.Tensor:
     """Test-time augmentation: the logits averaged over a copy of each image at every point of `tta.space`.
 
-    Each copy is the suite's own transformation at one point (perturbations/space.py), so a copy at
-    the space's identity is the image itself: with one point there, tta is the plain evaluation.
+    With one point at the space's identity, tta is the plain evaluation.
     """
-    space = tta_space(settings.tta)
-    prepared = _prepared(model, images.device, settings)
-    total = torch.zeros(())
     with torch.no_grad():
-        for values in space.points:
-            total = total + _prepared_logits(prepared, perturb_at(images, space, values), settings)
-    return total / space.size
+        return _prepared_logits(averaged_over_copies(_prepared(model, images.device, settings), settings.tta), images,
+                                settings)  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robustbench_fmnist.data import Split, to_float_images
-from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
+from robustbench_fmnist.evaluation.adaptation import AdaptationSettings, averaged_over_copies
 from robustbench_fmnist.evaluation.adversary import AdversaryOutputs, Search, search_space
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
 from robustbench_fmnist.evaluation.sweep import NO_PREDICTION, CellOutputs, evaluate_cells
@@ -154,11 +154,15 @@ def run_adversary(
     started = time.perf_counter()
     weights_sha256 = state_sha256(state)
     prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings)
+    if task.adaptation == "tta":  # every forward pass of the search goes through the k copies
+        prepared = averaged_over_copies(prepared, settings.adaptation.tta)
     space, search = adversary_of(task.identity)
     outputs = search_space(
         prepared, images, labels, space, search, name=task.label, seed=task.seed, batch_size=settings.batch_size,
         show_progress=settings.show_progress,
     )  # fmt: skip
+    if task.adaptation == "tta":
+        outputs.forward_passes *= settings.adaptation.tta.copies  # the search counts the averaged model's calls
     return Attack(outputs, time.perf_counter() - started, weights_sha256)
 
 

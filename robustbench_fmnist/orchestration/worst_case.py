@@ -73,7 +73,7 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
 
 def _space_key(task: AdversaryTask) -> str:
     """The searches whose witnesses count together: one model's weights (model and seed) over one space."""
-    return json.dumps([task.model, task.seed, task.identity["adversary"]["space"]], sort_keys=True)
+    return json.dumps([task.label, task.seed, task.identity["adversary"]["space"]], sort_keys=True)
 
 
 def _fooling_radius(outputs: AdversaryOutputs, space: Space) -> torch.Tensor:
@@ -106,7 +106,7 @@ def worst_case_rows(
         space, search = adversary_of(task.identity)
         attack = attacks[task]
         base = {
-            "model": task.model,
+            "model": task.label,
             "seed": task.seed,
             "adversary": task.adversary,
             "search": search.kind,
@@ -179,7 +179,7 @@ def consistency_rows(
         condition = perturbation if perturbation == CLEAN else f"{perturbation} s{severity}"
         conditions.setdefault(condition, {})[_unit(model, seed)] = correct.bool()
     for task, verdict in verdict_by_task.items():
-        conditions.setdefault(f"worst case: {task.adversary}", {})[_unit(task.model, task.seed)] = verdict.correct
+        conditions.setdefault(f"worst case: {task.adversary}", {})[_unit(task.label, task.seed)] = verdict.correct
     frames = []
     for condition, correct in conditions.items():
         if len(correct) < 2:
@@ -217,7 +217,7 @@ def fooling_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> 
         frames.append(
             pd.DataFrame(
                 {
-                    "model": task.model,
+                    "model": task.label,
                     "seed": task.seed,
                     "adversary": task.adversary,
                     "point": range(len(rates)),
@@ -236,7 +236,7 @@ def transfer_rows(
 
     An image counts as correct at the source's worst point only if the model is right on the clean image too.
     """
-    own = {(t.model, t.seed, t.adversary): v for t, v in verdict_by_task.items()}
+    own = {(t.label, t.seed, t.adversary): v for t, v in verdict_by_task.items()}
     rows = []
     for task, transfer in transfers.items():
         mine = own.get((task.model, task.seed, task.adversary))
@@ -278,7 +278,7 @@ def fooling_by_class_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Te
         clean = outputs.clean_prediction[outputs.sample_indices].long() == sample_labels.long()
         rates = fooling_rate_per_point_by_class(outputs.sample_predictions, sample_labels, clean, len(CLASS_NAMES))
         shape = tuple(len(g) for g in space.grids)
-        key = (task.model, task.adversary)
+        key = (task.label, task.adversary)
         slices.setdefault(key, []).append(torch.stack([heatmap(r, shape, (0, 1)) for r in rates]))
         grids[key] = space
     rows = []
