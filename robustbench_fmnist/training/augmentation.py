@@ -331,19 +331,6 @@ def build_batch_augmentation(recipe: TrainRecipe) -> BatchAugment | None:
 
 # ---- a space of transformations: a random point per image, or the worst of k (Engstrom et al. 2019) ----
 
-# the suite's perturbations a built-in axis performs, on the side of its identity the range reaches:
-# (below the identity, above it)
-AXIS_SHIFTS = {
-    "rotation": (("rotation",), ("rotation",)),
-    "translate": (("translation",), ("translation",)),
-    "shear": (("shear",), ("shear",)),
-    "scale": (("zoom_out",), ("zoom_in",)),
-    "brightness": (("brightness_down",), ("brightness_up",)),
-    "contrast": (("contrast_down",), ("contrast_up",)),
-    "gamma": (("gamma_down",), ("gamma_up",)),
-    "exposure": (("exposure_down",), ("exposure_up",)),
-}
-
 
 def space_of(spec: SpaceAugment) -> Space:
     """The space a `random_point` or `worst_of_k` recipe draws from, built as the adversaries' are."""
@@ -351,16 +338,22 @@ def space_of(spec: SpaceAugment) -> Space:
 
 
 def _space_seen(spec: SpaceAugment) -> set[str]:
-    """The suite's perturbations the space performs: each axis on the sides of its identity its range reaches."""
-    seen: set[str] = set()
-    for axis, (low, high, _) in spec.space.items():
-        entry = axis_entry(axis)
-        if entry.perturbation is not None:
-            seen.add(entry.perturbation)
+    """The suite's perturbations the space performs at some strength: a perturbation axis itself; a shift in a random
+    direction where its axis moves at all; one with a direction where its axis reaches that side of the identity."""
+    seen = {axis_entry(axis).perturbation for axis in spec.space} - {None}
+    for perturbation, axis in {**SAME_VALUE, **RANDOM_DIRECTION}.items():
+        if axis not in spec.space:
             continue
-        below, above = AXIS_SHIFTS.get(axis, ((), ()))
-        seen.update(below if low < entry.identity else ())
-        seen.update(above if high > entry.identity else ())
+        low, high, _ = spec.space[axis]
+        identity = axis_entry(axis).identity
+        entry = PERTURBATIONS.get(perturbation)
+        above = entry.levels[0] > entry.identity
+        if perturbation in RANDOM_DIRECTION:
+            reaches = low < identity or high > identity
+        else:
+            reaches = high > identity if above else low < identity
+        if reaches:
+            seen.add(perturbation)
     return seen
 
 
