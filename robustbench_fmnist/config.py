@@ -176,6 +176,11 @@ class SpaceAugment(_Strict):
     def _k_for_worst_of_k(self) -> SpaceAugment:
         if self.method == "random_point" and "k" in self.model_fields_set:
             raise KeyedError(("k",), "only method worst_of_k takes k (random_point draws one point); drop it")
+        count = space_point_count(self.space)
+        if count > MAX_ADVERSARY_POINTS:  # the points are laid out once, before the first batch
+            raise KeyedError(
+                ("space",), f"{count:,} points, more than {MAX_ADVERSARY_POINTS:,}; give the axes fewer points"
+            )
         return self
 
 
@@ -397,6 +402,9 @@ class AdversarySpec(_Strict):
     steps: int = Field(20, ge=1, description="gradient: ascent steps per restart")
     restarts: int = Field(3, ge=1, description="gradient: starting points per image")
     images: int = Field(500, ge=1, description="test images every point is evaluated on")
+    test_images: int | None = Field(
+        None, ge=1, description="search the first N test images only (default: all the evaluation's)"
+    )
     max_points: int = Field(
         MAX_ADVERSARY_POINTS, ge=1, description="a space with more points is refused unless this is raised"
     )
@@ -622,9 +630,10 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
         adapted = {a for s in self.models for a in s.adaptation or self.evaluation.adaptation} - {"none"}
         few = self.evaluation.test_images
-        if adapted and few is not None and few < MIN_ADAPTATION_IMAGES:
+        halves = adapted - {"tta"}  # tta adapts nothing: it averages copies of each image
+        if halves and few is not None and few < MIN_ADAPTATION_IMAGES:
             raise ValueError(
-                f"evaluation.test_images {few} with adaptation {sorted(adapted)}: adapting on half a cell needs at "
+                f"evaluation.test_images {few} with adaptation {sorted(halves)}: adapting on half a cell needs at "
                 f"least {MIN_ADAPTATION_IMAGES} images (BatchNorm needs two per batch); raise test_images"
             )
         if adapted and self.evaluation.precision != "float32":

@@ -848,6 +848,27 @@ CASES = [
         2,
         "less than or equal to 100",
     ),
+    Case(
+        "training space with too many points",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {
+                            "robust_augment": {
+                                "method": "random_point",
+                                "space": {"rotation": [-30, 30, 601], "translate": [-3, 3, 7]},
+                            }
+                        },
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "models[0].train.robust_augment.space: 29,449 points, more than 10,000; give the axes fewer points",
+    ),
     # test-time augmentation's copies
     Case(
         "tta axis misspelt",

@@ -143,6 +143,10 @@ def test_a_space_training_sees_the_cells_inside_its_range_and_not_those_beyond()
     assert cell_exposure(one_sided, "shear", 10) == "partly seen", "the cell shears half its images along y"
     suite = TrainRecipe(robust_augment={"method": "suite", "perturbations": ["rotation"]})
     assert cell_exposure(suite, "rotation", 75) is None, "other recipes: the perturbation's status at any strength"
+    rotations = {"method": "worst_of_k", "space": {"rotation": [-30, 30, 7]}}
+    cropped = TrainRecipe(augment="flip_crop", robust_augment=rotations)
+    assert cell_exposure(cropped, "translation", 3) is None, "the recipe's crops shift it: not held out"
+    assert training_exposure(cropped)["translation"] == "seen"
 
 
 @pytest.mark.slow

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from robustbench_fmnist.cli import main
+from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.evaluation.inference import prepare_for_inference
 from robustbench_fmnist.models import count_parameters, create_model
 
@@ -87,5 +89,16 @@ def test_without_the_extra_the_models_are_listed_and_building_one_says_how_to_in
     assert main(["ls", "models", "c*_cnn"]) == 0
     listed = capsys.readouterr().out
     assert "c8_cnn" in listed and "c16_cnn" in listed and "needs the e2cnn extra" in listed
-    with pytest.raises(ValueError, match=r"need the e2cnn extra: pip install 'robustbench_fmnist\[e2cnn\]'"):
+    with pytest.raises(ConfigError, match=r"need the e2cnn extra: pip install 'robustbench_fmnist\[e2cnn\]'"):
         create_model("c8_cnn_tiny")
+
+
+def test_running_a_steerable_model_without_the_extra_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "e2cnn", None)
+    config = tmp_path / "c8.yaml"
+    config.write_text("name: c8\nmodels: [c8_cnn]\nperturbations: [rotation]\n")
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need the e2cnn extra" in err[0] and "Traceback" not in err[0], err

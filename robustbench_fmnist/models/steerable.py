@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.models.registry import Normalize, register_model
 from robustbench_fmnist.models.vgg import DEEP_RECIPE
 
@@ -33,7 +34,7 @@ def _e2cnn() -> Any:
             import e2cnn
             import e2cnn.nn
     except ImportError as exc:
-        raise ValueError(f"the C8 and C16 steerable CNNs need the e2cnn extra: {EXTRA}") from exc
+        raise ConfigError(f"the C8 and C16 steerable CNNs need the e2cnn extra: {EXTRA}") from exc
     return e2cnn
 
 
@@ -73,8 +74,9 @@ class SteerableCNN(nn.Module):
 
     def inference_module(self) -> nn.Module:
         """A plain-torch copy for evaluation: e2cnn's layers exported to Conv2d, BatchNorm and pooling."""
-        body = copy.deepcopy(self.body).eval()
-        with warnings.catch_warnings():
+        body = copy.deepcopy(self.body)
+        with warnings.catch_warnings(), torch.no_grad():  # eval() expands the filters: no graph for them
+            body.eval()
             warnings.simplefilter("ignore")
             exported = body.export()
         return nn.Sequential(copy.deepcopy(self.normalize), exported, copy.deepcopy(self.head)).eval()

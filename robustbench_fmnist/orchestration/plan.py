@@ -242,17 +242,20 @@ def _adversary_tasks(
     config, tasks = checked.config, []
     adaptations = [a for a in resolved.spec.adaptation or config.evaluation.adaptation if a in ("none", "tta")]
     for adaptation, spec in itertools.product(adaptations, config.adversaries):
-        identity = _evaluation_identity(config, adaptation, seed, (), weights, data_checksum, test_images)
+        searched = min(spec.test_images or test_images, test_images)
+        identity = _evaluation_identity(config, adaptation, seed, (), weights, data_checksum, searched)
         identity.pop("cells")
         identity.update(
             kind="adversary",
-            adversary=spec.model_dump(mode="json"),
+            # the images searched are the identity's test_images: the spec's own key stays out, so adversaries that
+            # do not set it keep the keys they had before it existed
+            adversary=spec.model_dump(mode="json", exclude={"test_images"}),
             device=checked.device.type,
             model=_model_identity(resolved),
             adversary_code=_digest_files(_ADVERSARY_SOURCES),
         )
         key = _digest(identity)
-        passes = _forward_passes(spec, test_images) * (config.evaluation.tta.copies if adaptation == "tta" else 1)
+        passes = _forward_passes(spec, searched) * (config.evaluation.tta.copies if adaptation == "tta" else 1)
         identity["adversary_name"] = spec.name
         tasks.append(AdversaryTask(resolved.name, spec.name, seed, weights, key, passes, train, identity, adaptation))
     return tasks

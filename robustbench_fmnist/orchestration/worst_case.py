@@ -57,7 +57,7 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
     out = {}
     for task, attack in attacks.items():
         space, search = adversary_of(task.identity)
-        clean_ok = attack.outputs.clean_prediction.long() == labels
+        clean_ok = attack.outputs.clean_prediction.long() == labels[: len(attack.outputs.clean_prediction)]
         radius = _fooling_radius(attack.outputs, space)
         for other in by_space[_space_key(task)]:
             other_search = adversary_of(other.identity)[1]
@@ -65,8 +65,11 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
                 continue
             if search.kind != "gradient" and other_search.kind == "gradient":
                 continue  # gradient's points lie off the grid
-            clean_ok &= attacks[other].outputs.clean_prediction.long() == labels
-            radius = torch.minimum(radius, _draw_radius(attacks[other].outputs, space, search.kind))
+            # each search covers the first N test images of its own `test_images`: the shared ones count
+            shared = min(len(radius), len(attacks[other].outputs.clean_prediction))
+            clean_ok[:shared] &= attacks[other].outputs.clean_prediction[:shared].long() == labels[:shared]
+            witnesses = _draw_radius(attacks[other].outputs, space, search.kind)[:shared]
+            radius[:shared] = torch.minimum(radius[:shared], witnesses)
         out[task] = Verdicts(clean_ok, clean_ok & torch.isinf(radius), radius)
     return out
 
@@ -118,7 +121,7 @@ def worst_case_rows(
         curve = worst_case_curve(verdict.fooling_radius, verdict.clean, shares)
         for row in curve.to_dict("records"):
             rows.append({**base, **row, "budget_label": _budget_label(space, row["budget"])})
-        rows[-1].update(_whole_space_extras(attack.outputs, labels, verdict))
+        rows[-1].update(_whole_space_extras(attack.outputs, labels[: len(verdict.correct)], verdict))
     return rows
 
 
@@ -243,7 +246,7 @@ def transfer_rows(
         source = verdict_by_task.get(task.source)
         if mine is None or source is None:
             continue
-        correct = mine.clean & (transfer.predictions.long() == labels.cpu().long())
+        correct = mine.clean & (transfer.predictions.long() == labels.cpu().long()[: len(transfer.predictions)])
         low, high = wilson_interval(int(correct.sum()), len(correct))
         rows.append(
             {

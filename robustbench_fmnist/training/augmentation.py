@@ -93,6 +93,10 @@ def exposure(performed: set[str]) -> dict[str, str]:
     return dict(sorted(status.items()))
 
 
+# the suite's perturbations each plain `augment:` setting performs
+PLAIN_AUGMENT_PERFORMS = {"flip": {"hflip"}, "flip_crop": {"hflip", "translation"}}
+
+
 def training_exposure(recipe: TrainRecipe | None) -> dict[str, str]:
     """The test perturbations a model trained by `recipe` has seen (or partly seen); all others are held out.
 
@@ -100,7 +104,7 @@ def training_exposure(recipe: TrainRecipe | None) -> dict[str, str]:
     """
     if recipe is None:
         return {}
-    performed = {"flip": {"hflip"}, "flip_crop": {"hflip", "translation"}}.get(recipe.augment, set())
+    performed = set(PLAIN_AUGMENT_PERFORMS.get(recipe.augment, set()))
     if recipe.robust_augment is not None:
         spec = recipe.robust_augment
         performed |= AUGMENTATIONS.get(spec.method).seen(spec)
@@ -378,6 +382,8 @@ def cell_exposure(recipe: TrainRecipe | None, perturbation: str, parameter: floa
     spec = None if recipe is None else recipe.robust_augment
     if not isinstance(spec, SpaceAugment) or parameter is None or np.isnan(parameter):
         return None
+    if perturbation in PLAIN_AUGMENT_PERFORMS.get(recipe.augment, set()):
+        return None  # the recipe's own flips and crops perform it: its whole-perturbation status holds, as elsewhere
     if perturbation in SAME_VALUE:
         reach = spec.space.get(SAME_VALUE[perturbation])
         return SEEN if reach is not None and reach[0] <= parameter <= reach[1] else HELD_OUT
