@@ -867,7 +867,7 @@ CASES = [
             "validate",
         ),
         2,
-        "models[0].train.robust_augment.space: 29,449 points, more than 10,000; give the axes fewer points",
+        "robust_augment.random_point.space: 29,449 points, more than 10,000; give the axes fewer points",
     ),
     # test-time augmentation's copies
     Case(
