@@ -47,6 +47,8 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # matched whole
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME_PATTERN = r"^[^\x00-\x1f|]+$"  # no control characters or '|': names go into files and tables
 MAX_ADVERSARY_POINTS = 10_000  # a grid evaluates every point: forward passes per image
+MAX_TTA_COPIES = 100  # test-time augmentation: forward passes per image and cell
+MAX_WORST_OF_K = 100  # worst-of-k training: forward passes per image and step
 # axes that add two dimensions to a space, x and y (perturbations.space.AxisEntry.dims; config cannot
 # import it, perturbations import config): tests/test_config.py keeps the two in step
 TWO_DIMENSIONAL_AXES = frozenset({"translate"})
@@ -90,6 +92,39 @@ class SuiteAugment(_Strict):
         return value
 
 
+def _axis_form(value: Any) -> Any:
+    # a range of the wrong length would otherwise read "missing required key ...rotation[2]"
+    if isinstance(value, list | tuple) and len(value) != 3:
+        raise ValueError(f"give [low, high, points], e.g. [-30, 30, 31]; got {len(value)} value(s)")
+    return value
+
+
+def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
+    low, high, points = value
+    if points < 1:
+        raise ValueError(f"points {points}: an axis needs at least 1 ([low, high, points])")
+    if low > high:
+        raise ValueError(f"low {low:g} > high {high:g}")
+    if points == 1 and low != high:
+        raise ValueError(f"one point cannot span low {low:g} to high {high:g}; give low == high, or more points")
+    return value
+
+
+# (low, high, points); the YAML writes [low, high, points]
+AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
+
+
+def space_point_count(space: dict[str, tuple[float, float, int]]) -> int:
+    """How many points a space has: the product of the axes' points, translate's counted for x and for y."""
+    return math.prod(points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in space.items())
+
+
+def _nonempty_space(value: Any) -> Any:
+    if isinstance(value, dict) and not value:
+        raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
+    return value
+
+
 AUGMIX_OPERATIONS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear", "translate")
 
 
@@ -126,8 +161,32 @@ class NoiseAugment(_Strict):
     p: float = Field(0.5, ge=0, le=1, description="chance that an image is noised")
 
 
+class SpaceAugment(_Strict):
+    """Training over a space of transformations (the adversaries' syntax): per image one random point of it
+    (`random_point`), or the worst of k random points under the current model (`worst_of_k`, Engstrom et al.
+    2019)."""
+
+    method: Literal["random_point", "worst_of_k"]
+    space: dict[str, AxisRange] = Field(description="axis -> [low, high, points], as an adversary's space")
+    k: int = Field(10, ge=1, le=MAX_WORST_OF_K, description="worst_of_k: points tried per image and step")
+
+    _space_given = field_validator("space", mode="before")(classmethod(lambda cls, v: _nonempty_space(v)))
+
+    @model_validator(mode="after")
+    def _k_for_worst_of_k(self) -> SpaceAugment:
+        if self.method == "random_point" and "k" in self.model_fields_set:
+            raise KeyedError(("k",), "only method worst_of_k takes k (random_point draws one point); drop it")
+        count = space_point_count(self.space)
+        if count > MAX_ADVERSARY_POINTS:  # the points are laid out once, before the first batch
+            raise KeyedError(
+                ("space",), f"{count:,} points, more than {MAX_ADVERSARY_POINTS:,}; give the axes fewer points"
+            )
+        return self
+
+
 RobustAugment = Annotated[
-    Union[SuiteAugment, AugMixAugment, PolicyAugment, NoiseAugment], Field(discriminator="method")  # noqa: UP007
+    Union[SuiteAugment, AugMixAugment, PolicyAugment, NoiseAugment, SpaceAugment],  # noqa: UP007
+    Field(discriminator="method"),
 ]
 
 
@@ -155,7 +214,9 @@ class TrainRecipe(_Strict):
     channels_last: bool = True
     train_images: int | None = Field(None, ge=1, description="train on the first N images only")
     robust_augment: RobustAugment | None = Field(
-        None, description="robust-training augmentation: suite, augmix, trivialaugment, randaugment, gaussian_noise"
+        None,
+        description="robust-training augmentation: suite, augmix, trivialaugment, randaugment, gaussian_noise, "
+        "random_point, worst_of_k",
     )
 
     _robust_shorthand = field_validator("robust_augment", mode="before")(
@@ -174,7 +235,7 @@ def _name_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-Adaptation = Literal["none", "bn", "tent"]
+Adaptation = Literal["none", "bn", "tent", "tta"]
 
 
 class BatchNormAdaptation(_Strict):
@@ -221,6 +282,11 @@ class ModelSpec(_Strict):
     )
     adaptation: tuple[Adaptation, ...] | None = Field(
         None, min_length=1, description="this model's test-time adaptations (default: evaluation.adaptation)"
+    )
+    against: str | None = Field(
+        None,
+        description="judge this model as a remedy against that model of the experiment (another architecture, e.g. "
+        "p4_cnn against baseline_cnn); a recipe or adaptation is set against its own architecture's standard",
     )
 
     _adaptation_shorthand = field_validator("adaptation", mode="before")(
@@ -300,26 +366,28 @@ class PerturbationSpec(_Strict):
         return self.name if backend == "torch" else f"{self.name}@{backend}"
 
 
-def _axis_form(value: Any) -> Any:
-    # a range of the wrong length would otherwise read "missing required key ...rotation[2]"
-    if isinstance(value, list | tuple) and len(value) != 3:
-        raise ValueError(f"give [low, high, points], e.g. [-30, 30, 31]; got {len(value)} value(s)")
-    return value
+class TtaAdaptation(_Strict):
+    """`tta`: the logits averaged over copies of each image, one at every point of a space (k copies, k passes)."""
 
+    space: dict[str, AxisRange] = Field(
+        default_factory=lambda: {"rotation": (-20.0, 20.0, 5)},
+        description="axis -> [low, high, points]: one copy at each point (k = the points); as adversaries' spaces",
+    )
 
-def _axis_range(value: tuple[float, float, int]) -> tuple[float, float, int]:
-    low, high, points = value
-    if points < 1:
-        raise ValueError(f"points {points}: an axis needs at least 1 ([low, high, points])")
-    if low > high:
-        raise ValueError(f"low {low:g} > high {high:g}")
-    if points == 1 and low != high:
-        raise ValueError(f"one point cannot span low {low:g} to high {high:g}; give low == high, or more points")
-    return value
+    _space_given = field_validator("space", mode="before")(classmethod(lambda cls, v: _nonempty_space(v)))
 
+    @property
+    def copies(self) -> int:
+        """k: the copies of each image, one forward pass each."""
+        return space_point_count(self.space)
 
-# (low, high, points); the YAML writes [low, high, points]
-AxisRange = Annotated[tuple[float, float, int], BeforeValidator(_axis_form), AfterValidator(_axis_range)]
+    @model_validator(mode="after")
+    def _few_copies(self) -> TtaAdaptation:
+        if self.copies > MAX_TTA_COPIES:
+            raise KeyedError(
+                ("space",), f"{self.copies:,} copies, more than {MAX_TTA_COPIES}: each costs a forward pass; use fewer"
+            )
+        return self
 
 
 class AdversarySpec(_Strict):
@@ -334,6 +402,9 @@ class AdversarySpec(_Strict):
     steps: int = Field(20, ge=1, description="gradient: ascent steps per restart")
     restarts: int = Field(3, ge=1, description="gradient: starting points per image")
     images: int = Field(500, ge=1, description="test images every point is evaluated on")
+    test_images: int | None = Field(
+        None, ge=1, description="search the first N test images only (default: all the evaluation's)"
+    )
     max_points: int = Field(
         MAX_ADVERSARY_POINTS, ge=1, description="a space with more points is refused unless this is raised"
     )
@@ -343,15 +414,11 @@ class AdversarySpec(_Strict):
     def _space_given(cls, value: Any) -> Any:
         if isinstance(value, str):  # ExperimentConfig replaces a name by the earlier adversary's space
             raise ValueError(f"{value!r}: a name reuses an earlier adversary's space only inside `adversaries:`")
-        if isinstance(value, dict) and not value:
-            raise ValueError("empty; name at least one axis, e.g. {rotation: [-30, 30, 31]}")
-        return value
+        return _nonempty_space(value)
 
     def point_count(self) -> int:
         """How many points the space has: the product of the axes' points, translate's counted for x and for y."""
-        return math.prod(
-            points ** (2 if axis in TWO_DIMENSIONAL_AXES else 1) for axis, (_, _, points) in self.space.items()
-        )
+        return space_point_count(self.space)
 
     @model_validator(mode="after")
     def _search_settings(self) -> AdversarySpec:
@@ -430,10 +497,11 @@ class EvaluationConfig(_Strict):
     test_images: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
     backend: Backend = Field("torch", description="perturbation backend: torch (batched) or albumentations")
     adaptation: tuple[Adaptation, ...] = Field(
-        ("none",), min_length=1, description="test-time adaptations, each evaluated: none, bn, tent"
+        ("none",), min_length=1, description="test-time adaptations, each evaluated: none, bn, tent, tta"
     )
     bn: BatchNormAdaptation = Field(default_factory=BatchNormAdaptation)
     tent: TentAdaptation = Field(default_factory=TentAdaptation)
+    tta: TtaAdaptation = Field(default_factory=TtaAdaptation)
     compile: Literal["auto", "always", "never"] = Field(
         "auto", description="torch.compile the model for the sweep: auto compiles where it pays (inference.py)"
     )
@@ -562,9 +630,10 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"{kind} {dupes[0]!r} is listed twice")
         adapted = {a for s in self.models for a in s.adaptation or self.evaluation.adaptation} - {"none"}
         few = self.evaluation.test_images
-        if adapted and few is not None and few < MIN_ADAPTATION_IMAGES:
+        halves = adapted - {"tta"}  # tta adapts nothing: it averages copies of each image
+        if halves and few is not None and few < MIN_ADAPTATION_IMAGES:
             raise ValueError(
-                f"evaluation.test_images {few} with adaptation {sorted(adapted)}: adapting on half a cell needs at "
+                f"evaluation.test_images {few} with adaptation {sorted(halves)}: adapting on half a cell needs at "
                 f"least {MIN_ADAPTATION_IMAGES} images (BatchNorm needs two per batch); raise test_images"
             )
         if adapted and self.evaluation.precision != "float32":
@@ -573,6 +642,13 @@ class ExperimentConfig(_Strict):
                 "runs in float32, so its rows would not match; set precision: float32"
             )
         models = [s.name for s in self.models]
+        for i, spec in enumerate(self.models):
+            if spec.against is not None and (spec.against not in models or spec.against == spec.name):
+                close = difflib.get_close_matches(spec.against, [m for m in models if m != spec.name], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" ({', '.join(models)})"
+                raise KeyedError(
+                    ("models", i, "against"), f"{spec.against!r} is not another model of the experiment{hint}"
+                )
         # the default may be absent (mCE is then n/a): a run.json records it even where the YAML did not
         named = "reference_model" in self.model_fields_set and self.reference_model != DEFAULT_REFERENCE
         if named and self.reference_model not in models:

@@ -434,6 +434,11 @@ def _adversaries(*adversaries: dict[str, Any]) -> Callable[[Env], list[str]]:
 SPATIAL = {"name": "spatial", "space": {"rotation": [-30, 30, 31], "translate": [-3, 3, 5]}, "search": "grid"}
 
 
+def _tta(space: Any) -> Callable[[Env], list[str]]:
+    """`run` with test-time augmentation over `space`: stopped before any training."""
+    return _changes({"evaluation": {"batch_size": 64, "adaptation": ["none", "tta"], "tta": {"space": space}}})
+
+
 CASES = [
     # data loss: nothing the harness did not write is replaced
     Case("run over a folder of YAMLs", _folder_of_yamls, 2, "not written by robustbench_fmnist"),
@@ -553,7 +558,12 @@ CASES = [
     Case("compare --model-a that A lacks", _compare_unknown_model, 2, "--model-a: 'nope' is not a model"),
     Case("duplicate key in the YAML", _duplicate_key, 2, "key 'seed' appears twice"),
     # remedies: test-time adaptation and robust training
-    Case("adaptation bm", _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"), 2, "'bn' or 'tent'"),
+    Case(
+        "adaptation bm",
+        _changes({"evaluation": {"adaptation": ["none", "bm"]}}, "validate"),
+        2,
+        "'bn', 'tent' or 'tta'",
+    ),
     Case(
         "adaptation on 3 test images",
         _changes({"evaluation": {"adaptation": ["none", "bn"], "test_images": 3}}, "validate"),
@@ -796,6 +806,100 @@ CASES = [
         _adversaries({"name": "a", "space": {"gaussian_noise": [0, 0.2, 5]}, "search": "gradient"}),
         2,
         "adversaries[0].space.gaussian_noise: search gradient cannot follow 'gaussian_noise'",
+    ),
+    Case(
+        "against names no model of the experiment",
+        _changes({"models": ["baseline_cnn_tiny", {"name": "p4_cnn_tiny", "against": "baseline_cnn_tny"}]}, "validate"),
+        2,
+        "models[1].against: 'baseline_cnn_tny' is not another model of the experiment; did you mean "
+        "'baseline_cnn_tiny'?",
+    ),
+    # training over a space
+    Case(
+        "worst_of_k training axis misspelt",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {"robust_augment": {"method": "worst_of_k", "space": {"rotaton": [-30, 30, 7]}}},
+                    }
+                ]
+            }
+        ),
+        2,
+        "models[0].train.robust_augment.space: unknown axis 'rotaton'; did you mean 'rotation'?",
+    ),
+    Case(
+        "worst_of_k with k over its limit",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {
+                            "robust_augment": {"method": "worst_of_k", "space": {"rotation": [-30, 30, 7]}, "k": 500}
+                        },
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "less than or equal to 100",
+    ),
+    Case(
+        "training space with too many points",
+        _changes(
+            {
+                "models": [
+                    {
+                        "name": "baseline_cnn_tiny",
+                        "train": {
+                            "robust_augment": {
+                                "method": "random_point",
+                                "space": {"rotation": [-30, 30, 601], "translate": [-3, 3, 7]},
+                            }
+                        },
+                    }
+                ]
+            },
+            "validate",
+        ),
+        2,
+        "robust_augment.random_point.space: 29,449 points, more than 10,000; give the axes fewer points",
+    ),
+    # test-time augmentation's copies
+    Case(
+        "tta axis misspelt",
+        _tta({"rotaton": [-20, 20, 5]}),
+        2,
+        "evaluation.tta.space: unknown axis 'rotaton'; did you mean 'rotation'?",
+    ),
+    Case(
+        "tta with no copy",
+        _tta({"rotation": [-20, 20, 0]}),
+        2,
+        "evaluation.tta.space.rotation: points 0: an axis needs at least 1",
+    ),
+    Case("tta with no axis", _tta({}), 2, "evaluation.tta.space: empty; name at least one axis"),
+    Case(
+        "tta angles beyond the kernel",
+        _tta({"rotation": [-400, 0, 5]}),
+        2,
+        "evaluation.tta.space.rotation: [-400, 0] reaches outside [-180, 180]",
+    ),
+    Case(
+        "tta over a perturbation kernel",
+        _tta({"gaussian_noise": [0, 0.1, 3]}),
+        2,
+        "evaluation.tta.space.gaussian_noise: a perturbation's kernel draws per test image",
+    ),
+    Case(
+        "tta with too many copies",
+        _tta({"rotation": [-30, 30, 11], "translate": [-2, 2, 5]}),
+        2,
+        "evaluation.tta.space: 275 copies, more than 100: each costs a forward pass",
     ),
 ]
 

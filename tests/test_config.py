@@ -395,3 +395,11 @@ def test_bad_adversaries_give_one_line_with_the_key_path(
     with pytest.raises(ConfigError) as info:
         resolve_experiment(load_config(path))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_tta_needs_no_halves_of_a_cell_but_bn_does() -> None:
+    """tta averages copies of each image, so one test image is enough; bn adapts on half a cell and refuses it."""
+    base = {"name": "few", "models": ["deep_cnn"], "perturbations": ["rotation"]}
+    assert parse_config({**base, "evaluation": {"test_images": 1, "adaptation": ["none", "tta"]}})
+    with pytest.raises(ConfigError, match=r"adaptation \['bn'\]: adapting on half a cell needs at least 4"):
+        parse_config({**base, "evaluation": {"test_images": 1, "adaptation": ["none", "tta", "bn"]}})

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TrainRecipe, load_config
+from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TrainRecipe, TtaAdaptation, load_config
 from robustbench_fmnist.data import Split
 from robustbench_fmnist.evaluation.adaptation import (
     AdaptationSettings,
@@ -24,11 +24,14 @@ from robustbench_fmnist.evaluation.adaptation import (
     not_applicable,
     reestimate_batch_norm,
     tent_predict,
+    tta_predict,
+    tta_space,
 )
 from robustbench_fmnist.evaluation.cells import sweep_cells
 from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.models import create_model
 from robustbench_fmnist.orchestration.experiment import run_experiment
+from robustbench_fmnist.perturbations.space import perturb_at
 from robustbench_fmnist.report.bundle import read_data
 from robustbench_fmnist.report.remedies import gap_closed_table
 from robustbench_fmnist.training.augmentation import (
@@ -166,6 +169,37 @@ def test_adapted_cells_do_not_leak_into_each_other_nor_into_the_model(adaptation
     assert torch.equal(outputs_a[both[2]].confidence, outputs_b[alone[1]].confidence)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert after_a[0].adaptation == adaptation
+
+
+def test_tta_with_one_copy_at_the_identity_is_the_plain_evaluation() -> None:
+    model = _trained_tiny()
+    images, labels = _learnable(256)[0].float().div(255).unsqueeze(1), _learnable(256)[1]
+    cells = sweep_cells([("brightness_up", [3]), ("rotation", [2])])
+    one_copy = AdaptationSettings(BatchNormAdaptation(), TentAdaptation(), TtaAdaptation(space={"rotation": [0, 0, 1]}))
+    kwargs = {"device": CPU, "batch_size": 64, "compile": "never"}
+    plain, plain_outputs = evaluate_cells(model, "m", images, labels, cells, **kwargs)
+    tta, tta_outputs = evaluate_cells(
+        model, "m", images, labels, cells, adaptation="tta", adaptation_settings=one_copy, **kwargs
+    )
+    for cell in cells:
+        assert torch.equal(tta_outputs[cell].predictions, plain_outputs[cell].predictions)
+        torch.testing.assert_close(tta_outputs[cell].confidence, plain_outputs[cell].confidence)
+    assert [r.n_correct for r in tta] == [r.n_correct for r in plain] and tta[0].adaptation == "tta"
+
+
+def test_tta_averages_the_logits_of_a_copy_at_every_point_of_its_space() -> None:
+    model = _trained_tiny()
+    images = _learnable(64)[0].float().div(255).unsqueeze(1)
+    config = TtaAdaptation(space={"rotation": [-20, 20, 3], "translate": [-1, 1, 2]})
+    space = tta_space(config)
+    assert config.copies == space.size == 12
+    with torch.no_grad():
+        expected = torch.stack([model(perturb_at(images, space, values)) for values in space.points]).mean(0)
+        copies = [perturb_at(images, space, values) for values in space.points]
+        logits = tta_predict(model, images, AdaptationSettings(BatchNormAdaptation(), TentAdaptation(), config))
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits, model(images))
+    assert not torch.equal(copies[0], copies[-1])  # the copies differ: turned and shifted
 
 
 def test_a_model_without_normalisation_is_not_applicable_not_a_copy_of_none() -> None:
@@ -360,7 +394,7 @@ def test_gap_closed_is_the_share_of_the_standard_loss_won_back_per_family_and_sp
 def remedy_experiment(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
     tiny_experiment.update(seeds=[0, 1])
     tiny_experiment["models"] = [
-        {"name": "baseline_cnn_tiny", "adaptation": ["none", "bn", "tent"]},
+        {"name": "baseline_cnn_tiny", "adaptation": ["none", "bn", "tent", "tta"]},
         {"name": "deep_cnn_tiny", "adaptation": ["none", "bn", "tent"], "train": {"epochs": 2}},
         {"name": "deep_cnn_tiny_suite", "architecture": "deep_cnn_tiny",
          "train": {"epochs": 2, "robust_augment": {"method": "suite", "perturbations": ["brightness_up"]}}},
@@ -369,6 +403,7 @@ def remedy_experiment(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
                                         {"name": "contrast_down", "severities": [3]},
                                         {"name": "rotation", "severities": [2]}]  # fmt: skip
     tiny_experiment["reference_model"] = "baseline_cnn_tiny"
+    tiny_experiment["evaluation"]["tta"] = {"space": {"rotation": [-10, 10, 3]}}
     return tiny_experiment
 
 
@@ -379,8 +414,8 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     folder = run_experiment(load_config(write_yaml(remedy_experiment)))
     data = read_data(folder)
     results = data.results
-    assert set(results["model"]) == {"baseline_cnn_tiny", "deep_cnn_tiny", "deep_cnn_tiny+bn", "deep_cnn_tiny+tent",
-                                     "deep_cnn_tiny_suite"}  # fmt: skip
+    assert set(results["model"]) == {"baseline_cnn_tiny", "baseline_cnn_tiny+tta", "deep_cnn_tiny", "deep_cnn_tiny+bn",
+                                     "deep_cnn_tiny+tent", "deep_cnn_tiny_suite"}  # fmt: skip
     assert set(results.loc[results["model"] == "deep_cnn_tiny+tent", "adaptation"]) == {"tent"}
     suite = results[(results["model"] == "deep_cnn_tiny_suite") & (results["seed"] == 0)].set_index(
         ["perturbation", "severity"]
@@ -399,8 +434,10 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     assert "| deep_cnn_tiny+bn | deep_cnn_tiny | standard | bn |" in report
     assert "| deep_cnn_tiny_suite | brightness_up (seen in training) |" in report, "marked in the summary too"
     assert "Gap closed per perturbation" in report
+    assert "`tta` averages the logits over k = 3 copies of each image (rotation -10 to 10 in 3;" in report
     gaps = pd.read_csv(folder / "remedies.csv")
-    assert set(gaps["remedy"]) == {"deep_cnn_tiny+bn", "deep_cnn_tiny+tent", "deep_cnn_tiny_suite"}
+    assert set(gaps["remedy"]) == {"baseline_cnn_tiny+tta", "deep_cnn_tiny+bn", "deep_cnn_tiny+tent",
+                                   "deep_cnn_tiny_suite"}  # fmt: skip
     suite_gaps = gaps[gaps["remedy"] == "deep_cnn_tiny_suite"].set_index(["perturbation", "severity"])
     assert suite_gaps.loc[("brightness_up", 2), "in_training"] == SEEN
     assert (suite_gaps.loc[("brightness_up", -1), "seeds"]) == 2
@@ -474,6 +511,23 @@ def test_remedies_pair_adaptations_with_their_own_weights_and_recipes_with_the_s
     assert found["deep_cnn+bn"].standard == "deep_cnn" and found["mine+bn"].standard == "mine"
     assert found["deep_cnn_augmix+tent"].standard == "deep_cnn", "both remedies against the standard"
     assert found["deep_cnn_augmix"].recipe_differs == ("epochs",), "a longer recipe is not credited silently"
+
+
+def test_another_architecture_is_a_remedy_against_the_model_it_names_and_so_are_its_adaptations() -> None:
+    from robustbench_fmnist.report.remedies import remedies
+
+    recipe = {"epochs": 4, "robust_augment": None}
+    models = [
+        _record("deep_cnn", "standard", recipe=recipe),
+        _record("p4_deep_cnn", "standard", architecture="p4_deep_cnn", against="deep_cnn", recipe=recipe),
+        _record("p4_deep_cnn+tta", "standard", "tta", architecture="p4_deep_cnn", base_model="p4_deep_cnn"),
+        _record("p4_deep_cnn_wok", "worst_of_k", architecture="p4_deep_cnn", recipe=recipe),
+        _record("p4_cnn", "standard", architecture="p4_cnn", recipe=recipe),
+    ]
+    found = {r.label: r for r in remedies(models)}
+    assert set(found) == {"p4_deep_cnn", "p4_deep_cnn+tta", "p4_deep_cnn_wok"}, "p4_cnn names no model: no remedy"
+    assert found["p4_deep_cnn"].standard == "deep_cnn" and found["p4_deep_cnn+tta"].standard == "deep_cnn"
+    assert found["p4_deep_cnn_wok"].standard == "p4_deep_cnn", "a recipe against its own architecture's standard"
 
 
 def test_noise_from_matches_models_by_architecture_and_adaptation_settings() -> None:

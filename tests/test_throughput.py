@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from robustbench_fmnist.cli import main
-from robustbench_fmnist.config import ExperimentConfig
+from robustbench_fmnist.config import ExperimentConfig, TrainRecipe
 from robustbench_fmnist.evaluation import throughput
 from robustbench_fmnist.evaluation.cells import CLEAN, Cell
 from robustbench_fmnist.models import count_macs, create_model
 from robustbench_fmnist.orchestration.bench import _throughput_plan
+from robustbench_fmnist.training.augmentation import build_batch_augmentation
 
 CPU = torch.device("cpu")
 
@@ -147,7 +148,9 @@ def test_throughput_plan_lists_every_measurement_in_order(tiny_experiment: dict[
     config = ExperimentConfig.model_validate({**tiny_experiment, "throughput": settings})
     models = [("a", create_model("baseline_cnn_tiny"), 1), ("b", create_model("deep_cnn_tiny"), 1)]
     cells = [Cell(CLEAN, 0), Cell("rotation", 1, 15.0, "rotation"), Cell("rotation", 5, 75.0, "rotation")]
-    labels = [label for label, _ in _throughput_plan(config, models, torch.rand(4, 1, 28, 28), torch.zeros(4), cells)]
+    labels = [
+        label for label, _ in _throughput_plan(config, models, torch.rand(4, 1, 28, 28), torch.zeros(4), cells, {})
+    ]
     per_device = 2 * 2 * 2 + 2  # dtypes x batch sizes x (eager, compiled), then latency and training
     assert len(labels) == 2 + 2 * (2 * per_device + 1) + 1
     assert labels[:2] == ["conv ceiling cpu", "conv ceiling cuda"]
@@ -163,3 +166,20 @@ def test_bad_throughput_settings_fail_with_one_line(
     assert main(["-q", "bench", str(path)]) != 0
     err = capsys.readouterr().err.strip()
     assert "throughput.batch_sizes" in err and len(err.splitlines()) == 1
+
+
+def test_a_recipe_that_reads_the_model_is_timed_inside_each_training_step() -> None:
+    """bench times worst_of_k training with its k copies: the augmentation runs on every step's batch."""
+    augment = build_batch_augmentation(
+        TrainRecipe(robust_augment={"method": "worst_of_k", "space": {"rotation": [-30, 30, 7]}, "k": 3})
+    )
+    calls = []
+
+    def counted(model: torch.nn.Module, images: torch.Tensor, *rest: object) -> torch.Tensor:
+        calls.append((model.training, images.shape))
+        return augment(model, images, *rest)
+
+    model = create_model("baseline_cnn_tiny")
+    row = throughput.measure_training("m", model, CPU, 16, steps=2, warmup=1, repeats=2, augment=counted)
+    assert row.images_per_second > 0 and len(calls) == 2 * (1 + 2)
+    assert all(training and shape == (16, 1, 28, 28) for training, shape in calls)

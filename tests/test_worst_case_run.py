@@ -135,3 +135,103 @@ def test_bench_measures_each_adversarys_search_step_against_the_bare_forward(con
     from robustbench_fmnist.report.markdown import _throughput  # the throughput section a report shows
 
     assert "A worst-case search's step" in "\n".join(_throughput(table))
+
+
+@pytest.mark.slow
+def test_a_model_with_tta_is_also_searched_through_its_k_copies(tiny_experiment: dict[str, Any]) -> None:
+    """An adversary task per adaptation in {none, tta}: the tta search costs k times the passes, files its rows under
+    model+tta, and its clean accuracy is the tta evaluation's clean accuracy (one model behind both)."""
+    config = {
+        **tiny_experiment,
+        "models": [
+            {"name": "baseline_cnn_tiny", "adaptation": ["none", "tta"], "train": {"epochs": 4, "batch_size": 16}}
+        ],
+        "perturbations": [{"name": "rotation", "severities": [1]}],
+        "adversaries": ADVERSARIES[:3],
+        # quarter turns: copies far enough from the image that the averaged logits change its accuracy
+        "evaluation": {"batch_size": 64, "tta": {"space": {"rotation": [-90, 90, 3]}}},
+        "threads": 1,
+    }
+    attacks = [t for t in plan_experiment(parse_config(config)).missing if type(t).__name__ == "AdversaryTask"]
+    by_label = {(t.label, t.adversary): t for t in attacks}
+    assert len(attacks) == 6 and ("baseline_cnn_tiny+tta", "spatial") in by_label
+    plain, augmented = by_label[("baseline_cnn_tiny", "spatial")], by_label[("baseline_cnn_tiny+tta", "spatial")]
+    assert augmented.forward_passes == 3 * plain.forward_passes and augmented.key != plain.key
+    folder = run_experiment(parse_config(config))
+    rows = pd.read_csv(folder / "adversaries.csv")
+    whole = rows[rows.budget == 1.0].set_index(["model", "adversary"])
+    tta = whole.loc["baseline_cnn_tiny+tta"]
+    per_image = tta["forward_passes"] / whole.loc["baseline_cnn_tiny"]["forward_passes"]
+    assert per_image.loc["spatial_random"] == pytest.approx(3, rel=0.5), "k = 3 passes for each of the search's"
+    assert tta.loc["spatial", "accuracy"] <= tta.loc["spatial_w4", "accuracy"] <= tta.loc["spatial_random", "accuracy"]
+    results = pd.read_csv(folder / "results.csv")
+    clean = results[results.perturbation == "clean"].set_index("model")
+    assert clean.loc["baseline_cnn_tiny+tta", "accuracy"] != clean.loc["baseline_cnn_tiny", "accuracy"]
+    for label in ("baseline_cnn_tiny", "baseline_cnn_tiny+tta"):  # a near tie may fall either way between batchings
+        searched = whole.loc[(label, "spatial"), "accuracy_clean"]
+        assert searched == pytest.approx(clean.loc[label, "accuracy"], abs=1.5 / clean.loc[label, "n_images"])
+
+
+@pytest.mark.slow
+def test_an_adversary_with_test_images_searches_only_the_first_n(tiny_experiment: dict[str, Any]) -> None:
+    """`test_images: N` on the grid: its rows, transfers and intervals count N images; the weaker searches over the same
+    space keep the whole test set, and their witnesses still bound the grid image by image on the shared N."""
+    few = 30
+    adversaries = [{**ADVERSARIES[0], "images": 10, "test_images": few}, *ADVERSARIES[1:3]]
+    config = {
+        **tiny_experiment,
+        "models": [{"name": "baseline_cnn_tiny", "train": {"epochs": 1, "batch_size": 64}}, "deep_cnn_tiny"],
+        "perturbations": [{"name": "rotation", "severities": [1]}],
+        "adversaries": adversaries,
+        "threads": 1,
+    }
+    planned = plan_experiment(parse_config(config))
+    attacks = {(t.label, t.adversary): t for t in planned.missing if type(t).__name__ == "AdversaryTask"}
+    grid, drawn = attacks[("baseline_cnn_tiny", "spatial")], attacks[("baseline_cnn_tiny", "spatial_random")]
+    assert grid.identity["test_images"] == few and drawn.identity["test_images"] == planned.test_images > few
+    assert grid.forward_passes == few * (1 + 5 * 3 * 3)
+    folder = run_experiment(parse_config(config))
+    whole = pd.read_csv(folder / "adversaries.csv").query("budget == 1.0").set_index(["model", "adversary"])
+    assert (whole.xs("spatial", level="adversary")["n_images"] == few).all()
+    assert (whole.xs("spatial_random", level="adversary")["n_images"] == planned.test_images).all()
+    transfer = pd.read_csv(folder / "transfer.csv")
+    assert len(transfer) == 2 and (transfer["n_images"] == few).all()
+    consistency = pd.read_csv(folder / "consistency.csv").set_index("condition")
+    assert consistency.loc["worst case: spatial", "n_images"] == few
+    assert f"`spatial` the first {few}" in (folder / "report.md").read_text()
+
+
+def test_a_grid_on_fewer_images_counts_the_weaker_searches_witnesses_on_the_shared_ones() -> None:
+    """verdicts: a grid over the first 3 images and a worst-of-k over all 5 give grid <= worst-of-k on the 3."""
+    import torch
+
+    from robustbench_fmnist.evaluation.adversary import NONE, AdversaryOutputs
+    from robustbench_fmnist.orchestration.plan import AdversaryTask
+    from robustbench_fmnist.orchestration.tasks import Attack
+    from robustbench_fmnist.orchestration.worst_case import verdicts
+
+    space = {"rotation": [-30, 30, 3]}
+
+    def attack(search: str, n: int, fooling: list[int], k: int | None = None) -> tuple[AdversaryTask, Attack]:
+        spec = {"space": space, "search": search, "k": k, "images": 2, "steps": 1, "restarts": 1}
+        task = AdversaryTask("m", search, 0, "w", search, 1, None, {"adversary": spec, "test_images": n})
+        outputs = AdversaryOutputs(
+            clean_prediction=torch.zeros(n, dtype=torch.uint8),
+            random_point=torch.zeros(n, dtype=torch.int32),
+            random_prediction=torch.zeros(n, dtype=torch.uint8),
+            fooling_point=torch.tensor(fooling, dtype=torch.int32),
+            fooling_prediction=torch.zeros(n, dtype=torch.uint8),
+            worst_point=torch.full((n,), NONE, dtype=torch.int32),
+            worst_true_probability=torch.ones(n),
+            sample_indices=torch.zeros(0, dtype=torch.int64),
+            sample_predictions=torch.zeros((0, 3), dtype=torch.uint8),
+            found_values=torch.zeros((n, 0)),
+            forward_passes=n,
+        )
+        return task, Attack(outputs, 0.0, "sha")
+
+    grid = attack("grid", 3, [NONE, NONE, 0])
+    drawn = attack("worst_of_k", 5, [2, NONE, NONE, 0, NONE], k=2)
+    result = verdicts(dict([grid, drawn]), torch.zeros(5, dtype=torch.long))
+    assert result[grid[0]].correct.tolist() == [False, True, False]  # image 0: the worst-of-k's witness counts
+    assert result[drawn[0]].correct.tolist() == [False, True, True, False, True]

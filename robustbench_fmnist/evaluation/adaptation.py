@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation
-from robustbench_fmnist.evaluation.inference import prepare_for_inference
+from robustbench_fmnist.config import BatchNormAdaptation, TentAdaptation, TtaAdaptation
+from robustbench_fmnist.evaluation.inference import PreparedModel, prepare_for_inference
+from robustbench_fmnist.perturbations.space import Space, perturb_at
 from robustbench_fmnist.registry import Registry
 
 # predict(model, cell images (N, 1, 28, 28) on the device, settings) -> (N, classes) float32 logits
@@ -30,6 +31,7 @@ class AdaptationSettings:
 
     bn: BatchNormAdaptation
     tent: TentAdaptation
+    tta: TtaAdaptation = field(default_factory=TtaAdaptation)
     batch_size: int = 1000  # images per forward pass where the adaptation does not set its own
     memory_format: torch.memory_format = torch.channels_last
 
@@ -135,9 +137,15 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.
 
 def _logits(model: nn.Module, images: torch.Tensor, settings: AdaptationSettings) -> torch.Tensor:
     """The adapted model's logits through the one inference path (eager: each cell adapts new weights)."""
-    prepared = prepare_for_inference(
-        model, images.device, channels_last=settings.memory_format == torch.channels_last, compile="never"
-    )
+    return _prepared_logits(_prepared(model, images.device, settings), images, settings)
+
+
+def _prepared(model: nn.Module, device: torch.device, settings: AdaptationSettings) -> PreparedModel:
+    return prepare_for_inference(model, device, channels_last=settings.memory_format == torch.channels_last,
+                                 compile="never")  # fmt: skip
+
+
+def _prepared_logits(prepared: PreparedModel, images: torch.Tensor, settings: AdaptationSettings) -> torch.Tensor:
     parts = [
         prepared(images[first : first + settings.batch_size]).float()
         for first in range(0, len(images), settings.batch_size)
@@ -221,3 +229,43 @@ def tent_predict(model: nn.Module, images: torch.Tensor, settings: AdaptationSet
                 optimizer.zero_grad(set_to_none=True)
             outputs.append(logits.detach().float())
         return torch.cat(outputs)
+
+
+def tta_space(settings: TtaAdaptation) -> Space:
+    """The space `tta` takes its copies at, as the adversaries' spaces are built."""
+    return Space(tuple((axis, low, high, points) for axis, (low, high, points) in settings.space.items()))
+
+
+class AveragedOverCopies(nn.Module):
+    """A model whose logits are the average over a copy of its input at every point of a space (`tta`).
+
+    Each copy is the suite's own transformation at one point (perturbations/space.py), so a copy at
+    the space's identity is the image itself. Differentiable in its input, so a gradient search can
+    go through it as through any model.
+    """
+
+    def __init__(self, module: nn.Module, space: Space) -> None:
+        super().__init__()
+        self.module, self.space = module, space
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), device=images.device)
+        for values in self.space.points:
+            total = total + self.module(perturb_at(images, self.space, values)).float()
+        return total / self.space.size
+
+
+def averaged_over_copies(prepared: PreparedModel, settings: TtaAdaptation) -> PreparedModel:
+    """`prepared` behind test-time augmentation: k = the space's points forward passes per image."""
+    return replace(prepared, module=AveragedOverCopies(prepared.module, tta_space(settings)), eager=None)
+
+
+@register_adaptation("tta", applies_to=lambda model: True, needs="")
+def tta_predict(model: nn.Module, images: torch.Tensor, settings: AdaptationSettings) -> torch.Tensor:
+    """Test-time augmentation: the logits averaged over a copy of each image at every point of `tta.space`.
+
+    With one point at the space's identity, tta is the plain evaluation.
+    """
+    with torch.no_grad():
+        return _prepared_logits(averaged_over_copies(_prepared(model, images.device, settings), settings.tta), images,
+                                settings)  # fmt: skip

@@ -251,10 +251,12 @@ def measure_training(
     steps: int = 20,
     warmup: int = 1,
     repeats: int = 3,
+    augment: Callable[..., torch.Tensor] | None = None,
 ) -> ThroughputRow:
     """Images/s of training steps (forward, cross-entropy, backward, AdamW) on random batches.
 
-    Trains a copy: the caller's weights are untouched.
+    Trains a copy: the caller's weights are untouched. `augment` (a recipe's augmentation that reads
+    the model, training.augmentation.BatchAugment) runs on each batch first, inside the step's time.
     """
     row = ThroughputRow("training", name, str(device), batch_size, dtype, channels_last, False)
     row.threads = torch.get_num_threads()
@@ -267,10 +269,13 @@ def measure_training(
     images = torch.rand(batch_size, 1, 28, 28, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (batch_size,), device=device)
 
+    indices = torch.arange(batch_size)
+
     def run() -> None:
-        for _ in range(steps):
+        for step in range(steps):
             with _autocast(device, dtype):
-                loss = nn.functional.cross_entropy(trained(images), labels)
+                inputs = images if augment is None else augment(trained, images, labels, indices, 0, step)
+                loss = nn.functional.cross_entropy(trained(inputs.contiguous(memory_format=memory_format)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustbench_fmnist.models import baseline, classic, resnet, timm_models, vgg  # noqa: F401  (registers)
+from robustbench_fmnist.models import baseline, classic, p4, resnet, steerable, stn, timm_models, vgg  # noqa: F401  (registers)
 from robustbench_fmnist.models.registry import (
     FMNIST_MEAN,
     FMNIST_STD,

@@ -128,6 +128,13 @@ def _fuse_in_place(module: nn.Module, memory_format: torch.memory_format) -> Non
             module._modules[third] = nn.Identity()
 
 
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` for inference: exported to plain torch modules where it can be (`inference_module()`, as
+    the steerable CNNs give), then with BatchNorm folded. The caller's model is not touched."""
+    export = getattr(model, "inference_module", None)
+    return fold_batch_norm(export() if callable(export) else model)
+
+
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """An inference copy of `model` with each Conv2d directly followed by BatchNorm2d folded into one conv.
 

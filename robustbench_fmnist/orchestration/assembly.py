@@ -29,7 +29,7 @@ from robustbench_fmnist.orchestration.worst_case import (
     worst_case_rows,
 )
 from robustbench_fmnist.report.bundle import Examples
-from robustbench_fmnist.training.augmentation import HELD_OUT, training_exposure
+from robustbench_fmnist.training.augmentation import HELD_OUT, cell_exposure, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
 from robustbench_fmnist.training.weights import cached_weights, seeded_model, user_weights, weights_record
 
@@ -56,11 +56,19 @@ def training_method(model: ResolvedModel) -> str:
     return "standard" if model.recipe.robust_augment is None else model.recipe.robust_augment.method
 
 
-def in_training(perturbation: str, exposure: dict[str, str], recipe: TrainRecipe | None) -> str:
-    """Whether a row's shift was seen in training, partly seen, or held out; empty for clean or an unknown history."""
+def in_training(
+    perturbation: str, exposure: dict[str, str], recipe: TrainRecipe | None, parameter: float | None = None
+) -> str:
+    """Whether a row's shift was seen in training, partly seen, or held out; empty for clean or an unknown history.
+
+    Training over a space judges each cell by its strength (training.augmentation.cell_exposure): a
+    rotation beyond the space's angles is held out though smaller ones were seen.
+    """
     if perturbation == CLEAN or recipe is None:
         return ""
-    return exposure.get(perturbation.partition("@")[0], HELD_OUT)
+    name = perturbation.partition("@")[0]
+    by_strength = cell_exposure(recipe, name, parameter)
+    return by_strength if by_strength is not None else exposure.get(name, HELD_OUT)
 
 
 def failed_results(task: EvaluateTask, count: int, reason: str) -> list[CellResult]:
@@ -189,7 +197,7 @@ def _score_stored(
     scored = score_cells(results, outputs, cells, labels, seed=seed, class_names=CLASS_NAMES)
     exposure = training_exposure(resolved.recipe)
     for row in scored.results:
-        row["in_training"] = in_training(row["perturbation"], exposure, resolved.recipe)
+        row["in_training"] = in_training(row["perturbation"], exposure, resolved.recipe, row.get("parameter"))
     return scored, outputs, seconds
 
 
@@ -223,6 +231,8 @@ def _model_entry(
         adaptation="none",
         base_model=resolved.name,
     )
+    if resolved.spec.against is not None:
+        info["against"] = resolved.spec.against
     return model, info
 
 

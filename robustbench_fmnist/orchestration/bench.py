@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustbench_fmnist.config import ExperimentConfig, ThroughputConfig
+from robustbench_fmnist.config import ExperimentConfig, ThroughputConfig, TrainRecipe
 from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.evaluation.throughput import (
@@ -32,6 +32,7 @@ from robustbench_fmnist.orchestration.tasks import space_of
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.runtime import cpu_settings, seed_everything
+from robustbench_fmnist.training.augmentation import BatchAugment, build_batch_augmentation
 from robustbench_fmnist.training.weights import obtain_model
 
 
@@ -51,7 +52,8 @@ def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path,
                 model_spec, data, seed=seed, device=checked.device, cache_dir=config.cache_dir, retrain=retrain
             )
             models.append((model_spec.name, model, count_macs(model)))
-        throughput = benchmark(config, models, images, labels, checked.cells)
+        recipes = {resolved.name: resolved.recipe for resolved in checked.models}
+        throughput = benchmark(config, models, images, labels, checked.cells, recipes)
         add_throughput(checked.folder, throughput)
     return checked.folder, throughput
 
@@ -65,12 +67,15 @@ def benchmark(
     images: torch.Tensor,
     labels: torch.Tensor,
     cells: Sequence[Cell],
+    recipes: Mapping[str, TrainRecipe | None] | None = None,
 ) -> pd.DataFrame:
     """Every throughput measurement the config's `throughput:` section asks for, as throughput.csv rows.
 
-    `models` are (name, trained model, MACs per image); `images` sit on the evaluation device.
+    `models` are (name, trained model, MACs per image); `images` sit on the evaluation device. A model
+    whose recipe (in `recipes`) trains with an augmentation that reads the model (worst_of_k) is timed
+    training with it.
     """
-    plan = _throughput_plan(config, models, images, labels, cells)
+    plan = _throughput_plan(config, models, images, labels, cells, recipes or {})
     rows: list[ThroughputRow] = []
     # one step per measurement, labelled: a compiled or batch-4096 row can take a while
     with progress_bar(len(plan), "throughput", unit="measurement") as bar:
@@ -88,6 +93,7 @@ def _throughput_plan(
     images: torch.Tensor,
     labels: torch.Tensor,
     cells: Sequence[Cell],
+    recipes: Mapping[str, TrainRecipe | None],
 ) -> list[tuple[str, Measurement]]:
     """(label, measurement) pairs in the order they run: ceilings, then per model, then perturbations."""
     settings = config.throughput
@@ -97,8 +103,10 @@ def _throughput_plan(
     ]
     shown = _most_severe(cells)
     for name, model, macs in models:
+        recipe = recipes.get(name)
+        augment = None if recipe is None else build_batch_augmentation(recipe)
         for device in devices:
-            plan += _device_plan(settings, name, model, macs, device)
+            plan += _device_plan(settings, name, model, macs, device, augment)
         if settings.sweep:
             measure = partial(
                 measure_sweep_overhead,
@@ -140,7 +148,12 @@ def _most_severe(cells: Sequence[Cell]) -> list[Cell]:
 
 
 def _device_plan(
-    settings: ThroughputConfig, name: str, model: nn.Module, macs: int, device: torch.device
+    settings: ThroughputConfig,
+    name: str,
+    model: nn.Module,
+    macs: int,
+    device: torch.device,
+    augment: BatchAugment | None = None,
 ) -> list[tuple[str, Measurement]]:
     """One model's measurements on one device: inference per dtype, batch size and compiling, latency, training."""
     plan: list[tuple[str, Measurement]] = []
@@ -168,7 +181,8 @@ def _device_plan(
         plan.append((f"{name} {device} latency", measure))
     if settings.training_batch_size:
         measure = partial(
-            measure_training, name, model, device, settings.training_batch_size, channels_last=settings.channels_last
-        )
+            measure_training, name, model, device, settings.training_batch_size, channels_last=settings.channels_last,
+            augment=augment,
+        )  # fmt: skip
         plan.append((f"{name} {device} training", measure))
     return plan

@@ -211,7 +211,10 @@ def _measure_throughput(
     started = time.perf_counter()
     test, count = planned.data.test, planned.test_images
     images = to_float_images(test.images[:count], planned.checked.device)
-    throughput = benchmark(config, assembled.first_seed_models, images, test.labels[:count], planned.checked.cells)
+    recipes = {resolved.name: resolved.recipe for resolved in planned.checked.models}
+    throughput = benchmark(
+        config, assembled.first_seed_models, images, test.labels[:count], planned.checked.cells, recipes
+    )
     timings["throughput"] = time.perf_counter() - started
     return throughput
 
@@ -262,7 +265,7 @@ def _evaluation_settings(config: ExperimentConfig, device: torch.device, count: 
         precision=evaluation.precision,
         channels_last=evaluation.channels_last,
         compile=evaluation.compile,
-        adaptation=AdaptationSettings(evaluation.bn, evaluation.tent),
+        adaptation=AdaptationSettings(evaluation.bn, evaluation.tent, evaluation.tta),
         test_images=count,
     )
 

@@ -9,6 +9,7 @@ code. A task whose result is stored under its key is done; a run does only the o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,14 +90,16 @@ class AdversaryTask:
     forward_passes: int  # at most, before early exits: what `plan` shows as the cost
     train: TrainTask | None = None
     identity: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    adaptation: str = "none"  # or tta: the search goes through the test-time augmented model
 
     @property
     def label(self) -> str:
-        return self.model
+        """The name its rows are filed under: the model's, with `+tta` for a search through test-time augmentation."""
+        return self.model if self.adaptation == "none" else f"{self.model}+{self.adaptation}"
 
     @property
     def title(self) -> str:
-        return f"attack {self.model} seed {self.seed} {self.adversary} (at most {self.forward_passes:,} forward passes)"
+        return f"attack {self.label} seed {self.seed} {self.adversary} (at most {self.forward_passes:,} forward passes)"
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,8 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
 
 
 def _transfer_tasks(attacks: list[AdversaryTask]) -> list[TransferTask]:
-    """For every grid adversary and seed, each model at each other model's worst points."""
-    grids = [t for t in attacks if t.identity["adversary"]["search"] == "grid"]
+    """For every grid adversary and seed, each model at each other model's worst points (unadapted models)."""
+    grids = [t for t in attacks if t.identity["adversary"]["search"] == "grid" and t.adaptation == "none"]
     tasks = []
     for source in grids:
         for target in grids:
@@ -233,25 +236,28 @@ def _adversary_tasks(
     data_checksum: str,
     test_images: int,
 ) -> list[AdversaryTask]:
-    """One task per `adversaries:` entry for this model's weights with this seed (unadapted)."""
+    """One task per `adversaries:` entry for this model's weights with this seed: unadapted, and through test-time
+    augmentation where the model has `tta` (bn and tent adapt to a whole cell, so a search per image means nothing
+    for them)."""
     config, tasks = checked.config, []
-    for spec in config.adversaries:
-        identity = _evaluation_identity(config, "none", seed, (), weights, data_checksum, test_images)
+    adaptations = [a for a in resolved.spec.adaptation or config.evaluation.adaptation if a in ("none", "tta")]
+    for adaptation, spec in itertools.product(adaptations, config.adversaries):
+        searched = min(spec.test_images or test_images, test_images)
+        identity = _evaluation_identity(config, adaptation, seed, (), weights, data_checksum, searched)
         identity.pop("cells")
         identity.update(
             kind="adversary",
-            adversary=spec.model_dump(mode="json"),
+            # the images searched are the identity's test_images: the spec's own key stays out, so adversaries that
+            # do not set it keep the keys they had before it existed
+            adversary=spec.model_dump(mode="json", exclude={"test_images"}),
             device=checked.device.type,
             model=_model_identity(resolved),
             adversary_code=_digest_files(_ADVERSARY_SOURCES),
         )
         key = _digest(identity)
+        passes = _forward_passes(spec, searched) * (config.evaluation.tta.copies if adaptation == "tta" else 1)
         identity["adversary_name"] = spec.name
-        tasks.append(
-            AdversaryTask(
-                resolved.name, spec.name, seed, weights, key, _forward_passes(spec, test_images), train, identity
-            )
-        )
+        tasks.append(AdversaryTask(resolved.name, spec.name, seed, weights, key, passes, train, identity, adaptation))
     return tasks
 
 

@@ -109,7 +109,7 @@ class TaskStore:
         return identity
 
     def adversary_path(self, task: AdversaryTask) -> Path:
-        return self.root / f"{safe_file_name(task.model)}-{safe_file_name(task.adversary)}-{task.key[:24]}{SUFFIX}"
+        return self.root / f"{safe_file_name(task.label)}-{safe_file_name(task.adversary)}-{task.key[:24]}{SUFFIX}"
 
     def save_adversary(self, task: AdversaryTask, attack: Attack) -> None:
         identity = {**self.expected_identity(task), "seconds": attack.seconds}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robustbench_fmnist.data import Split, to_float_images
-from robustbench_fmnist.evaluation.adaptation import AdaptationSettings
+from robustbench_fmnist.evaluation.adaptation import AdaptationSettings, averaged_over_copies
 from robustbench_fmnist.evaluation.adversary import AdversaryOutputs, Search, search_space
 from robustbench_fmnist.evaluation.inference import Compile, PreparedModel, prepare_for_inference
 from robustbench_fmnist.evaluation.sweep import NO_PREDICTION, CellOutputs, evaluate_cells
@@ -153,27 +153,32 @@ def run_adversary(
     """Search the task's space for every test image's worst case under the task's weights."""
     started = time.perf_counter()
     weights_sha256 = state_sha256(state)
-    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings)
+    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings, task.identity)
+    if task.adaptation == "tta":  # every forward pass of the search goes through the k copies
+        prepared = averaged_over_copies(prepared, settings.adaptation.tta)
     space, search = adversary_of(task.identity)
     outputs = search_space(
         prepared, images, labels, space, search, name=task.label, seed=task.seed, batch_size=settings.batch_size,
         show_progress=settings.show_progress,
     )  # fmt: skip
+    if task.adaptation == "tta":
+        outputs.forward_passes *= settings.adaptation.tta.copies  # the search counts the averaged model's calls
     return Attack(outputs, time.perf_counter() - started, weights_sha256)
 
 
 def _eager_on_test(
-    model: nn.Module, test: Split, settings: EvaluationSettings
+    model: nn.Module, test: Split, settings: EvaluationSettings, identity: dict
 ) -> tuple[PreparedModel, torch.Tensor, torch.Tensor]:
-    """The model prepared eager, and the settings' test images on the device with their labels.
+    """The model prepared eager, and the task's test images (its identity's first N) on the device with their labels.
 
     Eager: a search's batches change size as images drop out, which a compiled model would recompile for."""
     prepared = prepare_for_inference(
         model.eval(), settings.device, precision=settings.precision, channels_last=settings.channels_last,
         compile="never",
     )  # fmt: skip
-    images = to_float_images(test.images[: settings.test_images], settings.device)
-    return prepared, images, test.labels[: settings.test_images]
+    count = int(identity["test_images"])  # an adversary's own `test_images`, else the evaluation's
+    images = to_float_images(test.images[:count], settings.device)
+    return prepared, images, test.labels[:count]
 
 
 def run_on_weights(
@@ -221,7 +226,7 @@ def run_transfer(
 ) -> Transfer:
     """The task's model at the source search's worst point of every image (one forward pass each)."""
     started = time.perf_counter()
-    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings)
+    prepared, images, labels = _eager_on_test(model_with(resolved, task.seed, state), test, settings, task.identity)
     space, _ = adversary_of(task.identity)
     points = worst_points(source, space)
     predictions = torch.empty(len(labels), dtype=torch.uint8)

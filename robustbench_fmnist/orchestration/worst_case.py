@@ -57,7 +57,7 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
     out = {}
     for task, attack in attacks.items():
         space, search = adversary_of(task.identity)
-        clean_ok = attack.outputs.clean_prediction.long() == labels
+        clean_ok = attack.outputs.clean_prediction.long() == labels[: len(attack.outputs.clean_prediction)]
         radius = _fooling_radius(attack.outputs, space)
         for other in by_space[_space_key(task)]:
             other_search = adversary_of(other.identity)[1]
@@ -65,15 +65,18 @@ def verdicts(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> dict
                 continue
             if search.kind != "gradient" and other_search.kind == "gradient":
                 continue  # gradient's points lie off the grid
-            clean_ok &= attacks[other].outputs.clean_prediction.long() == labels
-            radius = torch.minimum(radius, _draw_radius(attacks[other].outputs, space, search.kind))
+            # each search covers the first N test images of its own `test_images`: the shared ones count
+            shared = min(len(radius), len(attacks[other].outputs.clean_prediction))
+            clean_ok[:shared] &= attacks[other].outputs.clean_prediction[:shared].long() == labels[:shared]
+            witnesses = _draw_radius(attacks[other].outputs, space, search.kind)[:shared]
+            radius[:shared] = torch.minimum(radius[:shared], witnesses)
         out[task] = Verdicts(clean_ok, clean_ok & torch.isinf(radius), radius)
     return out
 
 
 def _space_key(task: AdversaryTask) -> str:
     """The searches whose witnesses count together: one model's weights (model and seed) over one space."""
-    return json.dumps([task.model, task.seed, task.identity["adversary"]["space"]], sort_keys=True)
+    return json.dumps([task.label, task.seed, task.identity["adversary"]["space"]], sort_keys=True)
 
 
 def _fooling_radius(outputs: AdversaryOutputs, space: Space) -> torch.Tensor:
@@ -106,7 +109,7 @@ def worst_case_rows(
         space, search = adversary_of(task.identity)
         attack = attacks[task]
         base = {
-            "model": task.model,
+            "model": task.label,
             "seed": task.seed,
             "adversary": task.adversary,
             "search": search.kind,
@@ -118,7 +121,7 @@ def worst_case_rows(
         curve = worst_case_curve(verdict.fooling_radius, verdict.clean, shares)
         for row in curve.to_dict("records"):
             rows.append({**base, **row, "budget_label": _budget_label(space, row["budget"])})
-        rows[-1].update(_whole_space_extras(attack.outputs, labels, verdict))
+        rows[-1].update(_whole_space_extras(attack.outputs, labels[: len(verdict.correct)], verdict))
     return rows
 
 
@@ -179,7 +182,7 @@ def consistency_rows(
         condition = perturbation if perturbation == CLEAN else f"{perturbation} s{severity}"
         conditions.setdefault(condition, {})[_unit(model, seed)] = correct.bool()
     for task, verdict in verdict_by_task.items():
-        conditions.setdefault(f"worst case: {task.adversary}", {})[_unit(task.model, task.seed)] = verdict.correct
+        conditions.setdefault(f"worst case: {task.adversary}", {})[_unit(task.label, task.seed)] = verdict.correct
     frames = []
     for condition, correct in conditions.items():
         if len(correct) < 2:
@@ -217,7 +220,7 @@ def fooling_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Tensor) -> 
         frames.append(
             pd.DataFrame(
                 {
-                    "model": task.model,
+                    "model": task.label,
                     "seed": task.seed,
                     "adversary": task.adversary,
                     "point": range(len(rates)),
@@ -236,14 +239,14 @@ def transfer_rows(
 
     An image counts as correct at the source's worst point only if the model is right on the clean image too.
     """
-    own = {(t.model, t.seed, t.adversary): v for t, v in verdict_by_task.items()}
+    own = {(t.label, t.seed, t.adversary): v for t, v in verdict_by_task.items()}
     rows = []
     for task, transfer in transfers.items():
         mine = own.get((task.model, task.seed, task.adversary))
         source = verdict_by_task.get(task.source)
         if mine is None or source is None:
             continue
-        correct = mine.clean & (transfer.predictions.long() == labels.cpu().long())
+        correct = mine.clean & (transfer.predictions.long() == labels.cpu().long()[: len(transfer.predictions)])
         low, high = wilson_interval(int(correct.sum()), len(correct))
         rows.append(
             {
@@ -278,7 +281,7 @@ def fooling_by_class_rows(attacks: dict[AdversaryTask, Attack], labels: torch.Te
         clean = outputs.clean_prediction[outputs.sample_indices].long() == sample_labels.long()
         rates = fooling_rate_per_point_by_class(outputs.sample_predictions, sample_labels, clean, len(CLASS_NAMES))
         shape = tuple(len(g) for g in space.grids)
-        key = (task.model, task.adversary)
+        key = (task.label, task.adversary)
         slices.setdefault(key, []).append(torch.stack([heatmap(r, shape, (0, 1)) for r in rates]))
         grids[key] = space
     rows = []

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustbench_fmnist.config import space_point_count
 from robustbench_fmnist.evaluation.cells import CLEAN
 from robustbench_fmnist.report.agreement import agreement_table, agreement_verdict
 from robustbench_fmnist.report.bundle import ReportData
@@ -351,8 +352,25 @@ def _remedies(data: ReportData) -> list[str]:
     ]
     for model, adaptation, reason in skipped:
         out += [f"- `{model}` with `{adaptation}`: {reason}; it has no rows.", ""]
+    out += _tta_cost(data)
     out += _gap_per_perturbation(data)
     return out
+
+
+def _tta_cost(data: ReportData) -> list[str]:
+    """What test-time augmentation costs: k copies of every image, k forward passes, where a model used it."""
+    if not any(m.get("adaptation") == "tta" for m in data.run["models"]):
+        return []
+    space = ((data.run["config"].get("evaluation") or {}).get("tta") or {}).get("space")
+    if not isinstance(space, dict) or not all(isinstance(r, list) and len(r) == 3 for r in space.values()):
+        return ["`tta` averages the logits over k copies of each image: k forward passes per image.", ""]
+    copies = space_point_count(space)
+    axes = ", ".join(f"{axis} {low:g} to {high:g} in {count}" for axis, (low, high, count) in space.items())
+    return [
+        f"`tta` averages the logits over k = {copies} copies of each image ({axes}; translate moves x and y): "
+        f"k forward passes per image, {copies}x a plain evaluation's, which its evaluation time above shows.",
+        "",
+    ]
 
 
 def _gap_per_perturbation(data: ReportData) -> list[str]:

@@ -37,13 +37,14 @@ class Remedy:
     standard: str  # the label of the standard model it is set against
     architecture: str
     training: str  # standard, checkpoint, or the robust-augmentation method
-    adaptation: str  # none, bn or tent
+    adaptation: str  # none, bn, tent or tta
     recipe_differs: tuple[str, ...] = ()  # recipe fields besides robust_augment that differ from the standard's
 
 
 def remedies(models: list[dict[str, Any]]) -> list[Remedy]:
     """Every remedy in run.json's models, each with the model it is set against.
 
+    A model with `against` (another architecture) is set against that model, and so are its adaptations.
     A robust-training recipe is set against the first standard-trained label of its architecture
     (evaluated without adaptation). An adaptation of a standard-trained model or of a user's
     checkpoint is set against that same model unadapted (the same weights); an adaptation of a
@@ -60,9 +61,12 @@ def remedies(models: list[dict[str, Any]]) -> list[Remedy]:
     for name, m in seen.items():
         training, adaptation = m.get("training"), m.get("adaptation", "none")
         architecture = m.get("architecture", name)
-        if training is None or (adaptation == "none" and training in ("standard", "checkpoint")):
+        against = seen.get(m.get("base_model", name), m).get("against")  # an adapted copy shares its model's
+        if training is None or (adaptation == "none" and training in ("standard", "checkpoint") and not against):
             continue  # an older report, or a model that is no remedy
-        if adaptation != "none" and training in ("standard", "checkpoint"):
+        if against is not None:
+            standard = against  # another architecture, set against the model the YAML names
+        elif adaptation != "none" and training in ("standard", "checkpoint"):
             standard = m.get("base_model")
         else:
             standard = standards.get(architecture)

@@ -64,8 +64,8 @@ def worst_case_section(adversaries: pd.DataFrame) -> tuple[list[str], list[list[
         "draws; `grid`: every point; `gradient`: signed-gradient steps on the continuous parameters). "
         f"Accuracy in %, {spread}. The mean over points and the orbit consistency (the share of images "
         "predicted alike at every point, right or wrong) come from the grid's sample of images, the rest from "
-        "the whole test set; per-image counts in `adversaries.csv`, the per-image records in the cache "
-        "(`run.json` lists them).",
+        f"the test images each adversary searched ({_searched_images(whole)}); per-image counts in "
+        "`adversaries.csv`, the per-image records in the cache (`run.json` lists them).",
         "",
     ]
     rows = []
@@ -89,6 +89,19 @@ def worst_case_section(adversaries: pd.DataFrame) -> tuple[list[str], list[list[
             ]
         )
     return out, rows
+
+
+def _searched_images(whole: pd.DataFrame) -> str:
+    """How many test images each adversary searched: 'all 10,000', or which searched only the first N."""
+    counts = whole.groupby("adversary", sort=False)["n_images"].max()
+    most = int(counts.max())
+    fewer = [f"`{name}` the first {int(n):,}" for name, n in counts.items() if n < most]
+    if not fewer:
+        return f"{most:,} each"
+    return (
+        f"{most:,} each, except {', '.join(fewer)} (its `test_images`: the order grid <= worst-of-k <= random holds "
+        "per image, but rows over different images may not keep it)"
+    )
 
 
 def _interval_text(values: pd.Series, images: int) -> str:

@@ -13,14 +13,27 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.special
 import torch
+from torch import nn
 
-from robustbench_fmnist.config import AugMixAugment, NoiseAugment, PolicyAugment, SuiteAugment, TrainRecipe
+from robustbench_fmnist.config import (
+    AugMixAugment,
+    NoiseAugment,
+    PolicyAugment,
+    SpaceAugment,
+    SuiteAugment,
+    TrainRecipe,
+)
+from robustbench_fmnist.models.fusion import inference_copy
 from robustbench_fmnist.perturbations import PERTURBATIONS, ImageRandom, derive_key
 from robustbench_fmnist.perturbations.geometry import affine_matrices, warp_affine
+from robustbench_fmnist.perturbations.space import Space, axis_entry, perturb_at
 from robustbench_fmnist.registry import Registry
 
 # augment(images (N, 1, 28, 28) in [0, 1], rng) -> views; one view, or two for AugMix's JSD loss
 Augment = Callable[[torch.Tensor, ImageRandom], list[torch.Tensor]]
+# batch_augment(model, a batch's images on its device, their labels, their training-set indices, seed, epoch) -> the
+# images to train on: an augmentation that reads the model being trained, so it runs batch by batch
+BatchAugment = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 # The mixes draw several single shifts jointly: training on a mix shows all its parts; training on
 # some of the parts shows the mix in part
@@ -46,20 +59,22 @@ POLICY_OPERATIONS = ("rotate", "shear", "translate", "brightness", "contrast", "
 @dataclass(frozen=True)
 class AugmentationEntry:
     name: str
-    build: Callable[[object], Augment]
+    build: Callable[[object], Augment | BatchAugment]
     seen: Callable[[object], set[str]]  # the suite's perturbations the augmentation performs
     description: str
+    per_batch: bool = False  # build gives a BatchAugment (it reads the model), not an epoch's Augment
 
 
 AUGMENTATIONS: Registry[AugmentationEntry] = Registry("augmentation")
 
 
-def register_augmentation(name: str, *, seen: Callable[[object], set[str]]) -> Callable:
-    """Register a builder `spec -> augment` under the `robust_augment.method` word `name`."""
+def register_augmentation(name: str, *, seen: Callable[[object], set[str]], per_batch: bool = False) -> Callable:
+    """Register a builder `spec -> augment` under the `robust_augment.method` word `name` (`per_batch`: the builder
+    gives a BatchAugment, run on each training batch with the model as it is then)."""
 
     def decorate(build: Callable[[object], Augment]) -> Callable[[object], Augment]:
         doc = (build.__doc__ or "").strip().splitlines()
-        AUGMENTATIONS.add(name, AugmentationEntry(name, build, seen, doc[0] if doc else ""))
+        AUGMENTATIONS.add(name, AugmentationEntry(name, build, seen, doc[0] if doc else "", per_batch))
         return build
 
     return decorate
@@ -78,6 +93,10 @@ def exposure(performed: set[str]) -> dict[str, str]:
     return dict(sorted(status.items()))
 
 
+# the suite's perturbations each plain `augment:` setting performs
+PLAIN_AUGMENT_PERFORMS = {"flip": {"hflip"}, "flip_crop": {"hflip", "translation"}}
+
+
 def training_exposure(recipe: TrainRecipe | None) -> dict[str, str]:
     """The test perturbations a model trained by `recipe` has seen (or partly seen); all others are held out.
 
@@ -85,7 +104,7 @@ def training_exposure(recipe: TrainRecipe | None) -> dict[str, str]:
     """
     if recipe is None:
         return {}
-    performed = {"flip": {"hflip"}, "flip_crop": {"hflip", "translation"}}.get(recipe.augment, set())
+    performed = set(PLAIN_AUGMENT_PERFORMS.get(recipe.augment, set()))
     if recipe.robust_augment is not None:
         spec = recipe.robust_augment
         performed |= AUGMENTATIONS.get(spec.method).seen(spec)
@@ -299,9 +318,134 @@ def rand_augment(spec: PolicyAugment) -> Augment:
 
 
 def build_augmentation(recipe: TrainRecipe) -> Augment | None:
-    """The recipe's robust augmentation, ready to apply; None when it has none."""
+    """The recipe's robust augmentation of a whole epoch, ready to apply; None when it has none or runs per batch."""
     spec = recipe.robust_augment
-    return None if spec is None else AUGMENTATIONS.get(spec.method).build(spec)
+    if spec is None or AUGMENTATIONS.get(spec.method).per_batch:
+        return None
+    return AUGMENTATIONS.get(spec.method).build(spec)
+
+
+def build_batch_augmentation(recipe: TrainRecipe) -> BatchAugment | None:
+    """The recipe's robust augmentation that reads the model, batch by batch; None when it has none."""
+    spec = recipe.robust_augment
+    if spec is None or not AUGMENTATIONS.get(spec.method).per_batch:
+        return None
+    return AUGMENTATIONS.get(spec.method).build(spec)
+
+
+# ---- a space of transformations: a random point per image, or the worst of k (Engstrom et al. 2019) ----
+
+
+def space_of(spec: SpaceAugment) -> Space:
+    """The space a `random_point` or `worst_of_k` recipe draws from, built as the adversaries' are."""
+    return Space(tuple((axis, low, high, points) for axis, (low, high, points) in spec.space.items()))
+
+
+def _space_seen(spec: SpaceAugment) -> set[str]:
+    """The suite's perturbations the space performs at some strength: a perturbation axis itself; a shift in a random
+    direction where its axis moves at all; one with a direction where its axis reaches that side of the identity."""
+    seen = {axis_entry(axis).perturbation for axis in spec.space} - {None}
+    for perturbation, axis in {**SAME_VALUE, **RANDOM_DIRECTION}.items():
+        if axis not in spec.space:
+            continue
+        low, high, _ = spec.space[axis]
+        identity = axis_entry(axis).identity
+        entry = PERTURBATIONS.get(perturbation)
+        above = entry.levels[0] > entry.identity
+        if perturbation in RANDOM_DIRECTION:
+            reaches = low < identity or high > identity
+        else:
+            reaches = high > identity if above else low < identity
+        if reaches:
+            seen.add(perturbation)
+    return seen
+
+
+# the suite's perturbations whose parameter is a magnitude applied in a random direction (and, for
+# translation and shear, along a random axis), and the axis of a space that performs them
+RANDOM_DIRECTION = {"rotation": "rotation", "translation": "translate", "shear": "shear"}
+# those whose parameter is the axis's own value (an added brightness, a contrast or scale factor, ...)
+SAME_VALUE = {
+    "brightness_up": "brightness", "brightness_down": "brightness", "contrast_up": "contrast",
+    "contrast_down": "contrast", "gamma_up": "gamma", "gamma_down": "gamma", "exposure_up": "exposure",
+    "exposure_down": "exposure", "zoom_in": "scale", "zoom_out": "scale",
+}  # fmt: skip
+
+
+def cell_exposure(recipe: TrainRecipe | None, perturbation: str, parameter: float | None) -> str | None:
+    """For training over a space: whether one cell's strength lies inside the space (seen), on one side of it only
+    (partly seen: a random direction, or shear along y where the space shears along x) or beyond it (held out).
+
+    None where the recipe is no space training or the cell is no single axis's (a mix, a probe): the
+    perturbation's status then holds, as for the other recipes.
+    """
+    spec = None if recipe is None else recipe.robust_augment
+    if not isinstance(spec, SpaceAugment) or parameter is None or np.isnan(parameter):
+        return None
+    if perturbation in PLAIN_AUGMENT_PERFORMS.get(recipe.augment, set()):
+        return None  # the recipe's own flips and crops perform it: its whole-perturbation status holds, as elsewhere
+    if perturbation in SAME_VALUE:
+        reach = spec.space.get(SAME_VALUE[perturbation])
+        return SEEN if reach is not None and reach[0] <= parameter <= reach[1] else HELD_OUT
+    if perturbation in RANDOM_DIRECTION:
+        reach = spec.space.get(RANDOM_DIRECTION[perturbation])
+        sides = 0 if reach is None else (reach[0] <= -abs(parameter)) + (abs(parameter) <= reach[1])
+        # shear draws its axis too, and a space's shear is along x: at most half of the cell's images
+        return HELD_OUT if sides == 0 else SEEN if sides == 2 and perturbation != "shear" else PARTLY
+    return None
+
+
+def space_draws(space: Space, seed: int, epoch: int, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, k) point indices: each training image's k draws this epoch, keyed by (seed, epoch, space, image index).
+
+    The first draw is the same for `random_point` and for `worst_of_k` at any k, so the two differ
+    only by the worst-of-k choice.
+    """
+    rng = ImageRandom(derive_key(seed, "space_augment", epoch, repr(space.axes)), indices.cpu())
+    return torch.stack([rng.bits(stream=j).long() % space.size for j in range(k)], 1)
+
+
+@register_augmentation("random_point", seen=_space_seen, per_batch=True)
+def random_point_augmentation(spec: SpaceAugment) -> BatchAugment:
+    """One random point of a space per image and epoch (the control for worst_of_k)."""
+    return _space_augment(space_of(spec), k=1)
+
+
+@register_augmentation("worst_of_k", seen=_space_seen, per_batch=True)
+def worst_of_k_augmentation(spec: SpaceAugment) -> BatchAugment:
+    """Worst-of-k (Engstrom et al. 2019): of k random points per image, the one of highest loss under the model."""
+    return _space_augment(space_of(spec), k=spec.k)
+
+
+def _space_augment(space: Space, k: int) -> BatchAugment:
+    def augment(
+        model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int
+    ) -> torch.Tensor:
+        points = space.points[space_draws(space, seed, epoch, indices, k)]  # (N, k, D)
+        count = len(images)
+        # every image's k copies in one batch: draw j of every image, then draw j + 1, ...
+        candidates = perturb_at(
+            images.repeat(k, 1, 1, 1),
+            space,
+            points.transpose(0, 1).reshape(count * k, -1),
+            seed=derive_key(seed, "space_augment_kernels", epoch) & 0x7FFFFFFF,
+            indices=indices.cpu().repeat(k),
+        )
+        if k == 1:
+            return candidates
+        # the worst copy under the model as it is now, in evaluation mode (no dropout, BatchNorm's
+        # running statistics) on an inference copy with BatchNorm folded: choosing costs k forward
+        # passes at inference speed and leaves the model being trained as it was
+        selector = inference_copy(model)
+        channels_last = images.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            logits = selector(candidates.contiguous(memory_format=memory_format))
+            losses = torch.nn.functional.cross_entropy(logits.float(), labels.repeat(k), reduction="none")
+        worst = losses.view(k, count).argmax(0)
+        return candidates.view(k, count, *images.shape[1:])[worst, torch.arange(count, device=images.device)]
+
+    return augment
 
 
 def jensen_shannon(logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -77,6 +78,12 @@ def code_digest(builder: Callable[..., nn.Module]) -> str:
         import timm
 
         digest.update(f"timm {minor_version(timm.__version__)}".encode())
+    # the steerable CNNs import e2cnn inside their functions too: its filter bases decide their weights
+    if own is not None and re.search(rb"^\s*import e2cnn\b", Path(own).read_bytes(), re.M):
+        from importlib.metadata import PackageNotFoundError, version
+
+        with contextlib.suppress(PackageNotFoundError):  # missing: building the model says how to install it
+            digest.update(f"e2cnn {version('e2cnn')}".encode())
     return digest.hexdigest()
 
 

@@ -17,7 +17,13 @@ from robustbench_fmnist.data import Split, to_float_images
 from robustbench_fmnist.errors import ModelError
 from robustbench_fmnist.models.output import check_logits
 from robustbench_fmnist.progress import progress_bar
-from robustbench_fmnist.training.augmentation import augmentation_random, build_augmentation, jensen_shannon
+from robustbench_fmnist.training.augmentation import (
+    BatchAugment,
+    augmentation_random,
+    build_augmentation,
+    build_batch_augmentation,
+    jensen_shannon,
+)
 
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
@@ -108,7 +114,8 @@ class _Training:
     memory_format: torch.memory_format
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    robust: Callable[..., list[torch.Tensor]] | None  # the robust augmentation, if the recipe has one
+    robust: Callable[..., list[torch.Tensor]] | None  # the robust augmentation of a whole epoch, if the recipe has one
+    batch_robust: BatchAugment | None  # or the one that reads the model, batch by batch (worst_of_k, random_point)
     jsd: bool  # AugMix's Jensen-Shannon consistency loss over the clean image and two views
 
 
@@ -175,6 +182,7 @@ def _start_training(
         optimizer=optimizer,
         scheduler=scheduler,
         robust=robust,
+        batch_robust=build_batch_augmentation(recipe),
         jsd=robust is not None and getattr(recipe.robust_augment, "jsd", False),
     )
 
@@ -194,7 +202,13 @@ def _train_epoch(run: _Training, images: torch.Tensor, labels: torch.Tensor, epo
     for first in range(0, count, recipe.batch_size):
         index = order[first : first + recipe.batch_size]
         target = labels[index]
-        loss, logits = _train_step(run, _batch_inputs(run, sources, index), target)
+        inputs = _batch_inputs(run, sources, index)
+        if run.batch_robust is not None:
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bfloat16"):
+                inputs = run.batch_robust(run.model, inputs, target, index.cpu(), run.seed, epoch).contiguous(
+                    memory_format=run.memory_format
+                )
+        loss, logits = _train_step(run, inputs, target)
         # accumulate on the device; reading .item() every step would stall a GPU
         loss_sum += loss.detach() * len(target)
         correct += (logits.argmax(1) == target).sum()
