@@ -266,6 +266,13 @@ def _distinct_adaptations(value: tuple[str, ...] | None) -> tuple[str, ...] | No
     return value
 
 
+class NormalizeSpec(_Strict):
+    """(x - mean) / std on [0, 1] images: what an outside model was trained on."""
+
+    mean: float
+    std: float = Field(gt=0)
+
+
 class ModelSpec(_Strict):
     name: str = Field(
         min_length=1,
@@ -289,9 +296,34 @@ class ModelSpec(_Strict):
         "p4_cnn against baseline_cnn); a recipe or adaptation is set against its own architecture's standard",
     )
 
+    onnx: Path | None = Field(
+        None, description="an ONNX file, evaluated through ONNX Runtime as it is (the onnx extra); `name` is its label"
+    )
+    layout: Literal["nchw", "nhwc"] | None = Field(None, description="onnx: the input's layout (default nchw)")
+    channels: Literal[1, 3] | None = Field(
+        None, description="onnx: 3 when the model takes three channels (the grey one repeated); default 1"
+    )
+    normalize: NormalizeSpec | None = Field(
+        None, description="onnx: (x - mean) / std before the model, if it expects it"
+    )
+
     _adaptation_shorthand = field_validator("adaptation", mode="before")(
         classmethod(lambda cls, v: _adaptation_list(v))
     )
+
+    @model_validator(mode="after")
+    def _outside_model_keys(self) -> ModelSpec:
+        # by value, not by the keys given: a dumped config (run.json) spells every default out
+        if self.onnx is None:
+            for key in ("layout", "channels", "normalize"):
+                if getattr(self, key) is not None:
+                    raise KeyedError((key,), f"{key} is for an onnx: model; drop it or give onnx: path/to/model.onnx")
+            return self
+        for key in ("factory", "architecture", "checkpoint", "kwargs", "train"):
+            if getattr(self, key):
+                raise KeyedError((key,), f"an onnx: model is evaluated as the file gives it, with no {key}; drop {key}")
+        return self
+
     _adaptation_distinct = field_validator("adaptation")(classmethod(lambda cls, v: _distinct_adaptations(v)))
 
     _shorthand = model_validator(mode="before")(classmethod(lambda cls, v: _name_shorthand(v)))

@@ -178,3 +178,19 @@ def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
     folder = run_experiment(parse_config(grid))  # the cluster is free again: the rest runs
     run = pd.read_json(folder / "run.json", typ="series")
     assert run["tasks"]["ran"] == len(stored.missing) and not run["tasks"]["failed"]
+
+
+def test_an_onnx_model_on_ray_gives_the_local_results(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
+    """The file's bytes travel with the model to the workers: no worker reads the driver's path."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make setup installs it)")
+    import torch
+
+    from robustbench_fmnist.models import create_model
+    from tests.test_onnx import export
+
+    torch.manual_seed(0)
+    path = export(create_model("baseline_cnn_tiny"), tmp_path / "tiny.onnx")
+    models = [{"name": "outside", "onnx": str(path)}]
+    local = run_experiment(parse_config(_grid(tiny_experiment, tmp_path, "local", seeds=[0], models=models)))
+    grid = _grid(tiny_experiment, tmp_path, "ray", seeds=[0], models=models, executor=_ray())
+    pd.testing.assert_frame_equal(_results(run_experiment(parse_config(grid))), _results(local))

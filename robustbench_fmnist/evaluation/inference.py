@@ -111,7 +111,7 @@ def prepare_for_inference(
     """
     memory_format = memory_format_of(channels_last)
     folded = inference_copy(model).to(device=device, memory_format=memory_format).eval()
-    if compile == "never":
+    if compile == "never" or not getattr(model, "compilable", True):  # an ONNX Runtime model: nothing to compile
         return PreparedModel(folded, device, precision, memory_format, compiled=False)
     # the rewrite is measured only on the CPU; on CUDA cuDNN's conv runs unchanged
     fused = fuse_conv_pool(folded, memory_format) if device.type == "cpu" else folded

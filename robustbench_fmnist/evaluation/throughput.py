@@ -182,6 +182,8 @@ def measure_inference(
         return _skipped(row, reason)
     if device.type == "cpu" and dtype == "float16":
         return _skipped(row, "float16 autocast is for CUDA; use bfloat16 on the CPU")
+    if not getattr(model, "compilable", True) and (compiled or dtype != "float32"):
+        return _skipped(row, "ONNX Runtime runs the file as it is: float32, not compiled by torch")
     runner = inference_model(model, device, channels_last=channels_last, compiled=compiled, dtype=dtype)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batch = torch.rand(batch_size, 1, 28, 28, device=device).contiguous(memory_format=memory_format)
@@ -263,6 +265,8 @@ def measure_training(
     reason = device_skip_reason(device)
     if reason:
         return _skipped(row, reason)
+    if not any(p.requires_grad for p in model.parameters()):
+        return _skipped(row, "nothing to train (an ONNX Runtime model gives no gradients)")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     trained = copy.deepcopy(model).to(device=device, memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-3)

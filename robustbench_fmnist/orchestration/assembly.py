@@ -31,7 +31,13 @@ from robustbench_fmnist.orchestration.worst_case import (
 from robustbench_fmnist.report.bundle import Examples
 from robustbench_fmnist.training.augmentation import HELD_OUT, cell_exposure, training_exposure
 from robustbench_fmnist.training.resolution import ResolvedModel
-from robustbench_fmnist.training.weights import cached_weights, seeded_model, user_weights, weights_record
+from robustbench_fmnist.training.weights import (
+    cached_weights,
+    seeded_model,
+    user_weights,
+    user_weights_kind,
+    weights_record,
+)
 
 
 @dataclass
@@ -213,7 +219,7 @@ def _model_entry(
     loaded = None if train is None or train in failures else cached_weights(resolved, seed, train.path)
     if train is None:
         model = user_weights(resolved, seed)
-        info = weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)
+        info = weights_record(resolved, model, weights=user_weights_kind(resolved), checkpoint=resolved.weights_file)
     elif loaded is None:
         info = weights_record(
             resolved, seeded_model(resolved, seed), weights="failed", checkpoint=train.path, key=train.key

@@ -175,7 +175,7 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
             )
             if train is not None:
                 plan.train.append(train)
-            weights = train.key if train is not None else _file_sha256(resolved.spec.checkpoint)
+            weights = train.key if train is not None else _file_sha256(resolved.weights_file)
             for adaptation in adaptations:
                 for group in groups:
                     identity = _evaluation_identity(
@@ -187,8 +187,9 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                         model=_model_identity(resolved),
                     )
                     key = _digest(identity)
-                    if resolved.spec.checkpoint is not None:  # where `verify` finds the user's weights; not identity
-                        identity["model"]["checkpoint"] = str(Path(resolved.spec.checkpoint).resolve())
+                    if resolved.weights_file is not None:  # where `verify` finds the user's weights; not identity
+                        kind = "onnx" if resolved.spec.onnx is not None else "checkpoint"
+                        identity["model"][kind] = str(resolved.weights_file.resolve())
                     plan.evaluate.append(
                         EvaluateTask(
                             model=resolved.name,
@@ -275,7 +276,15 @@ def _forward_passes(spec: Any, test_images: int) -> int:
 def _model_identity(resolved: ResolvedModel) -> dict[str, Any]:
     """What builds the evaluated model: enough for `verify` to build it again from a registry name."""
     spec = resolved.spec
-    return {"name": spec.name, "architecture": resolved.architecture, "kwargs": spec.kwargs, "factory": spec.factory}
+    identity = {
+        "name": spec.name,
+        "architecture": resolved.architecture,
+        "kwargs": spec.kwargs,
+        "factory": spec.factory,
+    }
+    if spec.onnx is not None:  # how the images reach the file's model decides its predictions too
+        identity.update(spec.model_dump(mode="json", include={"layout", "channels", "normalize"}))
+    return identity
 
 
 def _applicable(resolved: ResolvedModel, config: ExperimentConfig) -> tuple[list[str], dict[str, str]]:

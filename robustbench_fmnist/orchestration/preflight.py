@@ -16,7 +16,7 @@ import torch
 
 from robustbench_fmnist.config import ExperimentConfig, shorten
 from robustbench_fmnist.data import IMAGE_SIZE
-from robustbench_fmnist.errors import HarnessError, ModelError, OutputError
+from robustbench_fmnist.errors import ConfigError, HarnessError, ModelError, OutputError
 from robustbench_fmnist.evaluation.cells import Cell, experiment_cells
 from robustbench_fmnist.files import REPORT, absolute, check_replaceable, check_writable_folder, folder_kind
 from robustbench_fmnist.models.output import check_logits
@@ -89,7 +89,20 @@ def resolve_experiment(config: ExperimentConfig) -> tuple[list[Cell], list[Resol
     """
     cells = experiment_cells(config)
     check_adversaries(config)
-    return cells, resolve(config)
+    models = resolve(config)
+    check_gradient_searches(config, models)
+    return cells, models
+
+
+def check_gradient_searches(config: ExperimentConfig, models: list[ResolvedModel]) -> None:
+    """A ConfigError if a gradient search would run on a model ONNX Runtime evaluates (it gives no gradients)."""
+    outside = [m.name for m in models if m.spec.onnx is not None]
+    searches = [a.name for a in config.adversaries if a.search == "gradient"]
+    if outside and searches:
+        raise ConfigError(
+            f"adversaries {', '.join(searches)} search by gradient, which ONNX Runtime cannot give for the onnx: "
+            f"model(s) {', '.join(outside)}; search them by grid, random or worst_of_k, or run the two apart"
+        )
 
 
 def probe_model(resolved: ResolvedModel) -> None:

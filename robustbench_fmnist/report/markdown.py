@@ -454,7 +454,7 @@ def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
         [
             m["name"],
             f"{m['parameters']:,}",
-            f"{m['macs']:,}",
+            "n/a" if m.get("macs") is None else f"{m['macs']:,}",
             pct(clean.get(m["name"], float("nan"))),
             ", ".join(f"{n} {w}" if n > 1 else w for w, n in Counter(weights[m["name"]]).items()),
             f"{sum(seconds[m['name']]) / len(seconds[m['name']]):.1f}" if m["name"] in seconds else "n/a",

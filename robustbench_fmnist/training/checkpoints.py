@@ -31,11 +31,13 @@ CACHE_FORMAT = 2
 WEIGHTS_SHA256 = "weights_sha256"  # the metadata key of the SHA-256 a checkpoint's weights had when written
 _PACKAGE = Path(__file__).resolve().parent.parent
 # the code whose numerics decide trained weights: the training loop (augmentation included) and
-# every registered model's definition; a factory's own module is added per model
+# every registered model's definition; a factory's own module is added per model. An ONNX file's
+# model is never trained: its wrapper decides no weights
+_NEVER_TRAINED = {"onnx_model.py"}
 _TRAINING_SOURCES = (
     _PACKAGE / "training" / "loop.py",
     _PACKAGE / "training" / "augmentation.py",
-    *sorted((_PACKAGE / "models").glob("*.py")),
+    *sorted(p for p in (_PACKAGE / "models").glob("*.py") if p.name not in _NEVER_TRAINED),
 )
 
 

@@ -10,6 +10,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -22,6 +23,7 @@ from robustbench_fmnist.config import (
 )
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.models import MODELS
+from robustbench_fmnist.models.onnx_model import Normalization, OnnxBuilder, read_onnx
 from robustbench_fmnist.models.timm_models import TIMM_RECIPE, check_timm_name, timm_architecture, timm_builder
 from robustbench_fmnist.perturbations import PERTURBATIONS
 
@@ -32,7 +34,13 @@ class ResolvedModel:
 
     spec: ModelSpec
     builder: Callable[..., nn.Module]
-    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint
+    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint, or with its ONNX file
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The user's file the weights come from (a checkpoint, or an ONNX file), None for trained weights."""
+        given = self.spec.checkpoint or self.spec.onnx
+        return None if given is None else Path(given)
 
     @property
     def name(self) -> str:
@@ -41,11 +49,13 @@ class ResolvedModel:
     @property
     def user_built(self) -> bool:
         """Whether the user decides how the model is built (a factory, kwargs or a timm name): its errors are theirs."""
-        return bool(self.spec.factory or self.spec.kwargs or timm_architecture(self.architecture))
+        return bool(self.spec.factory or self.spec.kwargs or self.spec.onnx or timm_architecture(self.architecture))
 
     @property
     def architecture(self) -> str:
-        """What is built: the factory, the registered model a label names, or the registered name itself."""
+        """What is built: the factory, the ONNX file, the registered model a label names, or the registered name."""
+        if self.spec.onnx is not None:
+            return f"onnx:{Path(self.spec.onnx).name}"
         return self.spec.factory or self.spec.architecture or self.spec.name
 
     def adaptations(self, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -86,6 +96,8 @@ def resolve_model(spec: ModelSpec, index: int = 0) -> ResolvedModel:
 
 
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
+    if spec.onnx is not None:
+        return ResolvedModel(spec, onnx_builder(spec, where=f"models[{index}].onnx"), None)
     timm_arch = None if spec.factory else timm_architecture(spec.architecture or spec.name)
     if spec.factory:
         builder = import_factory(spec.factory, where=f"models[{index}].factory")
@@ -119,6 +131,13 @@ def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
                 where = f"models[{index}].train.robust_augment.perturbations"
                 raise ConfigError(f"{where}: {PERTURBATIONS.unknown_message(name)}")
     return ResolvedModel(spec, builder, recipe)
+
+
+def onnx_builder(spec: ModelSpec, where: str) -> OnnxBuilder:
+    """The builder of an onnx: entry, its file read and checked now (a ConfigError naming `where` and the fix)."""
+    content, signature = read_onnx(Path(spec.onnx), spec.layout or "nchw", spec.channels or 1, where)
+    normalize = None if spec.normalize is None else Normalization(spec.normalize.mean, spec.normalize.std)
+    return OnnxBuilder(content, signature, normalize)
 
 
 def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:

@@ -13,6 +13,7 @@ from torch import nn
 from robustbench_fmnist.data import FashionMNIST, Split
 from robustbench_fmnist.environment import git_commit
 from robustbench_fmnist.models import count_macs, count_parameters
+from robustbench_fmnist.models.onnx_model import OnnxModel
 from robustbench_fmnist.training.checkpoints import (
     CacheKey,
     cache_key,
@@ -50,8 +51,9 @@ def model_description(resolved: ResolvedModel, model: nn.Module) -> dict[str, An
         "name": resolved.name,
         "factory": resolved.spec.factory,
         "kwargs": resolved.spec.kwargs,
-        "parameters": count_parameters(model),
-        "macs": count_macs(model),
+        # an ONNX file's weights are its initializers; its MACs are ONNX Runtime's kernels', not counted here
+        "parameters": model.parameter_count if isinstance(model, OnnxModel) else count_parameters(model),
+        "macs": None if isinstance(model, OnnxModel) else count_macs(model),
         "train_seconds": None,
     }
 
@@ -104,8 +106,14 @@ def cached_weights(resolved: ResolvedModel, seed: int, path: Path) -> tuple[nn.M
 def user_weights(resolved: ResolvedModel, seed: int) -> nn.Module:
     """The model with the checkpoint the YAML names loaded."""
     model = seeded_model(resolved, seed)
-    load_user_checkpoint(resolved.spec.checkpoint, model)
+    if resolved.spec.checkpoint is not None:  # an ONNX model's weights come with its file
+        load_user_checkpoint(resolved.spec.checkpoint, model)
     return model
+
+
+def user_weights_kind(resolved: ResolvedModel) -> str:
+    """run.json's `weights` for weights the user gave: `checkpoint`, or `onnx` for an ONNX file."""
+    return "onnx" if resolved.spec.onnx is not None else "checkpoint"
 
 
 def model_with(resolved: ResolvedModel, seed: int, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -154,7 +162,9 @@ def obtain_model(
     key = weights_key(resolved, data.checksum, seed, device)
     if key is None:
         model = user_weights(resolved, seed)
-        return model, weights_record(resolved, model, weights="checkpoint", checkpoint=resolved.spec.checkpoint)
+        return model, weights_record(
+            resolved, model, weights=user_weights_kind(resolved), checkpoint=resolved.weights_file
+        )
     path = checkpoint_path(key, cache_dir)
     loaded = None if retrain else cached_weights(resolved, seed, path)
     if loaded is not None:

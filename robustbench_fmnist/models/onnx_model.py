@@ -1,0 +1,210 @@
+"""A model from any framework, as an ONNX file evaluated through ONNX Runtime (the optional `onnx` extra).
+
+The file is data: its bytes are read once, checked (one image input of 28x28 with 1 or 3 channels
+in the declared layout, one output of 10 scores), and run by ONNX Runtime's CPU provider; nothing
+named in it is imported. Perturbations stay in torch: a batch (N, 1, 28, 28) in [0, 1] is
+normalised if the entry asks, repeated to 3 channels if the model takes them, laid out as NCHW or
+NHWC, and handed to the session as float32 in chunks of the batch size the file fixes (padded at
+the end), or whole when its batch axis is free.
+
+The bytes are the model's one buffer, so they travel wherever its state dict does (a Ray task's
+weights) and `weights_sha256` hashes them. ONNX Runtime gives no gradients: gradient searches and
+the adaptations that train (bn, tent) do not apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustbench_fmnist.data import IMAGE_SIZE, NUM_CLASSES
+from robustbench_fmnist.errors import ConfigError
+
+INSTALL = "pip install 'robustbench_fmnist[onnx]' (or `make setup`, which installs it)"
+Layout = Literal["nchw", "nhwc"]
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """What the harness read from an ONNX file: its input and output names, layout, channels and fixed batch."""
+
+    input_name: str
+    output_name: str
+    layout: Layout
+    channels: int
+    batch: int | None  # the batch size the file fixes; None when its batch axis is free
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """(x - mean) / std on [0, 1] images, as the model was trained to expect."""
+
+    mean: float
+    std: float
+
+
+def onnx_runtime() -> Any:
+    """The onnxruntime module, or a ConfigError saying how to install the extra."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(f"ONNX models need the onnx extra: {INSTALL}") from None
+    return onnxruntime
+
+
+def read_onnx(path: Path, layout: Layout, channels: int, where: str) -> tuple[bytes, OnnxSignature]:
+    """The file's bytes and signature, checked before any work: a ConfigError naming `where` and the fix."""
+    runtime = onnx_runtime()
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} does not exist; give the path of an .onnx file")
+    content = path.read_bytes()
+    try:
+        session = _session(runtime, content, threads=1)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"{where}: {path} is not an ONNX model ONNX Runtime can load ({reason})") from None
+    return content, _signature(session, layout, channels, f"{where}: {path}")
+
+
+def _signature(session: Any, layout: Layout, channels: int, where: str) -> OnnxSignature:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise ConfigError(f"{where} takes {len(inputs)} inputs ({names}); the harness feeds one batch of images")
+    (given,) = inputs
+    if given.type != "tensor(float)":
+        raise ConfigError(f"{where}: input {given.name!r} is {given.type}; export the model with a float32 input")
+    shape = list(given.shape)
+    shown = "[" + ", ".join(str(d) for d in shape) + "]"  # a free axis by its name, unquoted
+    expected = f"[N, C, {IMAGE_SIZE}, {IMAGE_SIZE}]" if layout == "nchw" else f"[N, {IMAGE_SIZE}, {IMAGE_SIZE}, C]"
+    if len(shape) != 4:
+        raise ConfigError(f"{where}: input {given.name!r} has shape {shown}; expected {expected} ({layout})")
+    file_channels, height, width = (shape[1], shape[2], shape[3]) if layout == "nchw" else (shape[3], *shape[1:3])
+    other = "nhwc" if layout == "nchw" else "nchw"
+    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE) or file_channels not in (1, 3):
+        hint = f"; is the layout {other}? (layout: {other})" if (file_channels in (IMAGE_SIZE,)) else ""
+        raise ConfigError(
+            f"{where}: input {given.name!r} has shape {shown}; expected {expected} ({layout}) with 1 channel, "
+            f"or 3 with channels: 3{hint}"
+        )
+    if file_channels != channels:
+        fix = "add channels: 3 to repeat the grey channel" if file_channels == 3 else "drop channels: 3"
+        raise ConfigError(f"{where}: the model takes {file_channels} channel(s) and the entry says {channels}; {fix}")
+    if len(outputs) != 1:
+        names = ", ".join(o.name for o in outputs)
+        raise ConfigError(f"{where} gives {len(outputs)} outputs ({names}); the harness reads one of class scores")
+    (scores,) = outputs
+    out_shape = list(scores.shape)
+    if len(out_shape) != 2 or out_shape[1] != NUM_CLASSES:
+        shown = "[" + ", ".join(str(d) for d in out_shape) + "]"
+        raise ConfigError(
+            f"{where}: output {scores.name!r} has shape {shown}; expected [N, {NUM_CLASSES}] class scores"
+        )
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return OnnxSignature(given.name, scores.name, layout, channels, batch)
+
+
+def initializer_count(content: bytes) -> int | None:
+    """The numbers in an ONNX file's float initializers (its weights, and constants such as a normalisation's);
+    None without `onnx`."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    graph = onnx.load_from_string(content).graph
+    # integer initializers are shapes and indices the exporter wrote, not weights
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in graph.initializer if t.data_type in floating))
+
+
+def _session(runtime: Any, content: bytes, threads: int) -> Any:
+    options = runtime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: ONNX Runtime's warnings would interleave with the progress bars
+    return runtime.InferenceSession(content, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file behind nn.Module's interface: (N, 1, 28, 28) in [0, 1] to (N, 10) float32 scores."""
+
+    compilable = False  # torch.compile cannot see into ONNX Runtime
+
+    def __init__(self, content: bytes, signature: OnnxSignature, normalize: Normalization | None) -> None:
+        super().__init__()
+        self.register_buffer("onnx_bytes", torch.frombuffer(bytearray(content), dtype=torch.uint8))
+        self.signature = signature
+        self.normalize = normalize
+        self.parameter_count = initializer_count(content)
+        self._runner: Any = None
+        self._runner_for: int | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores for a batch, computed by ONNX Runtime on the CPU and returned on the batch's device."""
+        x = images.detach().float()
+        if self.normalize is not None:
+            x = (x - self.normalize.mean) / self.normalize.std
+        if self.signature.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.signature.layout == "nhwc":
+            x = x.permute(0, 2, 3, 1)
+        array = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+        scores = self._scores(array)
+        return torch.from_numpy(scores).to(images.device)
+
+    def _scores(self, array: np.ndarray) -> np.ndarray:
+        session, fixed = self._session(), self.signature.batch
+        feed = self.signature.input_name
+        if fixed is None:
+            return session.run([self.signature.output_name], {feed: array})[0].astype(np.float32)
+        parts = []
+        for start in range(0, len(array), fixed):
+            chunk = array[start : start + fixed]
+            padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), np.float32)])
+            parts.append(session.run([self.signature.output_name], {feed: padded})[0][: len(chunk)])
+        return np.concatenate(parts).astype(np.float32)
+
+    def _session(self) -> Any:
+        # built on first use, from the bytes as they are then, with the process's thread count then
+        threads = torch.get_num_threads()
+        if self._runner is None or self._runner_for != threads:
+            content = self.onnx_bytes.cpu().numpy().tobytes()
+            self._runner, self._runner_for = _session(onnx_runtime(), content, threads), threads
+        return self._runner
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._runner = None  # the bytes may have changed: the next call builds a session from them
+
+    def __getstate__(self) -> dict[str, Any]:
+        # an InferenceSession neither pickles nor deep-copies: a copy builds its own on first use
+        state = self.__dict__.copy()
+        state["_runner"], state["_runner_for"] = None, None
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxModel:
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        clone.__dict__ = copy.deepcopy(self.__getstate__(), memo)
+        return clone
+
+
+@dataclass(frozen=True)
+class OnnxBuilder:
+    """Builds the OnnxModel of one file's bytes (picklable: it travels to Ray workers with the model spec)."""
+
+    content: bytes
+    signature: OnnxSignature
+    normalize: Normalization | None
+
+    def __call__(self) -> OnnxModel:
+        return OnnxModel(self.content, self.signature, self.normalize)
+
+
+__all__ = ["INSTALL", "Normalization", "OnnxBuilder", "OnnxModel", "OnnxSignature", "onnx_runtime", "read_onnx"]
