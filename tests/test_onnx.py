@@ -163,6 +163,8 @@ def test_an_onnx_entry_gives_the_results_of_its_torch_checkpoint(
     assert entry["weights"] == "onnx" and entry["macs"] is None
     # the file's float initializers: the weights and the Normalize layer's two constants
     assert entry["parameters"] == sum(p.numel() for p in model.parameters()) + 2
+    # verify builds the file's model again from the path the records name, and re-evaluates them
+    assert main(["verify", str(folder), "--cache-dir", config["cache_dir"]]) == 0
 
 
 @pytest.mark.parametrize(
