@@ -56,14 +56,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev,ray,e2cnn,onnx]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev,ray,e2cnn,onnx,keras]'
 	touch $@
 
 # refresh the lock: resolve pyproject's open ranges in a fresh venv and freeze what pip chose
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,ray,e2cnn,onnx]'
+	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,ray,e2cnn,onnx,keras]'
 	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^robustbench'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv

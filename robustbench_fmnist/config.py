@@ -299,12 +299,17 @@ class ModelSpec(_Strict):
     onnx: Path | None = Field(
         None, description="an ONNX file, evaluated through ONNX Runtime as it is (the onnx extra); `name` is its label"
     )
-    layout: Literal["nchw", "nhwc"] | None = Field(None, description="onnx: the input's layout (default nchw)")
+    keras: Path | None = Field(
+        None, description="a Keras 3 .keras file, run on Keras' torch backend (the keras extra); `name` is its label"
+    )
+    layout: Literal["nchw", "nhwc"] | None = Field(
+        None, description="onnx, keras: the input's layout (default nchw for onnx, nhwc for keras)"
+    )
     channels: Literal[1, 3] | None = Field(
-        None, description="onnx: 3 when the model takes three channels (the grey one repeated); default 1"
+        None, description="onnx, keras: 3 when the model takes three channels (the grey one repeated); default 1"
     )
     normalize: NormalizeSpec | None = Field(
-        None, description="onnx: (x - mean) / std before the model, if it expects it"
+        None, description="onnx, keras: (x - mean) / std before the model, if it expects it"
     )
 
     _adaptation_shorthand = field_validator("adaptation", mode="before")(
@@ -314,15 +319,27 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _outside_model_keys(self) -> ModelSpec:
         # by value, not by the keys given: a dumped config (run.json) spells every default out
-        if self.onnx is None:
+        if self.onnx is not None and self.keras is not None:
+            raise KeyedError(("keras",), "give onnx: or keras:, not both")
+        kind = self.outside_kind
+        if kind is None:
             for key in ("layout", "channels", "normalize"):
                 if getattr(self, key) is not None:
-                    raise KeyedError((key,), f"{key} is for an onnx: model; drop it or give onnx: path/to/model.onnx")
+                    raise KeyedError((key,), f"{key} is for an onnx: or keras: model; drop it or give the model's file")
             return self
+        article = "an" if kind == "onnx" else "a"
         for key in ("factory", "architecture", "checkpoint", "kwargs", "train"):
             if getattr(self, key):
-                raise KeyedError((key,), f"an onnx: model is evaluated as the file gives it, with no {key}; drop {key}")
+                raise KeyedError(
+                    (key,),
+                    f"{article} {kind}: model is evaluated as the file gives it, with no {key}; drop {key}",
+                )
         return self
+
+    @property
+    def outside_kind(self) -> str | None:
+        """`onnx` or `keras` for a model from another framework's file, None for the harness's own."""
+        return "onnx" if self.onnx is not None else "keras" if self.keras is not None else None
 
     _adaptation_distinct = field_validator("adaptation")(classmethod(lambda cls, v: _distinct_adaptations(v)))
 

@@ -191,7 +191,7 @@ def test_layout_without_an_onnx_file_is_refused(write_yaml: Any, capsys: Any) ->
         {"name": "t", "models": [{"name": "baseline_cnn", "layout": "nhwc"}], "perturbations": ["rotation"]}
     )
     assert main(["validate", str(path)]) == 2
-    assert "models[0].layout: layout is for an onnx: model" in capsys.readouterr().err
+    assert "models[0].layout: layout is for an onnx: or keras: model" in capsys.readouterr().err
 
 
 class FiveScores(nn.Module):

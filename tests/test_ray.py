@@ -180,17 +180,21 @@ def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
     assert run["tasks"]["ran"] == len(stored.missing) and not run["tasks"]["failed"]
 
 
-def test_an_onnx_model_on_ray_gives_the_local_results(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
-    """The file's bytes travel with the model to the workers: no worker reads the driver's path."""
+def test_onnx_and_keras_models_on_ray_give_the_local_results(tiny_experiment: dict[str, Any], tmp_path: Path) -> None:
+    """The files' bytes travel with the models to the workers: no worker reads the driver's path."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make setup installs it)")
     import torch
 
     from robustbench_fmnist.models import create_model
+    from tests.test_keras import small_model
     from tests.test_onnx import export
 
     torch.manual_seed(0)
     path = export(create_model("baseline_cnn_tiny"), tmp_path / "tiny.onnx")
-    models = [{"name": "outside", "onnx": str(path)}]
+    models = [
+        {"name": "outside", "onnx": str(path)},
+        {"name": "theirs", "keras": str(small_model(tmp_path / "s.keras"))},
+    ]
     local = run_experiment(parse_config(_grid(tiny_experiment, tmp_path, "local", seeds=[0], models=models)))
     grid = _grid(tiny_experiment, tmp_path, "ray", seeds=[0], models=models, executor=_ray())
     pd.testing.assert_frame_equal(_results(run_experiment(parse_config(grid))), _results(local))

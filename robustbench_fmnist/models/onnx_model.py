@@ -17,17 +17,23 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from robustbench_fmnist.data import IMAGE_SIZE, NUM_CLASSES
 from robustbench_fmnist.errors import ConfigError
+from robustbench_fmnist.models.outside import (
+    InputForm,
+    Layout,
+    Normalization,
+    check_image_input,
+    check_one,
+    check_scores_output,
+)
 
 INSTALL = "pip install 'robustbench_fmnist[onnx]' (or `make setup`, which installs it)"
-Layout = Literal["nchw", "nhwc"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,6 @@ class OnnxSignature:
     layout: Layout
     channels: int
     batch: int | None  # the batch size the file fixes; None when its batch axis is free
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """(x - mean) / std on [0, 1] images, as the model was trained to expect."""
-
-    mean: float
-    std: float
 
 
 def onnx_runtime() -> Any:
@@ -74,40 +72,18 @@ def read_onnx(path: Path, layout: Layout, channels: int, where: str) -> tuple[by
 
 def _signature(session: Any, layout: Layout, channels: int, where: str) -> OnnxSignature:
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise ConfigError(f"{where} takes {len(inputs)} inputs ({names}); the harness feeds one batch of images")
+    check_one("input", [i.name for i in inputs], where)
     (given,) = inputs
     if given.type != "tensor(float)":
         raise ConfigError(f"{where}: input {given.name!r} is {given.type}; export the model with a float32 input")
-    shape = list(given.shape)
-    shown = "[" + ", ".join(str(d) for d in shape) + "]"  # a free axis by its name, unquoted
-    expected = f"[N, C, {IMAGE_SIZE}, {IMAGE_SIZE}]" if layout == "nchw" else f"[N, {IMAGE_SIZE}, {IMAGE_SIZE}, C]"
-    if len(shape) != 4:
-        raise ConfigError(f"{where}: input {given.name!r} has shape {shown}; expected {expected} ({layout})")
-    file_channels, height, width = (shape[1], shape[2], shape[3]) if layout == "nchw" else (shape[3], *shape[1:3])
-    other = "nhwc" if layout == "nchw" else "nchw"
-    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE) or file_channels not in (1, 3):
-        hint = f"; is the layout {other}? (layout: {other})" if (file_channels in (IMAGE_SIZE,)) else ""
-        raise ConfigError(
-            f"{where}: input {given.name!r} has shape {shown}; expected {expected} ({layout}) with 1 channel, "
-            f"or 3 with channels: 3{hint}"
-        )
-    if file_channels != channels:
-        fix = "add channels: 3 to repeat the grey channel" if file_channels == 3 else "drop channels: 3"
-        raise ConfigError(f"{where}: the model takes {file_channels} channel(s) and the entry says {channels}; {fix}")
-    if len(outputs) != 1:
-        names = ", ".join(o.name for o in outputs)
-        raise ConfigError(f"{where} gives {len(outputs)} outputs ({names}); the harness reads one of class scores")
+    check_image_input(given.name, list(given.shape), layout, channels, where)
+    check_one("output", [o.name for o in outputs], where)
     (scores,) = outputs
-    out_shape = list(scores.shape)
-    if len(out_shape) != 2 or out_shape[1] != NUM_CLASSES:
-        shown = "[" + ", ".join(str(d) for d in out_shape) + "]"
-        raise ConfigError(
-            f"{where}: output {scores.name!r} has shape {shown}; expected [N, {NUM_CLASSES}] class scores"
-        )
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    return OnnxSignature(given.name, scores.name, layout, channels, batch)
+    check_scores_output(scores.name, list(scores.shape), where)
+    fixed = given.shape[0]
+    return OnnxSignature(
+        given.name, scores.name, layout, channels, fixed if isinstance(fixed, int) and fixed > 0 else None
+    )
 
 
 def initializer_count(content: bytes) -> int | None:
@@ -147,14 +123,8 @@ class OnnxModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Scores for a batch, computed by ONNX Runtime on the CPU and returned on the batch's device."""
-        x = images.detach().float()
-        if self.normalize is not None:
-            x = (x - self.normalize.mean) / self.normalize.std
-        if self.signature.channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        if self.signature.layout == "nhwc":
-            x = x.permute(0, 2, 3, 1)
-        array = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+        form = InputForm(self.signature.layout, self.signature.channels, self.normalize)
+        array = np.ascontiguousarray(form.arrange(images.detach()).cpu().numpy(), dtype=np.float32)
         scores = self._scores(array)
         return torch.from_numpy(scores).to(images.device)
 

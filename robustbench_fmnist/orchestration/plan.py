@@ -188,7 +188,7 @@ def build_plan(checked: CheckedExperiment, data_checksum: str, test_images: int)
                     )
                     key = _digest(identity)
                     if resolved.weights_file is not None:  # where `verify` finds the user's weights; not identity
-                        kind = "onnx" if resolved.spec.onnx is not None else "checkpoint"
+                        kind = resolved.spec.outside_kind or "checkpoint"
                         identity["model"][kind] = str(resolved.weights_file.resolve())
                     plan.evaluate.append(
                         EvaluateTask(
@@ -282,7 +282,7 @@ def _model_identity(resolved: ResolvedModel) -> dict[str, Any]:
         "kwargs": spec.kwargs,
         "factory": spec.factory,
     }
-    if spec.onnx is not None:  # how the images reach the file's model decides its predictions too
+    if spec.outside_kind is not None:  # how the images reach the file's model decides its predictions too
         identity.update(spec.model_dump(mode="json", include={"layout", "channels", "normalize"}))
     return identity
 

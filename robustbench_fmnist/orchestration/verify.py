@@ -193,8 +193,9 @@ def _model(
 def _load_model(path: Path, identity: dict[str, Any], trust: bool) -> nn.Module | str:
     described = identity["model"]
     spec_fields = {"name": described["name"], "kwargs": described.get("kwargs") or {}}
-    if described.get("onnx"):
-        spec_fields = {"name": described["name"], "onnx": described["onnx"]}
+    outside = "onnx" if described.get("onnx") else "keras" if described.get("keras") else None
+    if outside is not None:
+        spec_fields = {"name": described["name"], outside: described[outside]}
         spec_fields.update({k: described[k] for k in ("layout", "channels", "normalize") if described.get(k)})
     elif described.get("factory"):
         spec_fields["factory"] = described["factory"]
@@ -226,8 +227,8 @@ def _weights(path: Path, identity: dict[str, Any], model: nn.Module) -> dict[str
         if not checkpoint.is_file():
             raise CheckpointError(f"{checkpoint} is missing")
         return read_checkpoint(checkpoint)[0]
-    if identity["model"].get("onnx"):
-        return model.state_dict()  # the file's bytes, read again by resolve_model: the hash below checks them
+    if identity["model"].get("onnx") or identity["model"].get("keras"):
+        return model.state_dict()  # the file's weights, read again by resolve_model: the hash below checks them
     user = identity["model"].get("checkpoint")
     if not user:
         raise CheckpointError("it names no checkpoint")

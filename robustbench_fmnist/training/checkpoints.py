@@ -31,9 +31,9 @@ CACHE_FORMAT = 2
 WEIGHTS_SHA256 = "weights_sha256"  # the metadata key of the SHA-256 a checkpoint's weights had when written
 _PACKAGE = Path(__file__).resolve().parent.parent
 # the code whose numerics decide trained weights: the training loop (augmentation included) and
-# every registered model's definition; a factory's own module is added per model. An ONNX file's
-# model is never trained: its wrapper decides no weights
-_NEVER_TRAINED = {"onnx_model.py"}
+# every registered model's definition; a factory's own module is added per model. An ONNX or Keras
+# file's model is never trained: their wrappers decide no weights
+_NEVER_TRAINED = {"onnx_model.py", "keras_model.py", "outside.py"}
 _TRAINING_SOURCES = (
     _PACKAGE / "training" / "loop.py",
     _PACKAGE / "training" / "augmentation.py",

@@ -23,7 +23,9 @@ from robustbench_fmnist.config import (
 )
 from robustbench_fmnist.errors import ConfigError
 from robustbench_fmnist.models import MODELS
-from robustbench_fmnist.models.onnx_model import Normalization, OnnxBuilder, read_onnx
+from robustbench_fmnist.models.keras_model import KerasBuilder, read_keras
+from robustbench_fmnist.models.onnx_model import OnnxBuilder, read_onnx
+from robustbench_fmnist.models.outside import InputForm, Normalization
 from robustbench_fmnist.models.timm_models import TIMM_RECIPE, check_timm_name, timm_architecture, timm_builder
 from robustbench_fmnist.perturbations import PERTURBATIONS
 
@@ -34,12 +36,12 @@ class ResolvedModel:
 
     spec: ModelSpec
     builder: Callable[..., nn.Module]
-    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint, or with its ONNX file
+    recipe: TrainRecipe | None  # None: weights come from the spec's checkpoint, or with its ONNX or Keras file
 
     @property
     def weights_file(self) -> Path | None:
-        """The user's file the weights come from (a checkpoint, or an ONNX file), None for trained weights."""
-        given = self.spec.checkpoint or self.spec.onnx
+        """The user's file the weights come from (a checkpoint, an ONNX or Keras file), None for trained weights."""
+        given = self.spec.checkpoint or self.spec.onnx or self.spec.keras
         return None if given is None else Path(given)
 
     @property
@@ -49,13 +51,15 @@ class ResolvedModel:
     @property
     def user_built(self) -> bool:
         """Whether the user decides how the model is built (a factory, kwargs or a timm name): its errors are theirs."""
-        return bool(self.spec.factory or self.spec.kwargs or self.spec.onnx or timm_architecture(self.architecture))
+        return bool(
+            self.spec.factory or self.spec.kwargs or self.spec.outside_kind or timm_architecture(self.architecture)
+        )
 
     @property
     def architecture(self) -> str:
         """What is built: the factory, the ONNX file, the registered model a label names, or the registered name."""
-        if self.spec.onnx is not None:
-            return f"onnx:{Path(self.spec.onnx).name}"
+        if self.spec.outside_kind is not None:
+            return f"{self.spec.outside_kind}:{self.weights_file.name}"
         return self.spec.factory or self.spec.architecture or self.spec.name
 
     def adaptations(self, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -98,6 +102,8 @@ def resolve_model(spec: ModelSpec, index: int = 0) -> ResolvedModel:
 def _resolve_model(index: int, spec: ModelSpec) -> ResolvedModel:
     if spec.onnx is not None:
         return ResolvedModel(spec, onnx_builder(spec, where=f"models[{index}].onnx"), None)
+    if spec.keras is not None:
+        return ResolvedModel(spec, keras_builder(spec, where=f"models[{index}].keras"), None)
     timm_arch = None if spec.factory else timm_architecture(spec.architecture or spec.name)
     if spec.factory:
         builder = import_factory(spec.factory, where=f"models[{index}].factory")
@@ -138,6 +144,14 @@ def onnx_builder(spec: ModelSpec, where: str) -> OnnxBuilder:
     content, signature = read_onnx(Path(spec.onnx), spec.layout or "nchw", spec.channels or 1, where)
     normalize = None if spec.normalize is None else Normalization(spec.normalize.mean, spec.normalize.std)
     return OnnxBuilder(content, signature, normalize)
+
+
+def keras_builder(spec: ModelSpec, where: str) -> KerasBuilder:
+    """The builder of a keras: entry, its file loaded and checked now (a ConfigError naming `where` and the fix)."""
+    layout, channels = spec.layout or "nhwc", spec.channels or 1
+    content = read_keras(Path(spec.keras), layout, channels, where)
+    normalize = None if spec.normalize is None else Normalization(spec.normalize.mean, spec.normalize.std)
+    return KerasBuilder(content, InputForm(layout, channels, normalize), f"{where}: {spec.keras}")
 
 
 def import_factory(path: str, where: str = "factory") -> Callable[..., nn.Module]:

@@ -51,8 +51,9 @@ def model_description(resolved: ResolvedModel, model: nn.Module) -> dict[str, An
         "name": resolved.name,
         "factory": resolved.spec.factory,
         "kwargs": resolved.spec.kwargs,
-        # an ONNX file's weights are its initializers; its MACs are ONNX Runtime's kernels', not counted here
-        "parameters": model.parameter_count if isinstance(model, OnnxModel) else count_parameters(model),
+        # an outside model counts its own weights (an ONNX file's float initializers, Keras' count_params);
+        # an ONNX file's MACs are ONNX Runtime's kernels', not counted here
+        "parameters": getattr(model, "parameter_count", None) or count_parameters(model),
         "macs": None if isinstance(model, OnnxModel) else count_macs(model),
         "train_seconds": None,
     }
@@ -106,14 +107,14 @@ def cached_weights(resolved: ResolvedModel, seed: int, path: Path) -> tuple[nn.M
 def user_weights(resolved: ResolvedModel, seed: int) -> nn.Module:
     """The model with the checkpoint the YAML names loaded."""
     model = seeded_model(resolved, seed)
-    if resolved.spec.checkpoint is not None:  # an ONNX model's weights come with its file
+    if resolved.spec.checkpoint is not None:  # an ONNX or Keras model's weights come with its file
         load_user_checkpoint(resolved.spec.checkpoint, model)
     return model
 
 
 def user_weights_kind(resolved: ResolvedModel) -> str:
-    """run.json's `weights` for weights the user gave: `checkpoint`, or `onnx` for an ONNX file."""
-    return "onnx" if resolved.spec.onnx is not None else "checkpoint"
+    """run.json's `weights` for weights the user gave: `checkpoint`, or `onnx` / `keras` for a model's file."""
+    return resolved.spec.outside_kind or "checkpoint"
 
 
 def model_with(resolved: ResolvedModel, seed: int, state: dict[str, torch.Tensor]) -> nn.Module:
