@@ -182,8 +182,10 @@ def measure_inference(
         return _skipped(row, reason)
     if device.type == "cpu" and dtype == "float16":
         return _skipped(row, "float16 autocast is for CUDA; use bfloat16 on the CPU")
-    if not getattr(model, "compilable", True) and (compiled or dtype != "float32"):
+    if not getattr(model, "runs_in_torch", True) and (compiled or dtype != "float32"):
         return _skipped(row, "ONNX Runtime runs the file as it is: float32, not compiled by torch")
+    if compiled and not getattr(model, "compilable", True):
+        return _skipped(row, f"{type(model).__name__} is not compiled: its layers are not the harness's to trace")
     runner = inference_model(model, device, channels_last=channels_last, compiled=compiled, dtype=dtype)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batch = torch.rand(batch_size, 1, 28, 28, device=device).contiguous(memory_format=memory_format)

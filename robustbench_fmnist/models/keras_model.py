@@ -89,6 +89,8 @@ def read_keras(path: Path, layout: Layout, channels: int, where: str) -> bytes:
 class KerasModel(nn.Module):
     """A Keras model on the torch backend, taking the harness's (N, 1, 28, 28) images in [0, 1]."""
 
+    compilable = False  # Keras' layers dispatch through its own ops: compiling them is not tried here
+
     def __init__(self, content: bytes, form: InputForm, where: str) -> None:
         super().__init__()
         self.form = form

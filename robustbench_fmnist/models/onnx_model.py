@@ -111,6 +111,7 @@ class OnnxModel(nn.Module):
     """An ONNX file behind nn.Module's interface: (N, 1, 28, 28) in [0, 1] to (N, 10) float32 scores."""
 
     compilable = False  # torch.compile cannot see into ONNX Runtime
+    runs_in_torch = False  # nor does autocast reach it: it computes in the file's float32
 
     def __init__(self, content: bytes, signature: OnnxSignature, normalize: Normalization | None) -> None:
         super().__init__()
