@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/quickstart.yaml
 LOCK := constraints.txt
 
-.PHONY: run test test-fast gpu-check bench bench-baseline lint format data browser setup lock clean
+.PHONY: run test test-fast gpu-check bench bench-baseline lint format docs data browser setup lock clean
 
 # the experiment, then `verify` on its report: a sample of every stored record evaluated again
 run: setup data
@@ -42,6 +42,10 @@ bench-baseline: setup data
 	$(BENCH_REGRESSION) --update-baseline append
 	$(BENCH_REGRESSION) --update-baseline append
 
+# the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails it
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,14 +60,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev,ray,e2cnn,onnx,keras]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[dev,ray,e2cnn,onnx,keras,docs]'
 	touch $@
 
 # refresh the lock: resolve pyproject's open ranges in a fresh venv and freeze what pip chose
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,ray,e2cnn,onnx,keras]'
+	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,ray,e2cnn,onnx,keras,docs]'
 	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^robustbench'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv
