@@ -52,7 +52,18 @@ CHECK_JS = r"""<script>
       return {rows: t.rows.length, bodyRows: body, width: t.getBoundingClientRect().width,
               headers: Array.from(t.querySelectorAll('th')).map(function (h) { return h.textContent.trim(); })};
     });
-    var out = {images: images, tables: tables, errors: errors, title: document.title, compatMode: document.compatMode};
+    var sorting = null, table = document.querySelector('table');   // a click on the second header, then another
+    if (table && table.tHead && table.tBodies.length && table.tHead.rows[0].cells.length > 1) {
+      var th = table.tHead.rows[0].cells[1];
+      var column = function () { return Array.from(table.tBodies[0].rows).map(function (r) { return r.cells[1].textContent.trim(); }); };
+      var before = column(); th.click(); var up = column(), upSort = th.getAttribute('aria-sort');
+      th.click(); var down = column();
+      sorting = {header: th.textContent.trim(), before: before, ascending: up, ascendingMark: upSort,
+                 descending: down, descendingMark: th.getAttribute('aria-sort')};
+    }
+    var h1 = document.querySelector('h1'), next = h1 && h1.nextElementSibling;
+    var out = {images: images, tables: tables, errors: errors, title: document.title, compatMode: document.compatMode,
+               sorting: sorting, figureUnderTitle: !!(next && next.querySelector('img'))};
     document.documentElement.setAttribute('data-render-check', encodeURIComponent(JSON.stringify(out)));
     document.head.innerHTML = ''; document.body.innerHTML = '';   // keep the dumped DOM tiny (no base64 in stdout)
   });

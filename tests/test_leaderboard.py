@@ -30,6 +30,7 @@ from robustbench_fmnist.report.leaderboard import (
     verdict,
 )
 from robustbench_fmnist.report.leaderboard_files import write_leaderboard
+from tests.browser import chromium_binary, render_in_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 10_000
@@ -243,6 +244,13 @@ def test_the_board_ranks_every_model_and_re_renders_byte_for_byte(two_reports: t
     assert "## lighting" in text and "## viewpoint" in text and "Fit over 6 standard models" in text
     assert (board / "figures" / "line_lighting.png").stat().st_size > 10_000
     assert "data:image/png;base64," in (board / "leaderboard.html").read_text()
+    if chromium_binary() is not None:  # make test installs it: the page as a reader's browser shows it
+        page = render_in_chromium(board / "leaderboard.html")
+        assert page["errors"] == [] and all(image["ok"] for image in page["images"]) and page["figureUnderTitle"]
+        sorting = page["sorting"]
+        assert sorting["descending"] == sorting["ascending"][::-1] and sorted(sorting["before"]) == sorted(
+            sorting["ascending"]
+        )
     before = _board_bytes(board)
     write_leaderboard([first, second], board, reference="baseline_cnn_tiny", resamples=200)
     assert _board_bytes(board) == before

@@ -325,6 +325,13 @@ def test_report_html_renders_in_a_real_browser(tmp_path: Path) -> None:
     assert all(image["naturalWidth"] >= 300 for image in page["images"])
     assert len(page["tables"]) == md.count("| :--- |") and all(t["bodyRows"] >= 1 for t in page["tables"])
     assert page["tables"][0]["headers"][:2] == ["model", "clean (95 % CI)"]
+    # the headline figure first; a click on a header sorts its table by it, a second click the other way
+    assert page["figureUnderTitle"]
+    sorting = page["sorting"]
+    assert sorting["header"] == "clean (95 % CI)" and len(sorting["before"]) >= 2
+    leading = [float(text.split()[0]) for text in sorting["ascending"]]
+    assert leading == sorted(leading) and sorting["descending"] == sorting["ascending"][::-1]
+    assert (sorting["ascendingMark"], sorting["descendingMark"]) == ("ascending", "descending")
 
 
 @pytest.mark.skipif(chromium_binary() is None, reason="no chromium (make test installs Debian's package)")
