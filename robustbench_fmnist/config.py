@@ -600,6 +600,9 @@ class ExecutorConfig(_Strict):
     cpus_per_task: float = Field(1.0, gt=0, le=1024, description="ray: CPUs each task reserves")
     gpus_per_task: float = Field(0.0, ge=0, le=64, description="ray: GPUs each task reserves (device cuda)")
     retries: int = Field(1, ge=0, le=10, description="times a failed task is run again before it is reported")
+    spread: bool = Field(
+        False, description="ray: spread the tasks over the cluster's nodes (Ray's SPREAD strategy) instead of packing"
+    )
 
 
 DEFAULT_REFERENCE = "baseline_cnn"

@@ -139,6 +139,7 @@ class Executed:
 
     trained: set[TrainTask]  # the trainings this run did (their weights are "trained", the others' "cached")
     failures: list[Failure]
+    nodes: dict[str, str] = field(default_factory=dict)  # task title -> where it ran (local, or a Ray node's id)
 
     @property
     def reasons(self) -> dict[TrainTask | EvaluateTask, str]:
@@ -152,6 +153,7 @@ class Executed:
             "ran": len(planned.missing) - len(self.failures),
             "failed": [f.line for f in self.failures],
             "executor": planned.checked.config.executor.kind,
+            "nodes": dict(sorted(self.nodes.items())),  # the tasks this run ran, each with the node that ran it
             # the evaluation records the report was derived from: `verify <report>` checks them and results.csv
             "records": planned.store.record_checksums(
                 [*planned.plan.evaluate, *planned.plan.attack, *planned.plan.transfer]
@@ -165,7 +167,8 @@ def execute(planned: PlannedExperiment, timings: dict[str, float]) -> Executed:
     config = checked.config
     executed = Executed(set(), [])
 
-    def store_result(task: TrainTask | EvaluateTask | AdversaryTask | TransferTask, result: object) -> None:
+    def store_result(task: TrainTask | EvaluateTask | AdversaryTask | TransferTask, result: object, node: str) -> None:
+        executed.nodes[task.title] = node
         # a full disk stops the run with one line; the atomic writes leave no half-written file
         if isinstance(task, TrainTask):
             needed = sum(t.nbytes for t in result.state.values())

@@ -6,6 +6,7 @@ from robustbench_fmnist.config import ExecutorConfig
 from robustbench_fmnist.orchestration.plan import TrainTask, TransferTask
 from robustbench_fmnist.orchestration.tasks import run_on_weights, run_training, run_transfer
 from robustbench_fmnist.orchestration.work import (
+    LOCAL,
     Failure,
     OnResult,
     Result,
@@ -40,7 +41,7 @@ def run_local(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[F
                 if isinstance(task, TrainTask):
                     weights.clear()
                     weights[task.key] = outcome.state
-                on_result(task, outcome)
+                on_result(task, outcome, LOCAL)
             bar.update(1)
     return failures
 

@@ -66,12 +66,19 @@ def _worker_threads(threads: int | None, cpus_per_task: float) -> int:
     return threads or max(1, int(cpus_per_task))
 
 
+def _node() -> str:
+    """The id of the Ray node this worker runs on (run.json's `tasks.nodes`)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def _train_on_worker(
     task: TrainTask, resolved: ResolvedModel, train: Split, device: torch.device, threads: int
-) -> TrainedWeights:
+) -> tuple[TrainedWeights, str]:
     set_progress(False)  # a worker's bars would interleave in the driver's log; the driver shows one over tasks
     apply_cpu_settings(threads)
-    return run_training(task, resolved, train, device)
+    return run_training(task, resolved, train, device), _node()
 
 
 def _evaluate_on_worker(
@@ -81,11 +88,11 @@ def _evaluate_on_worker(
     test: Split,
     settings: EvaluationSettings,
     threads: int,
-) -> Evaluation | Attack:
+) -> tuple[Evaluation | Attack, str]:
     set_progress(False)
     apply_cpu_settings(threads)
     state = weights.state if isinstance(weights, TrainedWeights) else weights
-    return run_on_weights(task, resolved, state, test, settings)
+    return run_on_weights(task, resolved, state, test, settings), _node()
 
 
 def _transfer_on_worker(
@@ -96,11 +103,11 @@ def _transfer_on_worker(
     test: Split,
     settings: EvaluationSettings,
     threads: int,
-) -> Transfer:
+) -> tuple[Transfer, str]:
     set_progress(False)
     apply_cpu_settings(threads)
     state = weights.state if isinstance(weights, TrainedWeights) else weights
-    return run_transfer(task, resolved, state, source.outputs, test, settings)
+    return run_transfer(task, resolved, state, source.outputs, test, settings), _node()
 
 
 def factory_paths(models: dict[str, ResolvedModel]) -> list[str]:
@@ -149,13 +156,15 @@ def run_on_ray(work: Work, config: ExecutorConfig, on_result: OnResult) -> list[
         ray.shutdown()  # disconnects this driver; the cluster keeps running
 
 
-def _submit(ray: Any, work: Work, config: ExecutorConfig) -> dict[Any, Task]:
+def _submit(ray: Any, work: Work, config: ExecutorConfig) -> dict[Any, tuple[Task, Any]]:
     """Every task handed to Ray in plan order, each waiting on the results it reads through their refs."""
     options = {
         "num_cpus": config.cpus_per_task,
         "num_gpus": config.gpus_per_task,
         "max_retries": config.retries,  # a worker that died
         "retry_exceptions": True,  # and a task that raised: retried as often
+        "num_returns": 2,  # the result, which later tasks read through its ref, and the node that made it
+        "scheduling_strategy": "SPREAD" if config.spread else "DEFAULT",
     }
     train_remote = ray.remote(_train_on_worker).options(**options)
     evaluate_remote = ray.remote(_evaluate_on_worker).options(**options)
@@ -163,14 +172,14 @@ def _submit(ray: Any, work: Work, config: ExecutorConfig) -> dict[Any, Task]:
     threads = _worker_threads(work.threads, config.cpus_per_task)
     settings = EvaluationSettings(**{**work.settings.__dict__, "show_progress": False})
     train_data, test_data = ray.put(work.data.train), ray.put(work.data.test)  # shipped once
-    pending: dict[Any, Task] = {}
+    pending: dict[Any, tuple[Task, Any]] = {}  # result ref -> its task and the ref of the node that ran it
     training_refs: dict[TrainTask, Any] = {}
     attack_refs: dict[AdversaryTask, Any] = {}  # a transfer waits on its source search's result through Ray
     stored: dict[str, Any] = {}  # weights loaded from the cache, put once per weights
     for task in work.tasks:
         resolved = work.models[task.model]
         if isinstance(task, TrainTask):
-            ref = train_remote.remote(task, resolved, train_data, work.settings.device, threads)
+            ref, node = train_remote.remote(task, resolved, train_data, work.settings.device, threads)
             training_refs[task] = ref
         else:
             weights = training_refs.get(task.train) if task.train is not None else None
@@ -182,12 +191,12 @@ def _submit(ray: Any, work: Work, config: ExecutorConfig) -> dict[Any, Task]:
                 source = attack_refs.get(task.source)
                 if source is None:
                     source = ray.put(work.stored_attack(task.source))
-                ref = transfer_remote.remote(task, resolved, weights, source, test_data, settings, threads)
+                ref, node = transfer_remote.remote(task, resolved, weights, source, test_data, settings, threads)
             else:
-                ref = evaluate_remote.remote(task, resolved, weights, test_data, settings, threads)
+                ref, node = evaluate_remote.remote(task, resolved, weights, test_data, settings, threads)
                 if isinstance(task, AdversaryTask):
                     attack_refs[task] = ref
-        pending[ref] = task
+        pending[ref] = (task, node)
     return pending
 
 
@@ -204,13 +213,13 @@ def _run_connected(ray: Any, work: Work, config: ExecutorConfig, on_result: OnRe
                 if not ready:
                     continue
                 waiting = still_waiting
-                task = pending[ready[0]]
+                task, node = pending[ready[0]]
                 try:
                     result = ray.get(ready[0])
                 except ray.exceptions.RayError as exc:
                     failures.append(_failure(task, exc, config, failed_training))
                 else:
-                    on_result(task, result)
+                    on_result(task, result, ray.get(node))
                 bar.set_postfix_str(task.title)
                 bar.update(1)
     except KeyboardInterrupt:

@@ -56,7 +56,8 @@ class Failure:
         return f"{self.task.title} failed {tries}: {self.reason}"
 
 
-OnResult = Callable[[Task, Result], None]
+LOCAL = "local"  # where a task ran, for the local executor; a Ray task names its node's id
+OnResult = Callable[[Task, Result, str], None]  # a task, its result, and where it ran
 Executor = Callable[[Work, ExecutorConfig, OnResult], list[Failure]]
 
 
