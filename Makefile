@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= experiments/quickstart.yaml
 LOCK := constraints.txt
 
-.PHONY: run test test-fast gpu-check bench bench-baseline lint format docs data browser setup lock clean
+.PHONY: run test test-fast gpu-check bench bench-baseline lint format docs docs-pictures data browser setup lock clean
 
 # the experiment, then `verify` on its report: a sample of every stored record evaluated again
 run: setup data
@@ -45,6 +45,12 @@ bench-baseline: setup data
 # the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails it
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
+
+# the docs' preview pictures: every perturbation at every severity, and the worst-case reference's spaces
+# (tests/test_docs_pictures.py checks them against the registry and the code)
+docs-pictures: setup data
+	$(BIN)/python -m robustbench_fmnist -q preview all --output-dir docs/img/perturbations
+	$(BIN)/python -m robustbench_fmnist -q preview experiments/worst_case.yaml --output-dir docs/img/adversaries
 
 lint: setup
 	$(BIN)/ruff check .

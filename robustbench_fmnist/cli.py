@@ -102,9 +102,16 @@ def _add_lookup_commands(commands: Subcommands) -> None:
     )
 
     preview = commands.add_parser(
-        "preview", help="write PNG grids: severities 0..5 of a perturbation on one image per class"
+        "preview",
+        help="write PNG grids: severities 0..5 of a perturbation on one image per class, or an experiment's "
+        "adversary spaces on one image",
     )
-    preview.add_argument("perturbation", help="a registered perturbation, a wildcard such as 'gamma_*', or 'all'")
+    preview.add_argument(
+        "perturbation",
+        help="a registered perturbation, a wildcard such as 'gamma_*', 'all', or an experiment YAML (one picture "
+        "per adversary: its space's first two dimensions)",
+    )
+    preview.add_argument("--image", type=int, default=0, help="with a YAML: the test image shown (default 0)")
     preview.add_argument("--output-dir", type=Path, default=Path("reports/preview"), help="default reports/preview/")
     preview.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     preview.add_argument("--backend", choices=["torch", "albumentations"], default="torch")  # BACKENDS' names
@@ -553,6 +560,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from robustbench_fmnist.perturbations.backends import BACKENDS
     from robustbench_fmnist.report.preview import preview_grid, sample_per_class, write_preview
 
+    if args.perturbation.endswith((".yaml", ".yml")):
+        return _preview_spaces(args)
     pattern = "*" if args.perturbation == "all" else args.perturbation
     names = PERTURBATIONS.names(pattern)
     if not names:
@@ -580,6 +589,36 @@ def cmd_preview(args: argparse.Namespace) -> int:
             mark_folder(output, PREVIEW)
         path = write_preview(grid, output / f"{name}.png")
         print(f"wrote {path}")
+    return 0
+
+
+def _preview_spaces(args: argparse.Namespace) -> int:
+    """`preview FILE.yaml`: a picture of each adversary's space, on one test image."""
+    from robustbench_fmnist.config import MAX_SEED, load_config
+    from robustbench_fmnist.data import load_fashion_mnist
+    from robustbench_fmnist.errors import ConfigError
+    from robustbench_fmnist.files import MARKER, check_replaceable, check_writable_folder, mark_folder
+    from robustbench_fmnist.orchestration.tasks import space_of
+    from robustbench_fmnist.report.preview import space_grid, write_preview
+
+    config = load_config(args.perturbation)
+    if not config.adversaries:
+        raise ConfigError(f"{args.perturbation}: names no adversaries; add `adversaries:` or preview a perturbation")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
+    if not 0 <= args.image < len(test.labels):
+        raise ConfigError(f"--image: must lie in 0..{len(test.labels) - 1}, got {args.image}")
+    output: Path = args.output_dir
+    check_writable_folder(output, "--output-dir")
+    check_replaceable(output, PREVIEW)
+    image = test.images[args.image].float().div(255)
+    for adversary in config.adversaries:
+        grid = space_grid(adversary.name, space_of(adversary.space), image, seed=args.seed, index=args.image)
+        if not (output / MARKER).exists():
+            output.mkdir(parents=True, exist_ok=True)
+            mark_folder(output, PREVIEW)
+        print(f"wrote {write_preview(grid, output / f'{adversary.name}.png')}")
     return 0
 
 

@@ -699,6 +699,13 @@ CASES = [
     Case("ls with a pattern nothing matches", lambda env: ["ls", "zzz*"], 2, "nothing matches 'zzz*'"),
     Case("ls with two kinds", lambda env: ["ls", "models", "perturbations"], 2, "at most one kind"),
     Case("preview with a negative seed", lambda env: ["preview", "rotation", "--seed", "-1"], 2, "--seed"),
+    Case("preview of a YAML without adversaries", _changes({}, "preview"), 2, "names no adversaries"),
+    Case(
+        "preview of an adversary space on a test image that does not exist",
+        _changes({"adversaries": [SPATIAL]}, "preview", "--image", "10000000"),
+        2,
+        "--image: must lie in 0..",
+    ),
     Case("unknown model name", _changes({"models": ["baseline_cnnn"]}), 2, "exp.yaml: models[0].name: unknown model"),
     Case(
         "unknown perturbation name",

@@ -144,6 +144,21 @@ def test_preview_writes_one_png_grid_per_perturbation(synthetic_dir: Path, tmp_p
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "gamma_down.png", "gamma_up.png", "turn.png"]
 
 
+def test_preview_of_a_yaml_draws_each_adversary_space(
+    synthetic_dir: Path, tmp_path: Path, write_yaml: Callable[..., Path], tiny_experiment: dict[str, Any]
+) -> None:
+    spatial = {"name": "spatial", "space": {"rotation": [-30, 30, 31], "translate": [-3, 3, 5]}, "search": "grid"}
+    light = {"name": "light", "space": {"brightness": [-0.5, 0.5, 3]}, "search": "grid"}
+    path = write_yaml({**tiny_experiment, "adversaries": [spatial, light]})
+    out = tmp_path / "spaces"
+    args = ["--data-dir", str(synthetic_dir), "--no-verify", "--output-dir", str(out), "--image", "3"]
+    assert main(["-q", "preview", str(path), *args]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "light.png", "spatial.png"]
+    # rotation's 31 values sampled to 9 columns, translate_x's 5 to 5 rows; one dimension is one row
+    assert Image.open(out / "spatial.png").size == (120 + 9 * 86, 40 + 5 * 86)
+    assert Image.open(out / "light.png").size == (120 + 3 * 86, 40 + 86)
+
+
 def test_preview_of_an_unknown_perturbation_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preview", "rotaton"]) == 2
     assert "did you mean 'rotation'" in capsys.readouterr().err

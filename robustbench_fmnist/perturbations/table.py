@@ -1,4 +1,4 @@
-"""The severity table of every registered perturbation: for `ls`, the docs and the README."""
+"""The severity table of every registered perturbation: for `ls` and the docs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preview grids: what each perturbation does at every severity, as a PNG a person can check."""
+"""Preview grids, PNGs a person can check: each perturbation at every severity, and a space's points."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from robustbench_fmnist.data import CLASS_NAMES
 from robustbench_fmnist.files import atomic_path
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from robustbench_fmnist.perturbations.backends import apply_backend
+from robustbench_fmnist.perturbations.space import Space, perturb_at
 from robustbench_fmnist.perturbations.table import format_value
 
 SCALE = 3  # 28 -> 84 pixels per image, nearest-neighbour so pixels stay visible
@@ -57,3 +58,51 @@ def write_preview(grid: Image.Image, path: Path) -> Path:
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return path
+
+
+MAX_COLUMNS = 9  # a space's first dimension, sampled evenly, low to high
+MAX_ROWS = 7  # its second dimension
+
+
+def _sampled(grid: torch.Tensor, most: int) -> list[int]:
+    """Up to `most` indices into a dimension's values, evenly spread and always keeping both ends."""
+    count = min(most, len(grid))
+    return sorted({round(i * (len(grid) - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def space_grid(title: str, space: Space, image: torch.Tensor, *, seed: int = 0, index: int = 0) -> Image.Image:
+    """One image at a sample of a space's points: columns its first dimension, rows its second (others at identity)."""
+    grids, identities = space.grids, space.identities.tolist()
+    resting = [int((g - i).abs().argmin()) for g, i in zip(grids, identities, strict=True)]  # closest to no change
+    columns = _sampled(grids[0], MAX_COLUMNS)
+    rows = _sampled(grids[1], MAX_ROWS) if len(grids) > 1 else [None]
+    values = []
+    for row in rows:
+        for column in columns:
+            chosen = list(resting)
+            chosen[0] = column
+            if row is not None:
+                chosen[1] = row
+            values.append([float(g[k]) for g, k in zip(grids, chosen, strict=True)])
+    batch = image.reshape(1, 1, 28, 28).expand(len(values), -1, -1, -1)
+    indices = torch.full((len(values),), index, dtype=torch.long)
+    out = perturb_at(batch, space, torch.tensor(values, dtype=torch.float64), seed=seed, indices=indices)
+    pixels = (out[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    cell = 28 * SCALE
+    top = 40
+    canvas = Image.new("L", (LABEL_WIDTH + len(columns) * (cell + GAP), top + len(rows) * (cell + GAP)), color=255)
+    draw = ImageDraw.Draw(canvas)
+    others = [f"{d}={grids[k][resting[k]]:g}" for k, d in enumerate(space.dims) if k > 1]
+    caption = f"{title}: {space.size:,} points; test image {index}" + (f"; {', '.join(others)}" if others else "")
+    draw.text((4, 4), caption, fill=0)
+    draw.text((4, top - 16), f"{space.dims[0]} ->", fill=0)
+    for c, column in enumerate(columns):
+        draw.text((LABEL_WIDTH + c * (cell + GAP) + 4, top - 16), f"{float(grids[0][column]):g}", fill=0)
+    for r, row in enumerate(rows):
+        y = top + r * (cell + GAP)
+        if row is not None:
+            draw.text((4, y + cell // 2 - 6), f"{space.dims[1]} {float(grids[1][row]):g}", fill=0)
+        for c in range(len(columns)):
+            tile = Image.fromarray(np.ascontiguousarray(pixels[r * len(columns) + c]), mode="L")
+            canvas.paste(tile.resize((cell, cell), Image.NEAREST), (LABEL_WIDTH + c * (cell + GAP), y))
+    return canvas
