@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from robustbench_fmnist.config import parse_config
-from robustbench_fmnist.orchestration.experiment import run_experiment
+from robustbench_fmnist.orchestration.experiment import plan_experiment, run_experiment
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install '.[ray]')"),
@@ -124,4 +124,40 @@ def test_a_worker_node_killed_midway_costs_only_time(
     assert not tasks["failed"] and tasks["ran"] == 2 * 3 * 4
     assert remaining < 2 * 3 * 3, "every evaluation was stored before the node died"
     assert len(list(evaluations.glob("*.safetensors"))) == 2 * 3 * 3  # one record per evaluation, no partial file
+    assert not [p for p in evaluations.iterdir() if not p.name.endswith(".safetensors")]
+
+
+def test_a_driver_killed_midway_is_rerun_for_only_the_rest(
+    cluster: Any, tiny_experiment: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGKILL, no cleanup at all, once an evaluation is stored: the rerun does only the missing tasks."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    local = run_experiment(parse_config(_config(tiny_experiment, tmp_path, "local")))
+    config = _config(tiny_experiment, tmp_path, "killed", kind="ray", address=cluster.address, spread=True)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    evaluations = Path(config["cache_dir"]) / "evaluations"
+    command = [sys.executable, "-m", "robustbench_fmnist", "-q", "run", str(path)]
+    driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 300
+    while driver.poll() is None and time.monotonic() < deadline:
+        if evaluations.is_dir() and list(evaluations.glob("*.safetensors")):
+            driver.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, f"the run ended before its driver could be killed: {err[-2000:]}"
+    assert not (Path(config["output_dir"]) / "tiny").exists()
+    stored = plan_experiment(parse_config(config))
+    assert stored.done and stored.missing
+    folder = run_experiment(parse_config(config))
+    pd.testing.assert_frame_equal(_results(folder), _results(local))
+    tasks = pd.read_json(folder / "run.json", typ="series")["tasks"]
+    assert tasks["ran"] == len(stored.missing) and not tasks["failed"]
+    assert len(list(evaluations.glob("*.safetensors"))) == 2 * 3 * 3
     assert not [p for p in evaluations.iterdir() if not p.name.endswith(".safetensors")]
