@@ -293,12 +293,15 @@ def _sparse_ticks(values: Sequence[float], most: int = 12) -> tuple[list[int], l
 
 def plot_worst_case_curves(curves: pd.DataFrame, path: Path) -> None:
     """Worst-case accuracy against the search budget, one panel per adversary, one line per model with its
-    95 % interval band; x is the share of the space's reach, labelled by `budget_label`."""
+    95 % interval band; x is the share of the space's reach, and the panel's title says what a budget of 1 is."""
     adversaries = list(dict.fromkeys(curves["adversary"]))
     columns = max(1, min(3, len(adversaries)))
     rows = max(1, -(-len(adversaries) // columns))
+    models = list(dict.fromkeys(curves["model"]))
+    legend_rows = -(-len(models) // 4)
     with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+        height = 3.2 * rows + 0.3 * legend_rows + 0.4
+        figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, height), squeeze=False)
         for axis, adversary in zip(axes.flat, adversaries, strict=False):
             mine = curves[curves["adversary"] == adversary]
             for model, line_rows in mine.groupby("model", sort=False):
@@ -308,9 +311,10 @@ def plot_worst_case_curves(curves: pd.DataFrame, path: Path) -> None:
                 axis.fill_between(x, line_rows["accuracy_low"] * 100, line_rows["accuracy_high"] * 100,
                                   color=line.get_color(), alpha=0.2)  # fmt: skip
             ticks = mine.drop_duplicates("budget").sort_values("budget")
-            axis.set_xticks(ticks["budget"].to_numpy(dtype=float), ticks["budget_label"].astype(str), rotation=30,
-                            ha="right")  # fmt: skip
-            axis.set_title(str(adversary))
+            # the budget shares as ticks; the whole reach (budget 1, e.g. "±30 rotation, ±3 translate") in the title,
+            # since a label per tick crowds the axis
+            axis.set_xticks(ticks["budget"].to_numpy(dtype=float), [f"{b:g}" for b in ticks["budget"]])
+            axis.set_title(f"{adversary}\n1 = {ticks['budget_label'].astype(str).iloc[-1]}", fontsize=9)
             axis.set_xlabel("budget (share of the space's reach)")
             axis.set_ylabel("worst-case accuracy (%)")
             axis.set_xlim(-0.02, 1.02)
@@ -318,9 +322,10 @@ def plot_worst_case_curves(curves: pd.DataFrame, path: Path) -> None:
         for axis in list(axes.flat)[len(adversaries) :]:
             axis.set_visible(False)
         if adversaries:
-            axes.flat[0].legend(loc="lower left", fontsize=8)
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
         figure.suptitle("Worst case per image: accuracy by budget (bands: 95 % interval)")
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, (0.3 * legend_rows + 0.1) / height, 1, 1))
         _save(_png(figure), path)
 
 

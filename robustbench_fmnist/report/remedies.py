@@ -102,7 +102,7 @@ def _paired(results: pd.DataFrame, remedy: Remedy) -> pd.DataFrame:
         {
             "remedy": mine["accuracy"],
             "standard": base["accuracy"],
-            "status": mine["in_training"].fillna(""),
+            "status": mine["in_training"].astype(object).fillna(""),  # an all-empty column reads as float
         }
     ).dropna(subset=["remedy", "standard"])
     pairs = pairs.reset_index()
