@@ -530,6 +530,42 @@ def test_another_architecture_is_a_remedy_against_the_model_it_names_and_so_are_
     assert found["p4_deep_cnn_wok"].standard == "p4_deep_cnn", "a recipe against its own architecture's standard"
 
 
+def test_the_worst_case_gap_closed_is_the_share_of_the_standards_worst_case_loss_won_back() -> None:
+    from robustbench_fmnist.report.remedies import worst_case_gap_table
+
+    recipe = {"epochs": 4, "robust_augment": None}
+    models = [
+        _record("deep_cnn", "standard", recipe=recipe),
+        _record("p4_deep_cnn", "standard", architecture="p4_deep_cnn", against="deep_cnn", recipe=recipe),
+    ]
+    rows = []
+    # per seed: (model, clean on the searched images, worst case at budget 1, orbit consistency)
+    for seed, standard, remedy in [
+        (0, (0.90, 0.10, 0.2), (0.88, 0.50, 0.6)),
+        (1, (0.92, 0.12, 0.3), (0.90, 0.56, 0.7)),
+    ]:
+        for model, (clean, worst, orbit) in (("deep_cnn", standard), ("p4_deep_cnn", remedy)):
+            # a grid's curve: only the whole space (budget 1) is the worst case
+            for budget, accuracy in ((0.0, clean), (0.5, (clean + worst) / 2), (1.0, worst)):
+                whole = budget == 1.0
+                rows.append(
+                    dict(model=model, seed=seed, adversary="spatial", search="grid", budget=budget,
+                         accuracy=accuracy, accuracy_clean=clean if whole else np.nan,
+                         orbit_consistency=orbit if whole else np.nan)
+                )  # fmt: skip
+            rows.append(dict(model=model, seed=seed, adversary="light", search="random", budget=1.0,
+                             accuracy=clean - 0.005, accuracy_clean=clean, orbit_consistency=np.nan))  # fmt: skip
+    table = worst_case_gap_table(pd.DataFrame(rows), models).set_index("adversary")
+    spatial = table.loc["spatial"]
+    assert spatial["remedy"] == "p4_deep_cnn" and spatial["standard"] == "deep_cnn" and spatial["seeds"] == 2
+    assert spatial["gap_closed"] == pytest.approx(np.mean([0.40 / 0.80, 0.44 / 0.80]))  # its own clean, per seed
+    assert spatial["remedy_accuracy"] == pytest.approx(0.53) and spatial["standard_accuracy"] == pytest.approx(0.11)
+    assert spatial["remedy_orbit"] == pytest.approx(0.65) and spatial["standard_orbit"] == pytest.approx(0.25)
+    assert spatial["gap_closed_low"] < spatial["gap_closed"] < spatial["gap_closed_high"]
+    assert np.isnan(table.loc["light", "gap_closed"]), "the standard lost half a point: no gap worth a ratio"
+    assert worst_case_gap_table(pd.DataFrame(rows).query("model == 'deep_cnn'"), models).empty
+
+
 def test_noise_from_matches_models_by_architecture_and_adaptation_settings() -> None:
     from robustbench_fmnist.report.agreement import _architecture
 
