@@ -851,7 +851,7 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
             places.append((node, keys[-1]))
     models = raw.get("models")
     if isinstance(models, list):
-        places += [(m, "checkpoint") for m in models if isinstance(m, dict)]
+        places += [(m, key) for m in models if isinstance(m, dict) for key in ("checkpoint", "onnx", "keras")]
     for node, key in places:
         value = node.get(key)
         if isinstance(value, str) and value:

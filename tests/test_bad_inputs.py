@@ -1001,12 +1001,17 @@ def test_relative_paths_in_a_yaml_are_taken_from_its_folder(env: Env, monkeypatc
     sub = env.root / "configs"
     sub.mkdir()
     changes = {"output_dir": "out", "cache_dir": "../cache", "data": {"dir": "data"}}
-    changes["models"] = [{"name": "m", "factory": "x.y:z", "checkpoint": "w.pt"}]
+    changes["models"] = [
+        {"name": "m", "factory": "x.y:z", "checkpoint": "w.pt"},
+        {"name": "o", "onnx": "models/m.onnx"},
+        {"name": "k", "keras": "k.keras"},
+    ]
     path = Path(env.yaml(changes, name="configs/exp.yaml"))
     monkeypatch.chdir("/")
     config = load_config(path, {"cache_dir": "flag-cache"})
     assert config.output_dir == sub / "out" and config.data.dir == sub / "data"
     assert config.models[0].checkpoint == sub / "w.pt"
+    assert Path(config.models[1].onnx) == sub / "models" / "m.onnx" and Path(config.models[2].keras) == sub / "k.keras"
     assert config.cache_dir == Path("flag-cache"), "a flag's path is the user's, taken from the working folder"
     home = load_config(Path(env.yaml({"output_dir": "~/rbfm-reports"}, name="configs/home.yaml")))
     assert home.output_dir == Path.home() / "rbfm-reports"
