@@ -552,13 +552,11 @@ PREVIEW = "preview"  # the kind of folder `preview` writes into (see files.MARKE
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from robustbench_fmnist.config import MAX_SEED
     from robustbench_fmnist.data import load_fashion_mnist
     from robustbench_fmnist.errors import ConfigError, UnknownNameError
-    from robustbench_fmnist.files import MARKER, check_replaceable, check_writable_folder, mark_folder
     from robustbench_fmnist.perturbations import PERTURBATIONS
     from robustbench_fmnist.perturbations.backends import BACKENDS
-    from robustbench_fmnist.report.preview import preview_grid, sample_per_class, write_preview
+    from robustbench_fmnist.report.preview import preview_grid, sample_per_class
 
     if args.perturbation.endswith((".yaml", ".yml")):
         return _preview_spaces(args)
@@ -571,55 +569,60 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not supported:
         reason = backend.unsupported(names[0])
         raise ConfigError(f"{args.perturbation}: no {args.backend} backend ({reason}); use --backend torch")
-    names = supported
-    if not 0 <= args.seed <= MAX_SEED:
-        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
-    output: Path = args.output_dir
-    check_writable_folder(output, "--output-dir")
-    check_replaceable(output, PREVIEW)  # previews are added only to a folder of previews, or a new one
+    _check_preview_output(args)
     test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
     images, indices = sample_per_class(test.images, test.labels)
-    for name in names:
+    for name in supported:
         try:
             grid = preview_grid(name, images, indices, seed=args.seed, backend=args.backend)
         except ValueError as exc:
             raise UnknownNameError(str(exc)) from None
-        if not (output / MARKER).exists():  # marked on its first file, so a refused preview leaves nothing
-            output.mkdir(parents=True, exist_ok=True)
-            mark_folder(output, PREVIEW)
-        path = write_preview(grid, output / f"{name}.png")
-        print(f"wrote {path}")
+        _write_preview_file(args.output_dir, name, grid)
     return 0
 
 
 def _preview_spaces(args: argparse.Namespace) -> int:
     """`preview FILE.yaml`: a picture of each adversary's space, on one test image."""
-    from robustbench_fmnist.config import MAX_SEED, load_config
+    from robustbench_fmnist.config import load_config
     from robustbench_fmnist.data import load_fashion_mnist
     from robustbench_fmnist.errors import ConfigError
-    from robustbench_fmnist.files import MARKER, check_replaceable, check_writable_folder, mark_folder
     from robustbench_fmnist.orchestration.tasks import space_of
-    from robustbench_fmnist.report.preview import space_grid, write_preview
+    from robustbench_fmnist.report.preview import space_grid
 
     config = load_config(args.perturbation)
     if not config.adversaries:
         raise ConfigError(f"{args.perturbation}: names no adversaries; add `adversaries:` or preview a perturbation")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    _check_preview_output(args)
     test = load_fashion_mnist(args.data_dir, verify=not args.no_verify).test
     if not 0 <= args.image < len(test.labels):
         raise ConfigError(f"--image: must lie in 0..{len(test.labels) - 1}, got {args.image}")
-    output: Path = args.output_dir
-    check_writable_folder(output, "--output-dir")
-    check_replaceable(output, PREVIEW)
     image = test.images[args.image].float().div(255)
     for adversary in config.adversaries:
         grid = space_grid(adversary.name, space_of(adversary.space), image, seed=args.seed, index=args.image)
-        if not (output / MARKER).exists():
-            output.mkdir(parents=True, exist_ok=True)
-            mark_folder(output, PREVIEW)
-        print(f"wrote {write_preview(grid, output / f'{adversary.name}.png')}")
+        _write_preview_file(args.output_dir, adversary.name, grid)
     return 0
+
+
+def _check_preview_output(args: argparse.Namespace) -> None:
+    """The seed, and an output folder this process can write that is new or holds previews only."""
+    from robustbench_fmnist.config import MAX_SEED
+    from robustbench_fmnist.errors import ConfigError
+    from robustbench_fmnist.files import check_replaceable, check_writable_folder
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    check_writable_folder(args.output_dir, "--output-dir")
+    check_replaceable(args.output_dir, PREVIEW)  # previews are added only to a folder of previews, or a new one
+
+
+def _write_preview_file(output: Path, name: str, grid: Any) -> None:
+    from robustbench_fmnist.files import MARKER, mark_folder
+    from robustbench_fmnist.report.preview import write_preview
+
+    if not (output / MARKER).exists():  # marked on its first file, so a refused preview leaves nothing
+        output.mkdir(parents=True, exist_ok=True)
+        mark_folder(output, PREVIEW)
+    print(f"wrote {write_preview(grid, output / f'{name}.png')}")
 
 
 MAX_ERROR_CHARACTERS = 500
