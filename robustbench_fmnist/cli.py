@@ -586,7 +586,7 @@ def _preview_spaces(args: argparse.Namespace) -> int:
     from robustbench_fmnist.config import load_config
     from robustbench_fmnist.data import load_fashion_mnist
     from robustbench_fmnist.errors import ConfigError
-    from robustbench_fmnist.orchestration.tasks import space_of
+    from robustbench_fmnist.perturbations.space import Space
     from robustbench_fmnist.report.preview import space_grid
 
     config = load_config(args.perturbation)
@@ -598,7 +598,7 @@ def _preview_spaces(args: argparse.Namespace) -> int:
         raise ConfigError(f"--image: must lie in 0..{len(test.labels) - 1}, got {args.image}")
     image = test.images[args.image].float().div(255)
     for adversary in config.adversaries:
-        grid = space_grid(adversary.name, space_of(adversary.space), image, seed=args.seed, index=args.image)
+        grid = space_grid(adversary.name, Space.of(adversary.space), image, seed=args.seed, index=args.image)
         _write_preview_file(args.output_dir, adversary.name, grid)
     return 0
 

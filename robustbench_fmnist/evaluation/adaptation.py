@@ -233,7 +233,7 @@ def tent_predict(model: nn.Module, images: torch.Tensor, settings: AdaptationSet
 
 def tta_space(settings: TtaAdaptation) -> Space:
     """The space `tta` takes its copies at, as the adversaries' spaces are built."""
-    return Space(tuple((axis, low, high, points) for axis, (low, high, points) in settings.space.items()))
+    return Space.of(settings.space)
 
 
 class AveragedOverCopies(nn.Module):

@@ -28,7 +28,7 @@ from robustbench_fmnist.evaluation.throughput import (
 from robustbench_fmnist.files import hold_folder
 from robustbench_fmnist.models import count_macs
 from robustbench_fmnist.orchestration.checks import check_experiment
-from robustbench_fmnist.orchestration.tasks import space_of
+from robustbench_fmnist.perturbations.space import Space
 from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.runtime import cpu_settings, seed_everything
@@ -122,7 +122,7 @@ def _throughput_plan(
             )
             plan.append((f"{name} sweep", measure))
     for spec in config.adversaries:
-        space = space_of(spec.space)
+        space = Space.of(spec.space)
         for name, model, _ in models:
             measure = partial(
                 measure_adversary_step, f"{name} {spec.name}", model, images, labels, space,

@@ -128,15 +128,10 @@ class Attack:
     weights_sha256: str
 
 
-def space_of(axes: dict) -> Space:
-    """The space an `adversaries:` entry's `space:` mapping names: axis -> (low, high, points)."""
-    return Space(tuple((axis, float(low), float(high), int(points)) for axis, (low, high, points) in axes.items()))
-
-
 def adversary_of(identity: dict) -> tuple[Space, Search]:
     """The space and search an adversary task's identity names."""
     spec = identity["adversary"]
-    space = space_of(spec["space"])
+    space = Space.of(spec["space"])
     search = Search(
         spec["search"], k=spec.get("k") or 1, images=spec["images"], steps=spec["steps"], restarts=spec["restarts"]
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -81,6 +81,11 @@ class Space:
     """A product of axes, each `(name, low, high, points)`, in the order given."""
 
     axes: tuple[tuple[str, float, float, int], ...]
+
+    @classmethod
+    def of(cls, axes: Mapping[str, Sequence[float]]) -> Space:
+        """The space a YAML mapping names, `{axis: [low, high, points]}`, its axes in the mapping's order."""
+        return cls(tuple((axis, float(low), float(high), int(points)) for axis, (low, high, points) in axes.items()))
 
     @cached_property
     def entries(self) -> tuple[AxisEntry, ...]:

@@ -158,11 +158,7 @@ class Heatmap:
 def space_dims(adversaries: list[dict[str, Any]], name: str) -> tuple[str, ...]:
     """The dimensions of the named adversary's space, as run.json's config records it."""
     space = next(a["space"] for a in adversaries if a["name"] == name)
-    return _space(space).dims
-
-
-def _space(space: dict[str, Any]) -> Space:
-    return Space(tuple((axis, float(lo), float(hi), int(n)) for axis, (lo, hi, n) in space.items()))
+    return Space.of(space).dims
 
 
 def fooling_heatmaps(fooling: pd.DataFrame, adversaries: list[dict[str, Any]]) -> list[Heatmap]:
@@ -170,7 +166,7 @@ def fooling_heatmaps(fooling: pd.DataFrame, adversaries: list[dict[str, Any]]) -
     spaces = {a["name"]: a["space"] for a in adversaries}
     maps = []
     for (adversary, model), group in fooling.groupby(["adversary", "model"], sort=False):
-        space = _space(spaces[adversary])
+        space = Space.of(spaces[adversary])
         if len(space.dims) < 2:
             continue
         rates = torch.tensor(group.groupby("point")["fooling_rate"].mean().sort_index().to_numpy())

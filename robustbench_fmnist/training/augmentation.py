@@ -338,7 +338,7 @@ def build_batch_augmentation(recipe: TrainRecipe) -> BatchAugment | None:
 
 def space_of(spec: SpaceAugment) -> Space:
     """The space a `random_point` or `worst_of_k` recipe draws from, built as the adversaries' are."""
-    return Space(tuple((axis, low, high, points) for axis, (low, high, points) in spec.space.items()))
+    return Space.of(spec.space)
 
 
 def _space_seen(spec: SpaceAugment) -> set[str]:
