@@ -150,26 +150,12 @@ def test_stopping_the_driver_keeps_finished_tasks_and_the_rerun_does_the_rest(
 ) -> None:
     """SIGTERM (what the CLI treats as Ctrl-C) once an evaluation is stored: exit 130, no report, the CPUs freed."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    import yaml
+    from tests.driver_signal import run_until_first_record
 
     grid = _grid(tiny_experiment, tmp_path, "stopped", executor=_ray())
-    path = tmp_path / "stopped.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    evaluations = Path(grid["cache_dir"]) / "evaluations"
-    command = [sys.executable, "-m", "robustbench_fmnist", "-q", "run", str(path)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:
-        if evaluations.is_dir() and list(evaluations.glob("*.safetensors")):
-            process.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    returncode, err = run_until_first_record(grid, tmp_path / "stopped.yaml", signal.SIGTERM, wait=240)
+    assert returncode == 130, err
     assert "interrupted; every finished task's result is kept" in err
     assert not (Path(grid["output_dir"]) / "tiny").exists()
     assert _cluster_cpus_free_within(60), "the stopped driver's tasks still hold the cluster's CPUs"

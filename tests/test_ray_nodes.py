@@ -132,26 +132,14 @@ def test_a_driver_killed_midway_is_rerun_for_only_the_rest(
 ) -> None:
     """SIGKILL, no cleanup at all, once an evaluation is stored: the rerun does only the missing tasks."""
     import signal
-    import subprocess
-    import sys
 
-    import yaml
+    from tests.driver_signal import run_until_first_record
 
     local = run_experiment(parse_config(_config(tiny_experiment, tmp_path, "local")))
     config = _config(tiny_experiment, tmp_path, "killed", kind="ray", address=cluster.address, spread=True)
-    path = tmp_path / "killed.yaml"
-    path.write_text(yaml.safe_dump(config))
     evaluations = Path(config["cache_dir"]) / "evaluations"
-    command = [sys.executable, "-m", "robustbench_fmnist", "-q", "run", str(path)]
-    driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 300
-    while driver.poll() is None and time.monotonic() < deadline:
-        if evaluations.is_dir() and list(evaluations.glob("*.safetensors")):
-            driver.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    _, err = driver.communicate(timeout=60)
-    assert driver.returncode == -signal.SIGKILL, f"the run ended before its driver could be killed: {err[-2000:]}"
+    returncode, err = run_until_first_record(config, tmp_path / "killed.yaml", signal.SIGKILL, wait=300)
+    assert returncode == -signal.SIGKILL, f"the run ended before its driver could be killed: {err[-2000:]}"
     assert not (Path(config["output_dir"]) / "tiny").exists()
     stored = plan_experiment(parse_config(config))
     assert stored.done and stored.missing
