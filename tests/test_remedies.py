@@ -434,7 +434,7 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     assert "| deep_cnn_tiny+bn | deep_cnn_tiny | standard | bn |" in report
     assert "| deep_cnn_tiny_suite | brightness_up (seen in training) |" in report, "marked in the summary too"
     assert "Gap closed per perturbation" in report
-    assert "`tta` averages the logits over k = 3 copies of each image (rotation -10 to 10 in 3;" in report
+    assert "`tta` averages the logits over k = 3 copies of each image (rotation -10 to 10 in 3): " in report
     gaps = pd.read_csv(folder / "remedies.csv")
     assert set(gaps["remedy"]) == {"baseline_cnn_tiny+tta", "deep_cnn_tiny+bn", "deep_cnn_tiny+tent",
                                    "deep_cnn_tiny_suite"}  # fmt: skip
@@ -590,3 +590,28 @@ def test_a_run_today_still_matches_the_committed_lighting_reference_recorded_bef
     assert len(table) == len(cells) and table["inside"].all()
     empty, skipped = reference_cells(reference, [{**ours[0], "kwargs": {"width": 8}}])
     assert skipped == ["baseline_cnn"] and agreement_table(reference.results, empty).empty
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        (
+            {"rotation": [-20, 20, 5]},
+            "k = 5 copies of each image (rotation -20 to 20 in 5): k forward passes per image, 5x",
+        ),
+        (
+            {"rotation": [-10, 10, 3], "translate": [-2, 2, 3]},
+            "k = 27 copies of each image (rotation -10 to 10 in 3, translate -2 to 2 in 3; translate moves x and y, "
+            "each over its steps): k forward passes per image, 27x",
+        ),
+    ],
+)
+def test_the_tta_note_counts_its_copies_and_explains_translate_only_where_the_space_has_it(
+    space: dict[str, list[float]], expected: str
+) -> None:
+    from types import SimpleNamespace
+
+    from robustbench_fmnist.report.markdown import _tta_cost
+
+    data = SimpleNamespace(run={"models": [{"adaptation": "tta"}], "config": {"evaluation": {"tta": {"space": space}}}})
+    assert expected in " ".join(_tta_cost(data))

@@ -409,8 +409,10 @@ def _tta_cost(data: ReportData) -> list[str]:
         return ["`tta` averages the logits over k copies of each image: k forward passes per image.", ""]
     copies = space_point_count(space)
     axes = ", ".join(f"{axis} {low:g} to {high:g} in {count}" for axis, (low, high, count) in space.items())
+    if "translate" in space:
+        axes += "; translate moves x and y, each over its steps"
     return [
-        f"`tta` averages the logits over k = {copies} copies of each image ({axes}; translate moves x and y): "
+        f"`tta` averages the logits over k = {copies} copies of each image ({axes}): "
         f"k forward passes per image, {copies}x a plain evaluation's, which its evaluation time above shows.",
         "",
     ]
