@@ -390,6 +390,44 @@ def test_gap_closed_is_the_share_of_the_standard_loss_won_back_per_family_and_sp
     assert table.loc["aug", "standard"] == "std" and "std" not in table.index
 
 
+def _throughput_rows(training: dict[str, float], inference: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """A throughput.csv as `bench` writes it: training images/s per model, inference per (model, batch size)."""
+    from robustbench_fmnist.evaluation.throughput import THROUGHPUT_COLUMNS, ThroughputRow
+
+    rows = [ThroughputRow("training", m, "cpu", 128, "bfloat16", images_per_second=v) for m, v in training.items()]
+    rows += [ThroughputRow("inference", m, "cpu", b, images_per_second=v) for (m, b), v in inference.items()]
+    rows += [ThroughputRow("inference", "std", "cuda", 1024, images_per_second=1.0)]  # another device: not used
+    return pd.DataFrame([r.to_row() for r in rows], columns=THROUGHPUT_COLUMNS)
+
+
+def test_bench_costs_are_side_by_side_ratios_to_the_standard_scaled_by_epochs() -> None:
+    from robustbench_fmnist.report.remedies import bench_costs
+
+    def model(name: str, training: str, adaptation: str = "none", epochs: int = 4, key: str = "k") -> dict[str, Any]:
+        return {"name": name, "seed": 0, "architecture": "a", "training": training, "adaptation": adaptation,
+                "base_model": name.split("+")[0], "cache_key": key, "recipe": {"epochs": epochs}}  # fmt: skip
+
+    models = [model("std", "standard"), model("std+tta", "standard", "tta"), model("w10", "worst_of_k", key="w"),
+              model("w10+tta", "worst_of_k", "tta", key="w"), model("long", "suite", epochs=8, key="l"),
+              model("std+bn", "standard", "bn")]  # fmt: skip
+    throughput = _throughput_rows(
+        {"std": 1000.0, "w10": 250.0, "long": 500.0},
+        {("std", 256): 4000.0, ("std", 1024): 5000.0, ("std+tta", 1024): 1000.0, ("w10", 1024): 5000.0,
+         ("w10+tta", 1024): 1250.0, ("long", 1024): 2500.0},
+    )  # fmt: skip
+    costs = bench_costs(throughput, models, device="cpu", batch_size=1000).set_index("remedy")
+    assert set(costs["batch_size"]) == {1024}, "bench's batch nearest the evaluation's 1000"
+    assert costs.loc["std+tta", "training_cost"] == 1.0 and costs.loc["std+tta", "inference_cost"] == 5.0
+    assert costs.loc["w10", "training_cost"] == 4.0 and costs.loc["w10", "inference_cost"] == 1.0
+    assert costs.loc["w10+tta", "training_cost"] == 4.0, "tta on robust weights: the weights' training cost"
+    assert costs.loc["w10+tta", "inference_cost"] == 4.0
+    assert costs.loc["long", "training_cost"] == 4.0, "twice as slow a step, twice the epochs"
+    assert costs.loc["std+bn", "training_cost"] == 1.0 and np.isnan(costs.loc["std+bn", "inference_cost"])
+    assert bench_costs(None, models, device="cpu", batch_size=1000).empty
+    on_256 = bench_costs(throughput, models, device="cpu", batch_size=300).set_index("remedy")
+    assert set(on_256["batch_size"]) == {256} and np.isnan(on_256.loc["std+tta", "inference_cost"])
+
+
 @pytest.fixture
 def remedy_experiment(tiny_experiment: dict[str, Any]) -> dict[str, Any]:
     tiny_experiment.update(seeds=[0, 1])
@@ -448,6 +486,19 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     rerender_report(folder)
     assert (folder / "report.md").read_text() == before, "the report re-renders byte for byte"
     assert (folder / "remedies.csv").read_bytes() == csv_before
+
+    # with bench's side-by-side figures the costs come from them; a pair bench lacks keeps its recorded ratio
+    from robustbench_fmnist.report.writer import add_throughput
+
+    bench = {("baseline_cnn_tiny", 1024): 4000.0, ("baseline_cnn_tiny+tta", 1024): 1000.0,
+             ("deep_cnn_tiny", 1024): 2000.0, ("deep_cnn_tiny_suite", 1024): 2000.0}  # fmt: skip
+    add_throughput(folder, _throughput_rows({"deep_cnn_tiny": 600.0, "deep_cnn_tiny_suite": 300.0}, bench))
+    costed = (folder / "report.md").read_text()
+    assert "| training cost (bench) | inference cost (bench) |" in costed and "| training time |" not in costed
+    assert "| baseline_cnn_tiny+tta | baseline_cnn_tiny | standard | tta |" in costed
+    assert "| 1.00x | 4.00x |" in costed, "tta: the standard's weights, k copies' inference"
+    assert "| 2.00x | 1.00x |" in costed, "the suite's training steps at half the standard's rate"
+    assert "x (recorded) |" in costed, "bn has no bench row: its recorded evaluation time stands, marked"
 
 
 # ---- review follow-ups: small cells, tent's protocol, the JSD formula, pairing ----

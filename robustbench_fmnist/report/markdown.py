@@ -17,6 +17,7 @@ from robustbench_fmnist.report.remedies import (
     HELD_OUT,
     PARTLY,
     SEEN,
+    bench_costs,
     cell_gap_table,
     gap_closed_table,
     worst_case_gap_table,
@@ -310,9 +311,34 @@ def _trained_with(row: dict[str, Any]) -> str:
     return row["training"] + (f" (recipe also differs: {differs})" if isinstance(differs, str) and differs else "")
 
 
+_RECORDED_TIMES = (
+    "Times: the remedy's training and evaluation seconds over the standard's (an adaptation keeps its standard's "
+    "weights, so its training time is 1x)."
+)
+_BENCH_COSTS = (
+    "Costs, from `bench` (throughput.csv), each model timed after the other in one process on {device}, so a "
+    "load on a shared machine or another session's slower machine does not enter them as it enters recorded "
+    "wall times. Training: the standard's training images/s over the remedy's (a batch augmentation such as "
+    "worst_of_k inside each step; the data pipeline's per-image augmentation is not), times its epochs over "
+    "the standard's; 1x for an adaptation of the standard's own weights. Inference: the standard's images/s "
+    "over the remedy's at batch {batch_size} (bench's batch size nearest the evaluation's), float32, a `tta` "
+    "model behind its k copies. Where `bench` has no figure for a pair, the recorded wall times' ratio "
+    "stands, marked (recorded)."
+)
+
+
 def _times(row: dict[str, Any], column: str) -> str:
     value = row.get(column)
     return "n/a" if value is None or pd.isna(value) else f"{value:.2f}x"
+
+
+def _bench_or_recorded(bench: Any, row: dict[str, Any], measured: str, recorded: str) -> str:
+    """The bench ratio where `bench` has both sides, else the recorded wall times' ratio, marked as such."""
+    value = bench.get(measured) if len(bench) else None
+    if value is not None and not pd.isna(value):
+        return f"{value:.2f}x"
+    fallback = _times(row, recorded)
+    return fallback if fallback == "n/a" else f"{fallback} (recorded)"
 
 
 def _remedies(data: ReportData) -> list[str]:
@@ -325,17 +351,33 @@ def _remedies(data: ReportData) -> list[str]:
     shown = sorted({f for f in families.values()}, key=lambda f: list(families.values()).index(f))
     headers = ["remedy", "against", "trained with", "adaptation"]
     headers += [f"{family} held out" for family in shown] + [f"{family} seen" for family in shown]
-    headers += ["clean cost (points)", "training time", "evaluation time"]
+    batch_size = int((data.run["config"].get("evaluation") or {}).get("batch_size") or 0)
+    device = (data.run.get("environment") or {}).get("device", "cpu")
+    measured = bench_costs(data.throughput, data.run["models"], device=device, batch_size=batch_size)
+    if measured[["training_cost", "inference_cost"]].notna().any(axis=None):
+        batch_size, measured = int(measured["batch_size"].iloc[0]), measured.set_index("remedy")
+    else:
+        measured = None
+    if measured is None:
+        headers += ["clean cost (points)", "training time", "evaluation time"]
+    else:
+        headers += ["clean cost (points)", "training cost (bench)", "inference cost (bench)"]
     rows = []
     for r in table.to_dict("records"):
         cost = points(r["clean_cost"])
         if not pd.isna(r.get("clean_cost_low")):
             cost += f" ({points(r['clean_cost_low'])} to {points(r['clean_cost_high'])})"
+        if measured is None:
+            times = [_times(r, "train_time"), _times(r, "eval_time")]
+        else:
+            bench = measured.loc[r["remedy"]] if r["remedy"] in measured.index else {}
+            times = [_bench_or_recorded(bench, r, "training_cost", "train_time"),
+                     _bench_or_recorded(bench, r, "inference_cost", "eval_time")]  # fmt: skip
         rows.append(
             [r["remedy"], r["standard"], _trained_with(r), r["adaptation"]]
             + [_gap(r, f"{family}|{HELD_OUT}") for family in shown]
             + [_gap(r, f"{family}|{SEEN}") for family in shown]
-            + [cost, _times(r, "train_time"), _times(r, "eval_time")]
+            + [cost, *times]
         )
     out = ["## What fixes it", ""]
     if rows:
@@ -346,9 +388,8 @@ def _remedies(data: ReportData) -> list[str]:
         "worse than doing nothing. Per seed, then the mean over seeds with its 95 % interval (in brackets: the "
         "cells it covers). **Held out**: shifts the remedy's training never performed, the fair test; **seen**: "
         "shifts its training performed in full or in part, at any strength (marked in every table below), where a "
-        "remedy is expected to help. Clean cost: the remedy's clean accuracy minus the standard's. Times: the remedy's "
-        "training and evaluation seconds over the standard's (an adaptation keeps its standard's weights, so "
-        "its training time is 1x).",
+        "remedy is expected to help. Clean cost: the remedy's clean accuracy minus the standard's. "
+        + (_RECORDED_TIMES if measured is None else _BENCH_COSTS.format(batch_size=batch_size, device=device)),
         "",
     ]
     for model, adaptation, reason in skipped:

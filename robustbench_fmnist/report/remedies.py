@@ -179,6 +179,48 @@ def gap_closed_table(results: pd.DataFrame, models: list[dict[str, Any]], famili
     return pd.DataFrame(rows)
 
 
+def bench_costs(
+    throughput: pd.DataFrame | None, models: list[dict[str, Any]], *, device: str, batch_size: int
+) -> pd.DataFrame:
+    """Per remedy: its training and inference cost as multiples of its standard's, from `bench` side by side.
+
+    Measured in one process, one after the other, so a load on a shared machine or a slower machine
+    in another session does not enter the ratio as it enters recorded wall times. Training: the
+    standard's training images/s over the remedy's (its robust augmentation inside each step), times
+    the remedy's epochs over the standard's; 1 for an adaptation of the standard's own weights.
+    Inference: images/s at the measured batch size nearest `batch_size` (float32, eager), a `+tta`
+    label timed behind its k copies. Columns remedy, training_cost, inference_cost, batch_size; NaN
+    where `bench` lacks a side.
+    """
+    columns = ["remedy", "training_cost", "inference_cost", "batch_size"]
+    if throughput is None or throughput.empty:
+        return pd.DataFrame(columns=columns)
+    ok = throughput[(throughput["status"] == "ok") & (throughput["device"] == device)]
+    training = ok[ok["kind"] == "training"].groupby("model")["images_per_second"].first()
+    eager = ok[(ok["kind"] == "inference") & (ok["dtype"] == "float32") & ~ok["compiled"].astype(bool)]
+    # bench's batch sizes are a ladder: the one nearest the evaluation's (on a log scale) stands in for it
+    nearest = min(set(eager["batch_size"]), key=lambda b: abs(np.log(b / max(batch_size, 1))), default=batch_size)
+    inference = eager[eager["batch_size"] == nearest].groupby("model")["images_per_second"].first()
+    first = {m["name"]: m for m in models}
+
+    def epochs(label: str) -> float:
+        recipe = first[label].get("recipe")
+        return float(recipe["epochs"]) if isinstance(recipe, dict) and recipe.get("epochs") else np.nan
+
+    rows = []
+    for remedy in remedies(models):
+        mine, base = first[remedy.label], first[remedy.standard]
+        if remedy.adaptation != "none" and mine.get("cache_key") == base.get("cache_key"):
+            train_cost = 1.0  # the standard's own weights, adapted at test time
+        else:
+            trained, standard = mine.get("base_model", remedy.label), base.get("base_model", remedy.standard)
+            ips_mine, ips_base = training.get(trained, np.nan), training.get(standard, np.nan)
+            train_cost = ips_base / ips_mine * epochs(remedy.label) / epochs(remedy.standard)
+        inference_cost = inference.get(remedy.standard, np.nan) / inference.get(remedy.label, np.nan)
+        rows.append([remedy.label, train_cost, inference_cost, nearest])
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _per_label(models: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     return {(m["name"], int(m.get("seed", 0))): m for m in models}
 
