@@ -183,3 +183,17 @@ def test_a_recipe_that_reads_the_model_is_timed_inside_each_training_step() -> N
     row = throughput.measure_training("m", model, CPU, 16, steps=2, warmup=1, repeats=2, augment=counted)
     assert row.images_per_second > 0 and len(calls) == 2 * (1 + 2)
     assert all(training and shape == (16, 1, 28, 28) for training, shape in calls)
+
+
+def test_a_model_evaluated_with_tta_is_also_timed_behind_its_k_copies(tiny_experiment: dict[str, Any]) -> None:
+    """Its inference rows sit under model+tta, with k times the MACs; its training and latency are its model's."""
+    settings = {"devices": ["cpu"], "batch_sizes": [8], "dtypes": ["float32"], "repeats": 1, "images": 8}
+    evaluation = {"tta": {"space": {"rotation": [-10, 10, 3]}}}
+    config = ExperimentConfig.model_validate({**tiny_experiment, "throughput": settings, "evaluation": evaluation})
+    models = [("a", create_model("baseline_cnn_tiny"), 100), ("b", create_model("deep_cnn_tiny"), 100)]
+    plan = _throughput_plan(config, models, torch.rand(4, 1, 28, 28), torch.zeros(4), [Cell(CLEAN, 0)], {}, {"b"})
+    labels = [label for label, _ in plan]
+    assert [label for label in labels if "+tta" in label] == ["b+tta cpu float32 batch 8"]
+    assert labels.index("b+tta cpu float32 batch 8") == labels.index("b cpu training") + 1
+    row = dict(plan)["b+tta cpu float32 batch 8"]()
+    assert row.model == "b+tta" and row.macs == 300 and row.status == "ok" and row.images_per_second > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from robustbench_fmnist.config import ExperimentConfig, ThroughputConfig, TrainRecipe
 from robustbench_fmnist.data import load_fashion_mnist, to_float_images
+from robustbench_fmnist.evaluation.adaptation import AveragedOverCopies, tta_space
 from robustbench_fmnist.evaluation.cells import Cell
 from robustbench_fmnist.evaluation.throughput import (
     THROUGHPUT_COLUMNS,
@@ -33,6 +34,7 @@ from robustbench_fmnist.progress import progress_bar
 from robustbench_fmnist.report.writer import add_throughput
 from robustbench_fmnist.runtime import cpu_settings, seed_everything
 from robustbench_fmnist.training.augmentation import BatchAugment, build_batch_augmentation
+from robustbench_fmnist.training.resolution import ResolvedModel
 from robustbench_fmnist.training.weights import obtain_model
 
 
@@ -52,8 +54,7 @@ def run_bench(config: ExperimentConfig, *, retrain: bool = False) -> tuple[Path,
                 model_spec, data, seed=seed, device=checked.device, cache_dir=config.cache_dir, retrain=retrain
             )
             models.append((model_spec.name, model, count_macs(model)))
-        recipes = {resolved.name: resolved.recipe for resolved in checked.models}
-        throughput = benchmark(config, models, images, labels, checked.cells, recipes)
+        throughput = benchmark(config, models, images, labels, checked.cells, checked.models)
         add_throughput(checked.folder, throughput)
     return checked.folder, throughput
 
@@ -67,15 +68,18 @@ def benchmark(
     images: torch.Tensor,
     labels: torch.Tensor,
     cells: Sequence[Cell],
-    recipes: Mapping[str, TrainRecipe | None] | None = None,
+    resolved: Sequence[ResolvedModel] = (),
 ) -> pd.DataFrame:
     """Every throughput measurement the config's `throughput:` section asks for, as throughput.csv rows.
 
-    `models` are (name, trained model, MACs per image); `images` sit on the evaluation device. A model
-    whose recipe (in `recipes`) trains with an augmentation that reads the model (worst_of_k) is timed
-    training with it.
+    `models` are (name, trained model, MACs per image); `images` sit on the evaluation device. From
+    `resolved` (the experiment's models): a model whose recipe trains with a robust augmentation
+    (worst_of_k reads the model) is timed training with it, and a model evaluated with `tta` is also
+    timed behind its k copies, under its `+tta` label.
     """
-    plan = _throughput_plan(config, models, images, labels, cells, recipes or {})
+    recipes = {r.name: r.recipe for r in resolved}
+    with_tta = {r.name for r in resolved if "tta" in r.adaptations(config.evaluation.adaptation)}
+    plan = _throughput_plan(config, models, images, labels, cells, recipes, with_tta)
     rows: list[ThroughputRow] = []
     # one step per measurement, labelled: a compiled or batch-4096 row can take a while
     with progress_bar(len(plan), "throughput", unit="measurement") as bar:
@@ -94,8 +98,13 @@ def _throughput_plan(
     labels: torch.Tensor,
     cells: Sequence[Cell],
     recipes: Mapping[str, TrainRecipe | None],
+    with_tta: Collection[str] = (),
 ) -> list[tuple[str, Measurement]]:
-    """(label, measurement) pairs in the order they run: ceilings, then per model, then perturbations."""
+    """(label, measurement) pairs in the order they run: ceilings, then per model, then perturbations.
+
+    A model in `with_tta` is also timed behind test-time augmentation (inference only: its training
+    and single-image latency are its own model's), so a report can set its cost against the k it claims.
+    """
     settings = config.throughput
     devices = [torch.device(d) for d in settings.devices]
     plan: list[tuple[str, Measurement]] = [
@@ -107,6 +116,12 @@ def _throughput_plan(
         augment = None if recipe is None else build_batch_augmentation(recipe)
         for device in devices:
             plan += _device_plan(settings, name, model, macs, device, augment)
+        if name in with_tta:
+            space = tta_space(config.evaluation.tta)
+            averaged = AveragedOverCopies(model, space)
+            inference_only = settings.model_copy(update={"latency": False, "training_batch_size": None})
+            for device in devices:
+                plan += _device_plan(inference_only, f"{name}+tta", averaged, macs * space.size, device)
         if settings.sweep:
             measure = partial(
                 measure_sweep_overhead,

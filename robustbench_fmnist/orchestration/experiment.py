@@ -211,9 +211,8 @@ def _measure_throughput(
     started = time.perf_counter()
     test, count = planned.data.test, planned.test_images
     images = to_float_images(test.images[:count], planned.checked.device)
-    recipes = {resolved.name: resolved.recipe for resolved in planned.checked.models}
     throughput = benchmark(
-        config, assembled.first_seed_models, images, test.labels[:count], planned.checked.cells, recipes
+        config, assembled.first_seed_models, images, test.labels[:count], planned.checked.cells, planned.checked.models
     )
     timings["throughput"] = time.perf_counter() - started
     return throughput
