@@ -201,7 +201,9 @@ def bench_costs(
     # bench's batch sizes are a ladder: the one nearest the evaluation's (on a log scale) stands in for it
     nearest = min(set(eager["batch_size"]), key=lambda b: abs(np.log(b / max(batch_size, 1))), default=batch_size)
     inference = eager[eager["batch_size"] == nearest].groupby("model")["images_per_second"].first()
-    first = {m["name"]: m for m in models}
+    first: dict[str, dict[str, Any]] = {}  # each label's first seed, as in remedies()
+    for m in models:
+        first.setdefault(m["name"], m)
 
     def epochs(label: str) -> float:
         recipe = first[label].get("recipe")
