@@ -465,6 +465,9 @@ def test_a_remedies_run_files_adaptations_as_rows_and_marks_what_training_saw(
     run = json.loads((folder / "run.json").read_text())
     baseline = next(m for m in run["models"] if m["name"] == "baseline_cnn_tiny")
     assert set(baseline["not_applicable"]) == {"bn", "tent"}
+    # the training method names the row; the training's own record (every epoch) stays beside it
+    assert baseline["training"] == "standard" and len(baseline["training_summary"]["history"]) == 1
+    assert 0 < baseline["training_summary"]["history"][-1]["train_accuracy"] <= 1
     report = (folder / "report.md").read_text()
     assert "## What fixes it" in report
     assert "`baseline_cnn_tiny` with `bn`: not applicable: the model has no BatchNorm layers" in report

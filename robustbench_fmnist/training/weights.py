@@ -141,7 +141,7 @@ def weights_record(
     if metadata is not None:
         info.update(
             train_seconds=metadata.get("train_seconds"),
-            training=metadata.get("training"),
+            training_summary=metadata.get("training"),  # per-epoch loss, accuracy and seconds: what training saw
             trained_with=metadata.get("trained_with"),
         )
     if weights != "failed":
