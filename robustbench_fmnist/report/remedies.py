@@ -303,7 +303,7 @@ def worst_case_gap_table(adversaries: pd.DataFrame, models: list[dict[str, Any]]
     for remedy in remedies(models):
         mine = whole[whole["model"] == remedy.label].set_index(keys)
         base = whole[whole["model"] == remedy.standard].set_index(keys)
-        pairs = mine.join(base, how="inner", lsuffix="_remedy", rsuffix="_standard")
+        pairs = mine.merge(base, how="inner", left_index=True, right_index=True, suffixes=("_remedy", "_standard"))
         if pairs.empty:
             continue
         loss = pairs["accuracy_clean_standard"] - pairs["accuracy_standard"]
