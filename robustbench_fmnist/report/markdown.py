@@ -356,12 +356,10 @@ def _remedies(data: ReportData) -> list[str]:
     measured = bench_costs(data.throughput, data.run["models"], device=device, batch_size=batch_size)
     if measured[["training_cost", "inference_cost"]].notna().any(axis=None):
         batch_size, measured = int(measured["batch_size"].iloc[0]), measured.set_index("remedy")
+        headers += ["clean cost (points)", "training cost (bench)", "inference cost (bench)"]
     else:
         measured = None
-    if measured is None:
         headers += ["clean cost (points)", "training time", "evaluation time"]
-    else:
-        headers += ["clean cost (points)", "training cost (bench)", "inference cost (bench)"]
     rows = []
     for r in table.to_dict("records"):
         cost = points(r["clean_cost"])
