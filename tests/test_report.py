@@ -356,3 +356,24 @@ def test_the_committed_references_re_render_byte_for_byte(tmp_path: Path, name: 
     rendered = ["report.md", *(["remedies.csv"] if name == "remedies" else [])]
     for filename in rendered:
         assert (folder / filename).read_bytes() == (committed / filename).read_bytes(), filename
+
+
+def test_the_models_table_shows_the_last_epochs_training_accuracy_where_histories_were_recorded() -> None:
+    import pandas as pd
+
+    from robustbench_fmnist.report.markdown import _models
+
+    cells = pd.DataFrame({"model": ["a", "b"], "perturbation": [CLEAN, CLEAN], "accuracy": [0.9, 0.8]})
+
+    def entry(name: str, accuracies: list[float] | None) -> dict[str, Any]:
+        history = None if accuracies is None else {"history": [{"train_accuracy": a} for a in accuracies]}
+        return {"name": name, "parameters": 10, "macs": 20, "weights": "trained", "training_summary": history}
+
+    models = [entry("a", [0.80, 0.85]), entry("a", [0.82, 0.89]), entry("b", None)]
+    table = "\n".join(_models(cells, models))
+    assert "training accuracy, last epoch" in table and "still learning" in table
+    assert "| a | 10 | 20 | 90.00 | 2 trained | n/a | n/a | 87.00 (+6.00) |" in table
+    assert table.count("| n/a | n/a | n/a |") == 1  # b: no time, no recipe, no history
+    # reports made before histories were kept render as they did
+    unrecorded = "\n".join(_models(cells, [entry("a", None), entry("b", [0.9])]))
+    assert "last epoch" not in unrecorded and "| a | 10 | 20 | 90.00 | trained | n/a | n/a |" in unrecorded

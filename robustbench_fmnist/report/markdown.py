@@ -529,11 +529,15 @@ def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
     seen: dict[str, dict[str, Any]] = {}
     seconds: dict[str, list[float]] = {}
     weights: dict[str, list[str]] = {}
+    histories: dict[str, list[list[dict[str, Any]]]] = {}
     for m in models:
         seen.setdefault(m["name"], m)
         weights.setdefault(m["name"], []).append(m["weights"])
         if m.get("train_seconds") is not None:
             seconds.setdefault(m["name"], []).append(m["train_seconds"])
+        history = (m.get("training_summary") or {}).get("history") or []
+        if len(history) >= 2:
+            histories.setdefault(m["name"], []).append(history)
     rows = [
         [
             m["name"],
@@ -543,12 +547,30 @@ def _models(cells: pd.DataFrame, models: list[dict[str, Any]]) -> list[str]:
             ", ".join(f"{n} {w}" if n > 1 else w for w, n in Counter(weights[m["name"]]).items()),
             f"{sum(seconds[m['name']]) / len(seconds[m['name']]):.1f}" if m["name"] in seconds else "n/a",
             (m.get("recipe") or {}).get("augment", "n/a"),
+            *([_last_epoch(histories.get(m["name"], []))] if histories else []),
         ]
         for m in seen.values()
     ]
     headers = ["model", "parameters", "MACs / image", "clean accuracy", "weights", "training time (s)", "augmentation"]
     note = "Training time: the mean over seeds of each training's seconds (a cached one keeps its own)."
+    if histories:
+        headers.append("training accuracy, last epoch")
+        note += (
+            " Training accuracy, last epoch: the share of its training images (as the training saw them: augmented,"
+            " or the worst of k views) a model classified correctly in its last epoch, mean over seeds, and in"
+            " brackets its rise in points over the epoch before; a large rise says the training stopped while the"
+            " model was still learning."
+        )
     return ["## Models", "", markdown_table(headers, rows), "", note, ""]
+
+
+def _last_epoch(histories: list[list[dict[str, Any]]]) -> str:
+    """The last epoch's training accuracy and its rise over the one before, each the mean over `histories`."""
+    if not histories:
+        return "n/a"
+    last = sum(h[-1]["train_accuracy"] for h in histories) / len(histories)
+    before = sum(h[-2]["train_accuracy"] for h in histories) / len(histories)
+    return f"{100 * last:.2f} ({100 * (last - before):+.2f})"
 
 
 def _summary(
