@@ -832,7 +832,8 @@ def config_from_record(raw: dict[str, Any], overrides: dict[str, Any], source: s
     raw["throughput"] = {**(raw.get("throughput") or {}), "enabled": False}
     if isinstance(raw.get("executor"), dict):
         raw["executor"] = {**raw["executor"], "address": None}
-    names = [m.get("name") if isinstance(m, dict) else m for m in raw.get("models") or []]
+    raw["models"] = [_unset_random_point_k(m) for m in raw.get("models") or []]
+    names = [m.get("name") if isinstance(m, dict) else m for m in raw["models"]]
     if raw.get("reference_model") not in names:
         raw.pop("reference_model", None)  # the default, recorded though unset: a set one must name a model
     for dotted, value in overrides.items():
@@ -877,6 +878,16 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_error(exc.errors()[0])}") from None
+
+
+def _unset_random_point_k(model: Any) -> Any:
+    """A recorded model without random_point's `k`: a record names every field, and k is refused there."""
+    train = model.get("train") if isinstance(model, dict) else None
+    augment = train.get("robust_augment") if isinstance(train, dict) else None
+    if not isinstance(augment, dict) or augment.get("method") != "random_point" or "k" not in augment:
+        return model
+    unset = {key: value for key, value in augment.items() if key != "k"}
+    return {**model, "train": {**train, "robust_augment": unset}}
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

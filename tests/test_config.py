@@ -289,6 +289,31 @@ def test_the_committed_remedies_report_is_its_experiment_with_three_seeds_from_a
     assert set(reference.results["in_training"].dropna()) == {"seen", "partly seen", "held out"}
 
 
+def test_the_committed_viewpoint_remedies_report_is_its_experiment_with_three_seeds_from_a_clean_cache() -> None:
+    from robustbench_fmnist.config import config_from_record
+    from robustbench_fmnist.report.bundle import read_data
+
+    reference = read_data(REPORTS / "viewpoint_remedies")
+    experiment = load_config(EXPERIMENT_DIR / "viewpoint_remedies.yaml").model_dump(mode="json")
+    recorded = config_from_record(reference.run["config"], {}, "run.json").model_dump(mode="json")
+    for key in ("models", "perturbations", "adversaries", "evaluation"):
+        assert recorded[key] == experiment[key], key
+    assert sorted(reference.results["seed"].unique()) == [0, 1, 2]
+    env = reference.run["environment"]
+    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    # the reference was made in several runs over one cache that only it wrote: trained, then loaded from it
+    entries = reference.run["models"]
+    assert {m["weights"] for m in entries} <= {"trained", "cached"}
+    assert len({Path(m["checkpoint"]).parent for m in entries}) == 1
+    assert all(m["training_summary"]["history"] for m in entries), "trained by code that keeps each epoch"
+    models = set(reference.results["model"])
+    # the remedies: an equivariant and an invariant architecture, random and worst-of-k training, tta
+    assert {"baseline_cnn", "deep_cnn", "p4_cnn", "stn_cnn", "baseline_cnn_random_point"} <= models
+    assert {"baseline_cnn_worst_of_10", "baseline_cnn+tta", "baseline_cnn_worst_of_10+tta"} <= models
+    assert set(reference.results.loc[reference.results["model"].str.contains("tta"), "adaptation"]) == {"tta"}
+    assert {"spatial", "spatial_w10", "spatial_random"} <= set(reference.adversaries["adversary"])
+
+
 ZOO_REPORTS = sorted(p.parent for p in (REPORTS / "zoo").glob("*/run.json"))
 
 

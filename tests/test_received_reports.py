@@ -129,6 +129,21 @@ def test_a_reports_ray_address_is_this_machines_not_the_senders() -> None:
     assert config_from_record(raw, {}, "run.json").executor.address is None
 
 
+def test_a_recorded_random_point_training_reads_back_as_it_was_given() -> None:
+    from robustbench_fmnist.config import config_from_record, parse_config
+
+    space = {"rotation": [-30, 30, 31]}
+    models = ["baseline_cnn", {"name": "rp", "architecture": "baseline_cnn",
+                               "train": {"robust_augment": {"method": "random_point", "space": space}}}]  # fmt: skip
+    raw = json.loads((LIGHTING / "run.json").read_text())["config"]
+    recorded = parse_config({**raw, "models": models}).model_dump(mode="json")
+    # the record names random_point's unused k (its default), which a given config may not
+    assert recorded["models"][1]["train"]["robust_augment"]["k"] == 10
+    model = config_from_record(recorded, {}, "run.json").models[1]
+    assert model.train.robust_augment.method == "random_point"
+    assert "k" not in model.train.robust_augment.model_fields_set
+
+
 def test_named_code_finds_factories_and_timm_files_and_nothing_in_a_plain_report() -> None:
     from robustbench_fmnist.config import config_from_record
     from robustbench_fmnist.orchestration.received import named_code

@@ -392,7 +392,7 @@ def _remedies(data: ReportData) -> list[str]:
     ]
     for model, adaptation, reason in skipped:
         out += [f"- `{model}` with `{adaptation}`: {reason}; it has no rows.", ""]
-    out += _tta_cost(data)
+    out += _tta_cost(data, "evaluation time" if measured is None else "inference cost")
     out += _gap_per_perturbation(data)
     out += _worst_case_gap(data)
     return out
@@ -439,7 +439,7 @@ def _worst_case_gap(data: ReportData) -> list[str]:
     ]
 
 
-def _tta_cost(data: ReportData) -> list[str]:
+def _tta_cost(data: ReportData, cost_column: str) -> list[str]:
     """What test-time augmentation costs: k copies of every image, k forward passes, where a model used it."""
     if not any(m.get("adaptation") == "tta" for m in data.run["models"]):
         return []
@@ -452,7 +452,7 @@ def _tta_cost(data: ReportData) -> list[str]:
         axes += "; translate moves x and y, each over its steps"
     return [
         f"`tta` averages the logits over k = {copies} copies of each image ({axes}): "
-        f"k forward passes per image, {copies}x a plain evaluation's, which its evaluation time above shows.",
+        f"k forward passes per image, {copies}x a plain evaluation's, which its {cost_column} above shows.",
         "",
     ]
 
