@@ -357,7 +357,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "cache_dir": str(args.cache_dir) if args.cache_dir else None,
     }
     source = f"{args.folder}/run.json"
-    config = config_from_record(reference.run["config"], {k: v for k, v in overrides.items() if v is not None}, source)
+    recipes = {m["name"]: m["recipe"] for m in reference.run.get("models") or [] if m.get("recipe")}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    config = config_from_record(reference.run["config"], given, source, recipes)
     # the folder came from someone else: nothing it names is imported unless the user says so, before any work
     for code in check_received(config, source, trust_code=args.trust_code):
         print(f"--trust-code: {code}")

@@ -818,8 +818,14 @@ def _check_unique_keys(mapping: yaml.MappingNode) -> None:
             seen.add(key.value)
 
 
-def config_from_record(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> ExperimentConfig:
+def config_from_record(
+    raw: dict[str, Any], overrides: dict[str, Any], source: str, recipes: dict[str, dict[str, Any]] | None = None
+) -> ExperimentConfig:
     """The configuration a report's run.json recorded, with what is machine-specific reset and `overrides` applied.
+
+    The record lists a model's `train:` overrides in full, the unset ones at their defaults, which would
+    train another model than the one recorded: a model with `train:` takes the recipe its training
+    recorded (`recipes`, by model name, from run.json's models) in full.
 
     Data, cache and output folders and `noise_from` were paths on the machine that made the report:
     they go back to their defaults unless `overrides` names them; throughput measurement is off.
@@ -832,7 +838,7 @@ def config_from_record(raw: dict[str, Any], overrides: dict[str, Any], source: s
     raw["throughput"] = {**(raw.get("throughput") or {}), "enabled": False}
     if isinstance(raw.get("executor"), dict):
         raw["executor"] = {**raw["executor"], "address": None}
-    raw["models"] = [_unset_random_point_k(m) for m in raw.get("models") or []]
+    raw["models"] = [_unset_random_point_k(_trained_as_recorded(m, recipes or {})) for m in raw.get("models") or []]
     names = [m.get("name") if isinstance(m, dict) else m for m in raw["models"]]
     if raw.get("reference_model") not in names:
         raw.pop("reference_model", None)  # the default, recorded though unset: a set one must name a model
@@ -878,6 +884,13 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_error(exc.errors()[0])}") from None
+
+
+def _trained_as_recorded(model: Any, recipes: dict[str, dict[str, Any]]) -> Any:
+    """A recorded model with `train:` overrides, with the recipe its training recorded as every override."""
+    if isinstance(model, dict) and isinstance(model.get("train"), dict) and model.get("name") in recipes:
+        return {**model, "train": dict(recipes[model["name"]])}
+    return model
 
 
 def _unset_random_point_k(model: Any) -> Any:

@@ -23,6 +23,7 @@ from robustbench_fmnist.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHTING = ROOT / "reports" / "lighting"  # five seeds: what reproduce needs
+REPORTS, EXPERIMENTS = ROOT / "reports", ROOT / "experiments"
 MODULE = "received_evil_factory"  # unique, so no real module is shadowed and no other test imports it
 RENDERED = ("figures", "report.md", "report.html")  # not read back: left out so the copy stays small
 
@@ -204,3 +205,18 @@ def test_report_html_shows_a_reports_html_as_text_and_reads_no_file_outside_it(
     assert "&lt;script&gt;alert" in page and "<script>alert" not in page and page.count("<script>") == 1
     assert page.index("<script>") > page.index("&lt;script&gt;alert")
     assert base64.b64encode(secret.read_bytes()).decode() not in page and "data:image/png" in page  # figures stay
+
+
+@pytest.mark.parametrize("name", ["remedies", "worst_case", "viewpoint_remedies"])
+def test_a_recorded_model_with_train_overrides_reproduces_with_the_recipe_it_trained_by(name: str) -> None:
+    from robustbench_fmnist.config import config_from_record, load_config
+    from robustbench_fmnist.training.resolution import resolve
+
+    run = json.loads((REPORTS / name / "run.json").read_text())
+    recipes = {m["name"]: m["recipe"] for m in run["models"] if m.get("recipe")}
+    given = {m.name: m.recipe for m in resolve(load_config(EXPERIMENTS / f"{name}.yaml"))}
+    again = {m.name: m.recipe for m in resolve(config_from_record(run["config"], {}, "run.json", recipes))}
+    assert again == given
+    # the config alone lists every override at its default: epochs, augmentation and precision would change
+    unrecorded = {m.name: m.recipe for m in resolve(config_from_record(run["config"], {}, "run.json"))}
+    assert unrecorded != given
