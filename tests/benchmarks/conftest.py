@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytest_benchmark.utils import load_timer
 
 from robustbench_fmnist.data import Split, load_fashion_mnist
 from robustbench_fmnist.runtime import apply_cpu_settings
@@ -31,6 +32,7 @@ from tests.benchmarks.gate import (
     machine,
     machine_kind,
     paired_ratio,
+    retimed_ratio,
     updated_baseline,
     write_baseline,
 )
@@ -91,7 +93,14 @@ def regression(benchmark: object, calibration: Calibration, request: pytest.Fixt
             return None
         rounds_seconds = list(benchmark.stats.stats.data)
         readings = readings[-len(rounds_seconds) :]  # the warm-up round's setup is not paired
-        verdict = judge_run(name, calibration_kind, paired_ratio(rounds_seconds, readings), data, kind)
+        ratio = paired_ratio(rounds_seconds, readings)
+        verdict = judge_run(name, calibration_kind, ratio, data, kind)
+        if verdict.failed and verdict.reference is not None and not updating:
+            # a transient on the shared machine slows one timing; a regression slows both (gate.py)
+            timer = load_timer(config.getoption("benchmark_timer")).target
+            again = retimed_ratio(function, lambda: calibration.seconds(calibration_kind), timer, rounds=rounds)
+            verdict = judge_run(name, calibration_kind, min(ratio, again), data, kind)
+            verdict.first_ratio = ratio
         verdict.seconds, verdict.calibration_seconds = statistics.median(rounds_seconds), statistics.median(readings)
         benchmark.extra_info.update(
             calibration=calibration_kind,
@@ -173,7 +182,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         basis = v.basis if v.basis == OWN_KIND else f"{v.basis} {labels.get(v.kind, '')}"
         write(
             f"{v.name:<40} {v.seconds:9.4f} {v.calibration:>7} {v.ratio:9.3f} {v.bound:9.3f} {change:>7}  "
-            f"{basis:<14} {v.status}"
+            f"{basis:<14} {v.status}{' (timed twice)' if v.first_ratio is not None else ''}"
         )
 
 

@@ -18,6 +18,12 @@ On a recorded kind, a benchmark fails when its ratio is more than `TOLERANCE` ti
 committed one. The tolerance sits between the noise seen here (ratios move by up to about 1.3x
 between runs on a shared 2-core VM) and the 2x slowdown the gate must catch.
 
+A benchmark that fails as it runs is timed a second time, and the lower of its two ratios is judged
+(`retimed_ratio`). A neighbour on a shared VM can hold a core for a few tenths of a second: that slows
+most of a 20 ms kernel's nine rounds, while each calibration reading, the fastest of three calls,
+escapes it (CI once measured perturbation/lighting at 1.58x its committed ratio, where three runs on
+the same machine kind measured 1.06-1.11x). Code that regressed is slow in both timings.
+
 CI's machine kind changes between sessions, so a kind with nothing recorded is judged too, against
 every recorded kind, in two steps. Each is built to pass a run on any recorded kind unchanged:
 
@@ -106,6 +112,21 @@ def paired_seconds(
     return times
 
 
+def retimed_ratio(
+    function: Callable[[], object], reading: Callable[[], float], timer: Callable[[], float], *, rounds: int
+) -> float:
+    """The paired ratio measured a second time as pytest-benchmark measured it: one warm-up call, then
+    each round timed right after its own calibration reading."""
+    function()
+    seconds, readings = [], []
+    for _ in range(rounds):
+        readings.append(reading())
+        start = timer()
+        function()
+        seconds.append(timer() - start)
+    return paired_ratio(seconds, readings)
+
+
 def paired_ratio(seconds: Sequence[float], calibration_seconds: Sequence[float]) -> float:
     """Median over rounds of (benchmark round / the calibration measured just before it).
 
@@ -174,6 +195,7 @@ class Verdict:
     basis: str = OWN_KIND
     kind: str | None = None
     scale: float | None = None
+    first_ratio: float | None = None  # set when a failing first timing was timed again (`ratio` is the lower)
 
     @property
     def change(self) -> float:
@@ -200,6 +222,11 @@ class Verdict:
         return self.status in ("REGRESSION", "no baseline")
 
     def message(self) -> str:
+        if self.first_ratio is None:
+            return self._judgement()
+        return f"{self._judgement()}; slow in both of two timings (the first gave ratio {self.first_ratio:.4g})"
+
+    def _judgement(self) -> str:
         if self.reference is None:
             where = "this machine kind" if self.basis == OWN_KIND else "any recorded machine kind"
             return (
