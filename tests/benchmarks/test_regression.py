@@ -8,6 +8,9 @@ ratios and how to refresh them.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,7 @@ from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from tests.benchmarks.conftest import Regression
-from tests.benchmarks.gate import Calibration, judge, min_seconds, paired_ratio
+from tests.benchmarks.gate import Calibration, judge, retimed_ratio
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
@@ -153,13 +156,8 @@ def test_gate_catches_a_2x_slowdown(calibration: Calibration, test_images: torch
         once()
         once()
 
-    def ratio(function: object) -> float:
-        function()  # warm-up
-        seconds, readings = [], []
-        for _ in range(9):
-            readings.append(calibration.seconds("mixed"))
-            seconds.append(min_seconds(function, rounds=1, warmup=0))
-        return paired_ratio(seconds, readings)
+    def ratio(function: Callable[[], object]) -> float:
+        return retimed_ratio(function, lambda: calibration.seconds("mixed"), time.perf_counter, rounds=9)
 
     committed = {"benchmarks": {"k": {"ratio": ratio(once), "calibration": "mixed"}}}
     repeat = judge("k", "mixed", ratio(once), 1.0, committed)
