@@ -314,6 +314,32 @@ def test_the_committed_viewpoint_remedies_report_is_its_experiment_with_three_se
     assert {"spatial", "spatial_w10", "spatial_random"} <= set(reference.adversaries["adversary"])
 
 
+def test_the_longer_training_report_is_its_experiment_and_repeats_the_viewpoint_remedies_models_it_shares() -> None:
+    from robustbench_fmnist.config import config_from_record
+    from robustbench_fmnist.report.bundle import read_data
+
+    reference = read_data(REPORTS / "viewpoint_longer_training")
+    experiment = load_config(EXPERIMENT_DIR / "viewpoint_longer_training.yaml").model_dump(mode="json")
+    recorded = config_from_record(reference.run["config"], {}, "run.json").model_dump(mode="json")
+    for key in ("models", "perturbations", "adversaries", "evaluation"):
+        assert recorded[key] == experiment[key], key
+    env = reference.run["environment"]
+    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
+    epochs = {m["name"]: m["recipe"]["epochs"] for m in reference.run["models"]}
+    assert epochs == {"baseline_cnn": 8, "stn_cnn_worst_of_10": 8, "stn_cnn_worst_of_10_16_epochs": 16}
+    # trained again from an empty cache, the models both references name are the same models: every count agrees
+    earlier = read_data(REPORTS / "viewpoint_remedies")
+    shared = ["baseline_cnn", "stn_cnn_worst_of_10"]
+    keys = {"results": ["model", "seed", "perturbation", "severity"], "adversaries": ["model", "seed", "adversary"]}
+    for table, key in keys.items():
+        ours, theirs = (
+            getattr(r, table).loc[lambda rows: rows["model"].isin(shared)].set_index(key)["n_correct"].sort_index()
+            for r in (reference, earlier)
+        )
+        assert len(ours) == len(theirs) > 0 and ours.equals(theirs), table
+
+
 ZOO_REPORTS = sorted(p.parent for p in (REPORTS / "zoo").glob("*/run.json"))
 
 

@@ -207,7 +207,7 @@ def test_report_html_shows_a_reports_html_as_text_and_reads_no_file_outside_it(
     assert base64.b64encode(secret.read_bytes()).decode() not in page and "data:image/png" in page  # figures stay
 
 
-@pytest.mark.parametrize("name", ["remedies", "worst_case", "viewpoint_remedies"])
+@pytest.mark.parametrize("name", ["remedies", "worst_case", "viewpoint_remedies", "viewpoint_longer_training"])
 def test_a_recorded_model_with_train_overrides_reproduces_with_the_recipe_it_trained_by(name: str) -> None:
     from robustbench_fmnist.config import config_from_record, load_config
     from robustbench_fmnist.training.resolution import resolve
