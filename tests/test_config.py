@@ -289,18 +289,25 @@ def test_the_committed_remedies_report_is_its_experiment_with_three_seeds_from_a
     assert set(reference.results["in_training"].dropna()) == {"seen", "partly seen", "held out"}
 
 
-def test_the_committed_viewpoint_remedies_report_is_its_experiment_with_three_seeds_from_a_clean_cache() -> None:
+def _reference_of_its_experiment(name: str) -> Any:
+    """The committed report `name`, checked to be its experiment's models, cells and adversaries, seeds 0-2,
+    in the locked environment at a clean commit."""
     from robustbench_fmnist.config import config_from_record
     from robustbench_fmnist.report.bundle import read_data
 
-    reference = read_data(REPORTS / "viewpoint_remedies")
-    experiment = load_config(EXPERIMENT_DIR / "viewpoint_remedies.yaml").model_dump(mode="json")
+    reference = read_data(REPORTS / name)
+    experiment = load_config(EXPERIMENT_DIR / f"{name}.yaml").model_dump(mode="json")
     recorded = config_from_record(reference.run["config"], {}, "run.json").model_dump(mode="json")
     for key in ("models", "perturbations", "adversaries", "evaluation"):
         assert recorded[key] == experiment[key], key
     assert sorted(reference.results["seed"].unique()) == [0, 1, 2]
     env = reference.run["environment"]
     assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    return reference
+
+
+def test_the_committed_viewpoint_remedies_report_is_its_experiment_with_three_seeds_from_a_clean_cache() -> None:
+    reference = _reference_of_its_experiment("viewpoint_remedies")
     # the reference was made in several runs over one cache that only it wrote: trained, then loaded from it
     entries = reference.run["models"]
     assert {m["weights"] for m in entries} <= {"trained", "cached"}
@@ -315,16 +322,9 @@ def test_the_committed_viewpoint_remedies_report_is_its_experiment_with_three_se
 
 
 def test_the_longer_training_report_is_its_experiment_and_repeats_the_viewpoint_remedies_models_it_shares() -> None:
-    from robustbench_fmnist.config import config_from_record
     from robustbench_fmnist.report.bundle import read_data
 
-    reference = read_data(REPORTS / "viewpoint_longer_training")
-    experiment = load_config(EXPERIMENT_DIR / "viewpoint_longer_training.yaml").model_dump(mode="json")
-    recorded = config_from_record(reference.run["config"], {}, "run.json").model_dump(mode="json")
-    for key in ("models", "perturbations", "adversaries", "evaluation"):
-        assert recorded[key] == experiment[key], key
-    env = reference.run["environment"]
-    assert env["lock"]["matches"] is True and "+dirty" not in env["git_commit"]
+    reference = _reference_of_its_experiment("viewpoint_longer_training")
     assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
     epochs = {m["name"]: m["recipe"]["epochs"] for m in reference.run["models"]}
     assert epochs == {"baseline_cnn": 8, "stn_cnn_worst_of_10": 8, "stn_cnn_worst_of_10_16_epochs": 16}
