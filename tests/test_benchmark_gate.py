@@ -359,7 +359,7 @@ def test_the_fixture_gates_an_unrecorded_machine_kind(
             "synthetic/f: ratio 24 * is 4.00x the largest any recorded machine kind committed (6, kind A)*"
             "slow in both of two timings (the first gave ratio 24)",
             "synthetic/b: ratio 8 * is 4.00x kind A's committed 2 scaled to this machine by 1*make bench-baseline*",
-            "synthetic/a * mixed * 1.000 * ok (timed twice)",
+            "synthetic/a * 0.0100 * mixed * 1.000 * ok (timed twice)",  # the seconds of the timing judged
             "synthetic/b * mixed * 8.000 * 4.800 * 4.00x  scaled [[]1[]] * REGRESSION",
         ]
     )

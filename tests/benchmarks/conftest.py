@@ -23,6 +23,7 @@ from tests.benchmarks.gate import (
     REFRESH,
     TOLERANCE,
     Calibration,
+    Timing,
     Verdict,
     cross_kind_spread,
     is_recorded,
@@ -31,8 +32,7 @@ from tests.benchmarks.gate import (
     load_baseline,
     machine,
     machine_kind,
-    paired_ratio,
-    retimed_ratio,
+    retimed,
     updated_baseline,
     write_baseline,
 )
@@ -93,15 +93,18 @@ def regression(benchmark: object, calibration: Calibration, request: pytest.Fixt
             return None
         rounds_seconds = list(benchmark.stats.stats.data)
         readings = readings[-len(rounds_seconds) :]  # the warm-up round's setup is not paired
-        ratio = paired_ratio(rounds_seconds, readings)
-        verdict = judge_run(name, calibration_kind, ratio, data, kind)
+        timing = first = Timing(rounds_seconds, readings)
+        verdict = judge_run(name, calibration_kind, timing.ratio, data, kind)
         if verdict.failed and verdict.reference is not None and not updating:
             # a transient on the shared machine slows one timing; a regression slows both (gate.py)
             timer = load_timer(config.getoption("benchmark_timer")).target
-            again = retimed_ratio(function, lambda: calibration.seconds(calibration_kind), timer, rounds=rounds)
-            verdict = judge_run(name, calibration_kind, min(ratio, again), data, kind)
-            verdict.first_ratio = ratio
-        verdict.seconds, verdict.calibration_seconds = statistics.median(rounds_seconds), statistics.median(readings)
+            again = retimed(function, lambda: calibration.seconds(calibration_kind), timer, rounds=rounds)
+            timing = min(first, again, key=lambda t: t.ratio)
+            verdict = judge_run(name, calibration_kind, timing.ratio, data, kind)
+            verdict.first_ratio = first.ratio
+        # the timing judged: its seconds and calibration beside its ratio in the summary
+        verdict.seconds = statistics.median(timing.seconds)
+        verdict.calibration_seconds = statistics.median(timing.readings)
         benchmark.extra_info.update(
             calibration=calibration_kind,
             calibration_seconds=verdict.calibration_seconds,

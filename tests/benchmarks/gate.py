@@ -19,7 +19,7 @@ committed one. The tolerance sits between the noise seen here (ratios move by up
 between runs on a shared 2-core VM) and the 2x slowdown the gate must catch.
 
 A benchmark that fails as it runs is timed a second time, and the lower of its two ratios is judged
-(`retimed_ratio`). A neighbour on a shared VM can hold a core for a few tenths of a second: that slows
+(`retimed`). A neighbour on a shared VM can hold a core for a few tenths of a second: that slows
 most of a 20 ms kernel's nine rounds, while each calibration reading, the fastest of three calls,
 escapes it (CI once measured perturbation/lighting at 1.58x its committed ratio, where three runs on
 the same machine kind measured 1.06-1.11x). Code that regressed is slow in both timings.
@@ -112,11 +112,23 @@ def paired_seconds(
     return times
 
 
-def retimed_ratio(
+@dataclass(frozen=True)
+class Timing:
+    """One timing of a benchmark: each round's seconds, each paired with the calibration read just before it."""
+
+    seconds: list[float]
+    readings: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return paired_ratio(self.seconds, self.readings)
+
+
+def retimed(
     function: Callable[[], object], reading: Callable[[], float], timer: Callable[[], float], *, rounds: int
-) -> float:
-    """The paired ratio measured a second time as pytest-benchmark measured it: one warm-up call, then
-    each round timed right after its own calibration reading."""
+) -> Timing:
+    """The benchmark timed a second time as pytest-benchmark timed it: one warm-up call, then each round
+    timed right after its own calibration reading."""
     function()
     seconds, readings = [], []
     for _ in range(rounds):
@@ -124,7 +136,7 @@ def retimed_ratio(
         start = timer()
         function()
         seconds.append(timer() - start)
-    return paired_ratio(seconds, readings)
+    return Timing(seconds, readings)
 
 
 def paired_ratio(seconds: Sequence[float], calibration_seconds: Sequence[float]) -> float:

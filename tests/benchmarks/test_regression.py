@@ -24,7 +24,7 @@ from robustbench_fmnist.models import create_model
 from robustbench_fmnist.models.fusion import fold_batch_norm
 from robustbench_fmnist.perturbations import PERTURBATIONS
 from tests.benchmarks.conftest import Regression
-from tests.benchmarks.gate import Calibration, judge, retimed_ratio
+from tests.benchmarks.gate import Calibration, judge, retimed
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
@@ -157,7 +157,7 @@ def test_gate_catches_a_2x_slowdown(calibration: Calibration, test_images: torch
         once()
 
     def ratio(function: Callable[[], object]) -> float:
-        return retimed_ratio(function, lambda: calibration.seconds("mixed"), time.perf_counter, rounds=9)
+        return retimed(function, lambda: calibration.seconds("mixed"), time.perf_counter, rounds=9).ratio
 
     committed = {"benchmarks": {"k": {"ratio": ratio(once), "calibration": "mixed"}}}
     repeat = judge("k", "mixed", ratio(once), 1.0, committed)

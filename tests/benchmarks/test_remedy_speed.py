@@ -31,7 +31,7 @@ from robustbench_fmnist.evaluation.sweep import evaluate_cells
 from robustbench_fmnist.models import MODELS, create_model
 from robustbench_fmnist.models.fusion import inference_copy
 from robustbench_fmnist.training.loop import train_model
-from tests.benchmarks.gate import machine
+from tests.benchmarks.gate import machine, paired_seconds
 from tests.conftest import synthetic_split
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -47,18 +47,18 @@ SUITE = {
 
 def fastest(run: Callable[[], object], repeats: int = 3) -> float:
     """The fastest of `repeats` timings of `run`, in seconds."""
-    return fastest_in_turn(run, repeats=repeats)[0]
-
-
-def fastest_in_turn(*runs: Callable[[], object], repeats: int = 3) -> list[float]:
-    """The fastest of `repeats` timings of each of `runs`, timed in turn (a, b, a, b, ...), in seconds."""
-    times: list[list[float]] = [[] for _ in runs]
+    times = []
     for _ in range(repeats):
-        for run, timings in zip(runs, times, strict=True):
-            start = time.perf_counter()
-            run()
-            timings.append(time.perf_counter() - start)
-    return [min(timings) for timings in times]
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def fastest_in_turn(first: Callable[[], object], second: Callable[[], object]) -> tuple[float, float]:
+    """The fastest of three timings of each, timed in turn (A B A B ...), in seconds."""
+    first_seconds, second_seconds = paired_seconds(first, second, rounds=3, warmup=0)
+    return min(first_seconds), min(second_seconds)
 
 
 @pytest.fixture(scope="module")
