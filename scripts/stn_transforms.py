@@ -35,9 +35,9 @@ from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.models.stn import SpatialTransformer
 from robustbench_fmnist.perturbations.space import Space, perturb_at
 from robustbench_fmnist.statistics import t_quantile
-from robustbench_fmnist.training.checkpoints import weights_sha256
+from robustbench_fmnist.training.checkpoints import load_checkpoint_into, weights_sha256
 from robustbench_fmnist.training.resolution import resolve
-from robustbench_fmnist.training.weights import cached_weights
+from robustbench_fmnist.training.weights import seeded_model
 
 # held out beyond ±30 degrees, ±3 px and scale 1 in the worst-of-k trainings' space
 # (the axis's identity first: what it does to the images as they are)
@@ -86,25 +86,22 @@ def transformers(report: Path) -> list[tuple[str, int, SpatialTransformer]]:
     config = config_from_record(run["config"], {}, source, recipes)
     factories = [model.factory for model in config.models if model.factory]
     if factories:
-        raise SystemExit(
-            f"{report}: its experiment names code to run ({factories[0]}); this reads registered models only"
-        )
-    resolved = {model.name: model for model in resolve(config)}
+        raise SystemExit(f"{source}: its models name code to run ({factories[0]}); this reads registered models only")
+    specs = {spec.name: spec for spec in resolve(config)}
     found = []
     for row in run["models"]:
-        model_resolved = resolved.get(row["name"])
-        if model_resolved is None or not any(
-            isinstance(m, SpatialTransformer) for m in model_resolved.build().modules()
-        ):
+        spec = specs.get(row["name"])
+        if spec is None or not any(isinstance(module, SpatialTransformer) for module in spec.build().modules()):
             continue
-        loaded = cached_weights(model_resolved, row["seed"], Path(row["checkpoint"]))
-        if loaded is None:
-            raise SystemExit(f"{row['checkpoint']}: missing or unreadable; run the report's experiment to train it")
-        model = loaded[0]
+        path, model = Path(row["checkpoint"]), seeded_model(spec, row["seed"])
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; run the report's experiment to train it (or give its cache)")
+        problem = load_checkpoint_into(path, model)[1]
+        if problem is not None:
+            raise SystemExit(f"{path}: unusable ({problem[:200]}); run the report's experiment to train it again")
         if weights_sha256(model) != row["weights_sha256"]:
-            named = f"{row['name']} seed {row['seed']}"
-            raise SystemExit(f"{row['checkpoint']}: not the weights {source} records for {named}")
-        stn = next(m for m in model.modules() if isinstance(m, SpatialTransformer))
+            raise SystemExit(f"{path}: not the weights {source} records for {row['name']} seed {row['seed']}")
+        stn = next(module for module in model.modules() if isinstance(module, SpatialTransformer))
         found.append((row["name"], row["seed"], stn.eval()))
     return found
 

@@ -132,7 +132,18 @@ def test_weights_other_than_the_recorded_ones_are_refused(stn_report: Path, synt
 def test_a_missing_checkpoint_says_how_to_get_it(stn_report: Path, synthetic_dir: Path) -> None:
     run = json.loads((stn_report / "run.json").read_text())
     Path(next(m for m in run["models"] if m["name"] == "stn_cnn_tiny")["checkpoint"]).unlink()
-    with pytest.raises(SystemExit, match="missing or unreadable; run the report's experiment to train it"):
+    with pytest.raises(SystemExit, match="missing; run the report's experiment to train it"):
+        stn_transforms.main([str(stn_report), "--images", "20", "--data-dir", str(synthetic_dir)])
+
+
+def test_an_edited_checkpoint_is_named_unusable_with_its_problem(stn_report: Path, synthetic_dir: Path) -> None:
+    run = json.loads((stn_report / "run.json").read_text())
+    path = Path(next(m for m in run["models"] if m["name"] == "stn_cnn_tiny")["checkpoint"])
+    checkpoint = torch.load(path, weights_only=True)
+    first = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][first] += 1
+    torch.save(checkpoint, path)
+    with pytest.raises(SystemExit, match=r"unusable \(.*SHA-256.*\); run the report's experiment to train it again"):
         stn_transforms.main([str(stn_report), "--images", "20", "--data-dir", str(synthetic_dir)])
 
 
@@ -140,7 +151,7 @@ def test_a_report_naming_code_is_refused_before_anything_is_loaded(stn_report: P
     run = json.loads((stn_report / "run.json").read_text())
     run["config"]["models"][0] = {"name": "stn_cnn_tiny", "factory": "evil.module:build"}
     (stn_report / "run.json").write_text(json.dumps(run))
-    with pytest.raises(SystemExit, match=r"names code to run \(evil.module:build\)"):
+    with pytest.raises(SystemExit, match=r"run.json: its models name code to run \(evil.module:build\)"):
         stn_transforms.main([str(stn_report)])
 
 

@@ -238,16 +238,24 @@ def load_cached(path: Path, model: nn.Module) -> dict[str, Any] | None:
     """
     if not path.is_file():
         return None
+    metadata, problem = load_checkpoint_into(path, model)
+    if problem is not None:
+        log.warning("cached checkpoint %s is unusable (%s); retraining", path, problem[:200])
+    return metadata
+
+
+def load_checkpoint_into(path: Path, model: nn.Module) -> tuple[dict[str, Any] | None, str | None]:
+    """(metadata, None) with the checkpoint at `path` loaded into `model`, or (None, what is wrong with it)
+    and `model` untouched."""
     try:
         state, metadata = read_checkpoint(path)
         problem = state_dict_mismatch(model, state)
     except CheckpointError as exc:
         problem = str(exc)
     if problem is not None:
-        log.warning("cached checkpoint %s is unusable (%s); retraining", path, problem[:200])
-        return None
+        return None, problem
     model.load_state_dict(state)
-    return metadata
+    return metadata, None
 
 
 def load_user_checkpoint(path: Path, model: nn.Module) -> None:
