@@ -9,7 +9,8 @@ point of an axis at a time, and the affine transform the transformer predicts fo
   linear part), 100 % when it undoes the turn exactly;
 - scale: the scale factor it samples at (the square root of the linear part's determinant; an
   object shrunk to 0.7 is undone at 0.7);
-- translate: how many pixels of the shift it shifts back, along x and y averaged.
+- translate: how many pixels of the shift it shifts back, along x and y averaged (the suite's
+  translate axis moves an image by the same number of pixels along both, diagonally).
 
 Per seed the median over images; across seeds the mean with its 95 % t interval. The experiment is
 read from the run.json; one whose models name a `factory` is refused (a received report is data:
@@ -34,17 +35,17 @@ from robustbench_fmnist.config import config_from_record
 from robustbench_fmnist.data import load_fashion_mnist, to_float_images
 from robustbench_fmnist.models.stn import SpatialTransformer
 from robustbench_fmnist.perturbations.space import Space, perturb_at
-from robustbench_fmnist.statistics import t_quantile
+from robustbench_fmnist.statistics import seed_half_width
 from robustbench_fmnist.training.checkpoints import load_checkpoint_into, weights_sha256
 from robustbench_fmnist.training.resolution import resolve
 from robustbench_fmnist.training.weights import seeded_model
 
-# held out beyond ±30 degrees, ±3 px and scale 1 in the worst-of-k trainings' space
-# (the axis's identity first: what it does to the images as they are)
+# held out beyond ±30 degrees, ±3 px and scale 1 in the worst-of-k trainings' space; each axis is
+# also read at its identity, the images as they are, which each share is counted from
 POINTS = {
-    "rotation": [0, -90, -60, -45, -30, -15, 15, 30, 45, 60, 90],
-    "translate": [0, -6, -3, 3, 6],
-    "scale": [1, 0.6, 0.8, 1.25],
+    "rotation": [-90, -60, -45, -30, -15, 15, 30, 45, 60, 90],
+    "translate": [-6, -3, 3, 6],
+    "scale": [0.6, 0.8, 1.25],
 }
 # the ideal, undone exactly: rotation turned back by the turn, translate shifted back by the
 # shift, scale sampled at the scale (what models/stn.py's affine_grid convention makes of each)
@@ -72,6 +73,11 @@ def share(axis: str, applied: float, reading: float, unmoved: float) -> float:
     return (reading - unmoved) / applied if applied != 0 else math.nan
 
 
+def identity(axis: str) -> float:
+    """The point of `axis` that leaves an image as it is (the suite's own)."""
+    return Space.of({axis: [1, 1, 1]}).entries[0].identity
+
+
 def moved(images: torch.Tensor, axis: str, value: float) -> torch.Tensor:
     """`images` moved to `value` along `axis` by the suite's own kernels (x and y alike for translate)."""
     space = Space.of({axis: [value, value, 1]})
@@ -87,11 +93,15 @@ def transformers(report: Path) -> list[tuple[str, int, SpatialTransformer]]:
     factories = [model.factory for model in config.models if model.factory]
     if factories:
         raise SystemExit(f"{source}: its models name code to run ({factories[0]}); this reads registered models only")
-    specs = {spec.name: spec for spec in resolve(config)}
+    specs = {
+        spec.name: spec
+        for spec in resolve(config)
+        if any(isinstance(module, SpatialTransformer) for module in spec.build().modules())
+    }
     found = []
     for row in run["models"]:
         spec = specs.get(row["name"])
-        if spec is None or not any(isinstance(module, SpatialTransformer) for module in spec.build().modules()):
+        if spec is None:
             continue
         path, model = Path(row["checkpoint"]), seeded_model(spec, row["seed"])
         if not path.is_file():
@@ -112,12 +122,11 @@ def readings(found: list[tuple[str, int, SpatialTransformer]], images: torch.Ten
     rows = []
     with torch.inference_mode():
         for axis, values in POINTS.items():
-            unmoved: dict[tuple[str, int], float] = {}
-            for value in values:  # the identity first
+            unmoved = {(name, seed): float(undone(stn.theta(images), axis).median()) for name, seed, stn in found}
+            for value in [identity(axis), *values]:
                 shown = moved(images, axis, value)
                 for name, seed, stn in found:
                     median = float(undone(stn.theta(shown), axis).median())
-                    unmoved.setdefault((name, seed), median)
                     rows.append({"model": name, "seed": seed, "axis": axis, "applied": value, "undone": median,
                                  "share": share(axis, value, median, unmoved[name, seed])})  # fmt: skip
     return pd.DataFrame(rows)
@@ -125,13 +134,15 @@ def readings(found: list[tuple[str, int, SpatialTransformer]], images: torch.Ten
 
 def across_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Per model, axis and point: the mean over seeds of what is undone and of its share, with 95 % t intervals."""
-    grouped = per_seed.groupby(["model", "axis", "applied"], sort=False)
-    table = grouped.agg(seeds=("seed", "count"), undone=("undone", "mean"), share=("share", "mean")).reset_index()
-    spread = grouped[["undone", "share"]].std().reset_index(drop=True)
-    half_width = t_quantile(table["seeds"] - 1) / table["seeds"].pow(0.5)
+    table = (
+        per_seed.groupby(["model", "axis", "applied"], sort=False)
+        .agg(seeds=("seed", "count"), undone=("undone", "mean"), undone_sd=("undone", "std"),
+             share=("share", "mean"), share_sd=("share", "std"))
+        .reset_index()
+    )  # fmt: skip
     for column in ("undone", "share"):
-        table[f"{column}_low"] = table[column] - spread[column] * half_width
-        table[f"{column}_high"] = table[column] + spread[column] * half_width
+        half_width = seed_half_width(table.pop(f"{column}_sd"), table["seeds"])
+        table[f"{column}_low"], table[f"{column}_high"] = table[column] - half_width, table[column] + half_width
     return table
 
 

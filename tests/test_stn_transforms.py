@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -84,15 +85,29 @@ def test_share_counts_from_the_unmoved_reading() -> None:
     assert math.isnan(stn_transforms.share("rotation", 0, 4, 4))
 
 
-def test_across_seeds_gives_the_mean_and_a_t_interval() -> None:
-    per_seed = pd.DataFrame(
-        {"model": "m", "seed": [0, 1, 2], "axis": "rotation", "applied": 30, "undone": [20.0, 22.0, 24.0],
-         "share": [0.6, 0.7, 0.8]}
-    )  # fmt: skip
-    row = stn_transforms.across_seeds(per_seed).iloc[0]
-    assert row["seeds"] == 3 and row["undone"] == pytest.approx(22.0) and row["share"] == pytest.approx(0.7)
-    # sd 2, t(0.975, 2) = 4.303: half width 4.303 * 2 / sqrt(3)
-    assert row["undone_high"] - row["undone"] == pytest.approx(4.3027 * 2 / math.sqrt(3), rel=1e-4)
+def test_across_seeds_gives_each_points_mean_and_t_interval() -> None:
+    """Rows of three points interleaved by seed: each point gets its own seeds' mean and spread."""
+    undone = {("m", 30): [20.0, 22.0, 24.0], ("m", 60): [1.0, 1.0, 4.0], ("n", 30): [10.0, 30.0, 50.0]}
+    rows = [
+        {"model": model, "seed": seed, "axis": "rotation", "applied": applied, "undone": values[seed],
+         "share": values[seed] / applied}
+        for seed in range(3)
+        for (model, applied), values in undone.items()
+    ]  # fmt: skip
+    table = stn_transforms.across_seeds(pd.DataFrame(rows)).set_index(["model", "applied"])
+    t = 4.302653  # t(0.975, 2 degrees of freedom)
+    for key, values in undone.items():
+        row = table.loc[key]
+        mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+        assert row["seeds"] == 3 and row["undone"] == pytest.approx(mean)
+        assert row["undone_high"] - mean == pytest.approx(t * sd / math.sqrt(3), rel=1e-5)
+        assert mean - row["undone_low"] == pytest.approx(t * sd / math.sqrt(3), rel=1e-5)
+        assert row["share"] == pytest.approx(mean / key[1])
+
+
+def test_the_unmoved_images_are_each_axis_identity() -> None:
+    assert [stn_transforms.identity(axis) for axis in ("rotation", "translate", "scale")] == [0.0, 0.0, 1.0]
+    assert all(stn_transforms.identity(axis) not in values for axis, values in stn_transforms.POINTS.items())
 
 
 @pytest.fixture
@@ -111,7 +126,7 @@ def test_it_reads_every_seed_of_the_reports_transformers(
     assert code == 0
     per_seed = pd.read_csv(out)
     assert set(per_seed["model"]) == {"stn_cnn_tiny"} and set(per_seed["seed"]) == {0, 1}
-    points = sum(len(values) for values in stn_transforms.POINTS.values())
+    points = sum(len(values) + 1 for values in stn_transforms.POINTS.values())  # and each identity
     assert len(per_seed) == 2 * points
     assert per_seed["undone"].notna().all()
     printed = capsys.readouterr().out

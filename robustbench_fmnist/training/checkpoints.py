@@ -245,8 +245,7 @@ def load_cached(path: Path, model: nn.Module) -> dict[str, Any] | None:
 
 
 def load_checkpoint_into(path: Path, model: nn.Module) -> tuple[dict[str, Any] | None, str | None]:
-    """(metadata, None) with the checkpoint at `path` loaded into `model`, or (None, what is wrong with it)
-    and `model` untouched."""
+    """Load the checkpoint into `model`: (metadata, None), or (None, its problem) with `model` untouched."""
     try:
         state, metadata = read_checkpoint(path)
         problem = state_dict_mismatch(model, state)

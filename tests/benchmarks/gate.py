@@ -121,6 +121,7 @@ class Timing:
 
     @property
     def ratio(self) -> float:
+        """The median over rounds of round / calibration (`paired_ratio`)."""
         return paired_ratio(self.seconds, self.readings)
 
 
