@@ -327,7 +327,12 @@ def test_the_longer_training_report_is_its_experiment_and_repeats_the_viewpoint_
     reference = _reference_of_its_experiment("viewpoint_longer_training")
     assert all(m["weights"] == "trained" for m in reference.run["models"]), "a clean cache"
     epochs = {m["name"]: m["recipe"]["epochs"] for m in reference.run["models"]}
-    assert epochs == {"baseline_cnn": 8, "stn_cnn_worst_of_10": 8, "stn_cnn_worst_of_10_16_epochs": 16}
+    assert epochs == {
+        "baseline_cnn": 8,
+        "stn_cnn_worst_of_10": 8,
+        "baseline_cnn_16_epochs": 16,
+        "stn_cnn_worst_of_10_16_epochs": 16,
+    }
     # trained again from an empty cache, the models both references name are the same models: every count agrees
     earlier = read_data(REPORTS / "viewpoint_remedies")
     shared = ["baseline_cnn", "stn_cnn_worst_of_10"]
