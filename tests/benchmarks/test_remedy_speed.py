@@ -4,8 +4,8 @@
   at most the plain cell's plus one forward of the unfolded model with BatchNorm on batch
   statistics (what the adaptation pass runs), with 15 % slack for timing noise;
 - `tent` costs at most about 3x a plain cell: 3x with 10 % slack for timing noise (it measured
-  2.80x on the Intel Xeon when it was built, 2.95-3.06x there on 2026-12-05 after the plain path
-  got faster, and 3.01x in one CI run);
+  2.80x on an Intel Xeon when it was built, with a plain cell of 2.14 s; 2.95-3.06x on one on
+  2026-12-05, a plain cell taking 1.8 s; 3.01x in one CI run);
 - suite augmentation adds at most about 30 % to a training epoch (the baseline CNN, whose cheap
   epoch makes it the hard case; deep_cnn's share is printed);
 - worst-of-10 training costs a plain epoch plus its ten batched forwards, and at most 25 % of those
