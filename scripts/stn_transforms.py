@@ -122,11 +122,12 @@ def readings(found: list[tuple[str, int, SpatialTransformer]], images: torch.Ten
     rows = []
     with torch.inference_mode():
         for axis, values in POINTS.items():
-            unmoved = {(name, seed): float(undone(stn.theta(images), axis).median()) for name, seed, stn in found}
-            for value in [identity(axis), *values]:
+            unmoved: dict[tuple[str, int], float] = {}
+            for value in [identity(axis), *values]:  # the identity's reading is each seed's unmoved one
                 shown = moved(images, axis, value)
                 for name, seed, stn in found:
                     median = float(undone(stn.theta(shown), axis).median())
+                    unmoved.setdefault((name, seed), median)
                     rows.append({"model": name, "seed": seed, "axis": axis, "applied": value, "undone": median,
                                  "share": share(axis, value, median, unmoved[name, seed])})  # fmt: skip
     return pd.DataFrame(rows)
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST's folder (default: where `run` finds it)")
     parser.add_argument("--out", type=Path, help="also write the per-seed readings here as CSV")
     args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images {args.images}: give at least 1 test image")
     if not (args.report / "run.json").is_file():
         print(f"{args.report}: no run.json; give a report folder", file=sys.stderr)
         return 2

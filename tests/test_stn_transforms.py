@@ -173,3 +173,10 @@ def test_a_report_naming_code_is_refused_before_anything_is_loaded(stn_report: P
 def test_a_folder_without_run_json_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert stn_transforms.main([str(tmp_path)]) == 2
     assert "no run.json; give a report folder" in capsys.readouterr().err
+
+
+def test_no_images_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        stn_transforms.main([str(tmp_path), "--images", "0"])
+    assert stopped.value.code == 2
+    assert "--images 0: give at least 1 test image" in capsys.readouterr().err
